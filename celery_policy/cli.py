@@ -1,0 +1,113 @@
+"""The ``celery-policy`` command line: argument parsing and exit codes only."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import click
+
+OK = 0  # clean (warnings allowed unless --strict)
+LINT_FAILED = 1  # findings of error severity (or warnings with --strict)
+USAGE = 2  # bad arguments or an unreadable file
+CONNECT = 3  # a broker or store could not be reached
+
+FORMATS = ["text", "json", "github"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="celery-policy", prog_name="celery-policy")
+def cli() -> None:
+    """Declarative failure handling for Celery: check, explain and apply policy files."""
+
+
+def _rule_list(value: str | None) -> list[str]:
+    return [part.strip().upper() for part in (value or "").split(",") if part.strip()]
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--env", "env", help="check the file as seen in this environment")
+@click.option("--all-envs", is_flag=True, help="check the base file and every environment")
+@click.option("--app", "app", help="Celery app module (e.g. proj.celery) for the CP3xx cross-checks")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True)
+@click.option("--strict", is_flag=True, help="fail on warnings too")
+@click.option("--select", help="only these rules (comma-separated codes or prefixes, e.g. CP1,CP205)")
+@click.option("--ignore", help="skip these rules (comma-separated codes or prefixes)")
+def check(
+    files: tuple[str, ...],
+    env: str | None,
+    all_envs: bool,
+    app: str | None,
+    fmt: str,
+    strict: bool,
+    select: str | None,
+    ignore: str | None,
+) -> int:
+    """Validate policy FILES (merged in order) and lint them for reliability problems."""
+    from celery_policy.lint.runner import run_check
+
+    if env and all_envs:
+        raise click.UsageError("--env and --all-envs exclude each other")
+    return run_check(
+        list(files),
+        env=env,
+        all_envs=all_envs,
+        app=app,
+        fmt=fmt,
+        strict=strict,
+        select=_rule_list(select),
+        ignore=_rule_list(ignore),
+    )
+
+
+@cli.command()
+@click.argument("rule", required=False)
+def rules(rule: str | None) -> int:
+    """List the lint rules, or explain RULE (e.g. CP103) with a bad and a good example."""
+    from celery_policy.lint.runner import run_rules
+
+    return run_rules(rule)
+
+
+@cli.command()
+@click.argument("task")
+@click.option("--file", "files", multiple=True, type=click.Path(dir_okay=False), help="policy file (repeatable)")
+@click.option("--env", "env", help="environment overlay to apply")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def explain(task: str, files: tuple[str, ...], env: str | None, fmt: str) -> int:
+    """Show TASK's effective policy, where each value came from, and its retry schedule."""
+    from celery_policy.explain import run_explain
+
+    return run_explain(task, list(files), env=env, fmt=fmt)
+
+
+@cli.command()
+def schema() -> int:
+    """Print the JSON Schema of the policy file."""
+    from celery_policy.schema import render_schema
+
+    click.echo(render_schema(), nl=False)
+    return OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI and return its exit code (the console script exits with it)."""
+    try:
+        result = cli.main(args=list(argv) if argv is not None else None, prog_name="celery-policy", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.UsageError as exc:
+        exc.show()
+        return USAGE
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.Abort:
+        click.echo("aborted", err=True)
+        return USAGE
+    return result if isinstance(result, int) else OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

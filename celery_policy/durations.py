@@ -1,0 +1,84 @@
+"""Durations: ``"500ms"``, ``"30s"``, ``"5m"``, ``"1h30m"``, ``"1d"`` or plain seconds.
+
+This is the only module that knows about units; everything else carries float seconds.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated
+
+from pydantic import BeforeValidator, WithJsonSchema
+
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_PART = r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)"
+_FULL_RE = re.compile(rf"^(?:{_PART})+$")
+_PART_RE = re.compile(_PART)
+DURATION_PATTERN = rf"^(?:{_PART})+$"
+
+
+class DurationError(ValueError):
+    """A value is not a valid duration."""
+
+
+def parse_duration(value: object) -> float:
+    """Return ``value`` as float seconds, or raise :class:`DurationError`.
+
+    Accepts non-negative numbers (seconds) and strings of one or more
+    ``<number><unit>`` parts, units ``ms s m h d w``: ``"1h30m"`` is 5400.0.
+    """
+    if isinstance(value, bool):
+        raise DurationError(f"expected a duration, got a boolean {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().replace(" ", "")
+        if _FULL_RE.match(text) is None:
+            try:
+                seconds = float(text)
+            except ValueError:
+                msg = f"'{value}' is not a duration; use a number of seconds or e.g. 500ms, 30s, 5m, 1h30m, 1d"
+                raise DurationError(msg) from None
+        else:
+            seconds = sum(float(n) * _UNIT_S[unit] for n, unit in _PART_RE.findall(text))
+    else:
+        raise DurationError(f"expected a duration, got {type(value).__name__}")
+    if math.isnan(seconds) or math.isinf(seconds):
+        raise DurationError(f"duration must be finite, got {value!r}")
+    if seconds < 0:
+        raise DurationError(f"duration must not be negative, got {value!r}")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """Render seconds the way users write them: 90 -> ``1m30s``, 0.5 -> ``500ms``."""
+    if seconds == 0:
+        return "0s"
+    if seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    parts = []
+    rest = seconds
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0)):
+        count = int(rest // size)
+        if count:
+            parts.append(f"{count}{unit}")
+            rest -= count * size
+    if rest or not parts:
+        parts.append(f"{round(rest, 3):g}s")
+    return "".join(parts)
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0},
+                {"type": "string", "pattern": DURATION_PATTERN},
+            ],
+            "description": "seconds, or a string such as 500ms, 30s, 5m, 1h30m, 1d",
+        }
+    ),
+]

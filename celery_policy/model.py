@@ -1,0 +1,238 @@
+"""The policy file as frozen Pydantic models.
+
+Every field of a task section has a built-in default, and what a file sets is
+tracked by Pydantic's ``model_fields_set``. That is what makes per-field
+merging work: a layer that sets only ``retry.max_retries`` contributes only
+that field (``model_dump(exclude_unset=True)``), and ``max_retries: 0`` is a
+real value, never mistaken for "unset".
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from celery_policy.durations import Duration
+
+_CONFIG = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+ExceptionRef = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, pattern=r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$"),
+    Field(
+        description="a dotted import path of an exception class (builtins.TimeoutError) or the name of a group in `errors`"
+    ),
+]
+DottedCallable = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, pattern=r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*([:.][A-Za-z_]\w*)$"),
+    Field(description="a dotted import path of a callable, e.g. proj.alerts.page_oncall"),
+]
+Jitter = Literal["full", "equal", "none"]
+
+DEFAULT_REDACT_KEYS = ("password", "passwd", "secret", "token", "api_key", "authorization", "card_number", "cvv")
+
+
+class _Section(BaseModel):
+    model_config = _CONFIG
+
+
+class Backoff(_Section):
+    """Exponential backoff: delay = min(max, initial * factor ** n), then jitter."""
+
+    initial: Duration = Field(1.0, description="delay before the first retry, in seconds (default 1s)")
+    factor: float = Field(2.0, ge=1.0, description="multiplier per retry already made (default 2)")
+    max: Duration = Field(600.0, description="cap on one delay, in seconds (default 10m, as Celery's retry_backoff_max)")
+    jitter: Jitter = Field(
+        "full",
+        description="full = uniform(0, d); equal = d/2 + uniform(0, d/2); none = d (default full)",
+    )
+
+
+class RetryRule(_Section):
+    """A per-exception override with its own attempt counter."""
+
+    on: list[ExceptionRef] = Field(min_length=1, description="exception classes or groups this rule applies to")
+    max_retries: int | None = Field(
+        None, ge=0, description="retries allowed for these exceptions (default: the task's max_retries)"
+    )
+    delay_from: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_]\w*$",
+        description="take the delay in seconds from this attribute of the exception (e.g. retry_after), capped by backoff.max",
+    )
+    backoff: Backoff | None = Field(None, description="backoff fields for these exceptions; unset fields come from the task")
+
+
+class RetryPolicy(_Section):
+    """Which exceptions retry, how often, and how long to wait."""
+
+    on: list[ExceptionRef] = Field(default_factory=list, description="exceptions (or groups) that are retried")
+    never: list[ExceptionRef] = Field(default_factory=list, description="exceptions (or groups) that fail at once")
+    unknown: Literal["retry", "fail"] = Field(
+        "fail", description="what to do with an exception in neither list (default fail, as Celery does)"
+    )
+    unknown_max_retries: int | None = Field(
+        None, ge=0, description="retries for unknown exceptions before giving up (default: max_retries)"
+    )
+    max_retries: int | None = Field(3, ge=0, description="retries after the first attempt; null = no cap (default 3)")
+    deadline: Duration | None = Field(
+        None, description="total time budget since the first attempt, after which no retry is made (default none)"
+    )
+    backoff: Backoff = Field(default_factory=Backoff)
+    rules: list[RetryRule] = Field(default_factory=list, description="per-exception overrides, most specific class wins")
+
+
+class TimeoutPolicy(_Section):
+    """Celery's soft and hard time limits and message expiry."""
+
+    soft: Duration | None = Field(None, description="soft time limit: SoftTimeLimitExceeded is raised in the task")
+    hard: Duration | None = Field(None, description="hard time limit: the worker child is killed")
+    expires: Duration | None = Field(None, description="a message not started within this time is discarded")
+
+    @model_validator(mode="after")
+    def _positive(self) -> TimeoutPolicy:
+        for name in ("soft", "hard", "expires"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                msg = f"{name} must be greater than 0"
+                raise ValueError(msg)
+        return self
+
+
+class AckPolicy(_Section):
+    """When the broker may forget a message."""
+
+    late: bool = Field(False, description="acknowledge after the task ran (acks_late), not before")
+    reject_on_worker_lost: bool = Field(
+        False, description="requeue the message when the worker process dies (needs late)"
+    )
+    max_redeliveries: int | None = Field(
+        None, ge=0, description="redeliveries after a lost worker before the message is dead-lettered (needs late)"
+    )
+    on_failure_or_timeout: bool = Field(
+        True, description="with late ack: acknowledge failed and timed-out tasks too (Celery's default)"
+    )
+
+
+class DeadLetterPolicy(_Section):
+    enabled: bool = Field(False, description="write a dead-letter record when the task can never succeed")
+
+
+class LogPolicy(_Section):
+    args: Literal["show", "redact", "hide"] = Field("redact", description="how task arguments appear in logs and records")
+    redact_keys: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_REDACT_KEYS), description="keyword names whose values are replaced by '***'"
+    )
+
+
+class RoutePolicy(_Section):
+    queue: str | None = Field(None, min_length=1, description="queue the task is sent to")
+    exchange: str | None = None
+    routing_key: str | None = None
+    priority: int | None = Field(None, ge=0, le=255, description="message priority (0-9 on Redis)")
+
+
+class IdempotencyPolicy(_Section):
+    key: str = Field(min_length=1, description="template over task, args, kwargs, e.g. 'charge:{kwargs[order_id]}'")
+    ttl: Duration = Field(86400.0, description="how long a completed key is remembered (default 1d)")
+    on_duplicate: Literal["return_result", "skip"] = "return_result"
+    mark: Literal["on_success", "on_start"] = "on_success"
+
+
+class ResultPolicy(_Section):
+    on_failure: Literal["raise", "return_error"] = Field(
+        "raise", description="raise = FAILURE state; return_error = SUCCESS with {'ok': false, 'error': ...}"
+    )
+
+
+class HooksPolicy(_Section):
+    on_retry: DottedCallable | None = None
+    on_failure: DottedCallable | None = None
+    on_dead_letter: DottedCallable | None = None
+
+
+class TaskPolicy(_Section):
+    """The failure-handling policy of one task (or the defaults of all tasks)."""
+
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    timeout: TimeoutPolicy = Field(default_factory=TimeoutPolicy)
+    ack: AckPolicy = Field(default_factory=AckPolicy)
+    dead_letter: DeadLetterPolicy = Field(default_factory=DeadLetterPolicy)
+    log: LogPolicy = Field(default_factory=LogPolicy)
+    route: RoutePolicy | None = None
+    idempotency: IdempotencyPolicy | None = None
+    result: ResultPolicy = Field(default_factory=ResultPolicy)
+    hooks: HooksPolicy = Field(default_factory=HooksPolicy)
+
+
+class WorkerSettings(_Section):
+    """Worker-wide settings applied to ``app.conf`` at install; unset means Celery's own value."""
+
+    prefetch_multiplier: int | None = Field(None, ge=0, description="worker_prefetch_multiplier")
+    track_started: bool | None = Field(None, description="task_track_started")
+    result_expires: Duration | None = Field(None, description="result_expires")
+    visibility_timeout: Duration | None = Field(
+        None, description="broker_transport_options.visibility_timeout (Redis/SQS; Celery's default is 1h)"
+    )
+    pool: Literal["prefork", "solo", "threads", "eventlet", "gevent", "processes"] | None = Field(
+        None, description="worker_pool"
+    )
+    concurrency: int | None = Field(None, ge=1, description="worker_concurrency")
+    max_tasks_per_child: int | None = Field(None, ge=1, description="worker_max_tasks_per_child")
+
+
+class PublishRetry(_Section):
+    max_retries: int = Field(3, ge=0)
+    interval_start: Duration = 0.0
+    interval_step: Duration = 0.2
+    interval_max: Duration = 1.0
+
+
+class ProducerSettings(_Section):
+    publish_retry: PublishRetry = Field(default_factory=PublishRetry)
+
+
+class DeadLetterStoreSettings(_Section):
+    url: str | None = Field(None, description="Redis URL of the store (default: the broker URL when it is Redis)")
+    stream: str = Field("celery-policy:dead", min_length=1)
+    max_length: int = Field(100_000, ge=1, description="approximate cap on the stream length")
+
+
+ErrorGroups = dict[
+    Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][\w-]*$")],
+    list[ExceptionRef],
+]
+
+
+class Overlay(_Section):
+    """An environment overlay: deep-merged over the base document."""
+
+    extends: str | None = Field(None, description="another environment whose overlay applies first")
+    errors: ErrorGroups = Field(default_factory=dict)
+    defaults: TaskPolicy = Field(default_factory=TaskPolicy)
+    tasks: dict[str, TaskPolicy] = Field(default_factory=dict)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    producer: ProducerSettings = Field(default_factory=ProducerSettings)
+    dead_letter_store: DeadLetterStoreSettings = Field(default_factory=DeadLetterStoreSettings)
+
+
+class PolicyDocument(_Section):
+    """A whole policy file, version 1."""
+
+    version: Literal[1] = Field(description="format version; only 1 exists")
+    errors: ErrorGroups = Field(default_factory=dict, description="named exception groups")
+    defaults: TaskPolicy = Field(default_factory=TaskPolicy, description="applies to every task unless overridden")
+    tasks: dict[str, TaskPolicy] = Field(
+        default_factory=dict, description="task names and glob patterns; an exact name beats any glob"
+    )
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    producer: ProducerSettings = Field(default_factory=ProducerSettings)
+    dead_letter_store: DeadLetterStoreSettings = Field(default_factory=DeadLetterStoreSettings)
+    environments: dict[str, Overlay] = Field(default_factory=dict, description="overlays chosen by --env")
+
+
+def dump_set(model: BaseModel) -> dict[str, Any]:
+    """The fields a layer really set, as plain data (nested)."""
+    return model.model_dump(exclude_unset=True)
