@@ -165,6 +165,11 @@ class TaskPolicy(_Section):
     idempotency: IdempotencyPolicy | None = None
     result: ResultPolicy = Field(default_factory=ResultPolicy)
     hooks: HooksPolicy = Field(default_factory=HooksPolicy)
+    rate_limit: str | None = Field(
+        None,
+        pattern=r"^\d+(\.\d+)?(/[smh])?$",
+        description="Celery rate limit per worker, e.g. '10/s', '100/m' (default none)",
+    )
 
 
 class WorkerSettings(_Section):
