@@ -1,0 +1,113 @@
+"""Decisions, their structured log events, argument redaction and hook calls."""
+
+from __future__ import annotations
+
+import reprlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import structlog
+
+from celery_policy.model import LogPolicy
+
+logger = structlog.get_logger("celery_policy")
+REDACTED = "***"
+_repr = reprlib.Repr()
+_repr.maxstring = 200
+_repr.maxother = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What the policy decided about one failed attempt. Hooks receive it."""
+
+    action: str  # "retry" | "fail" | "dead_letter"
+    task: str
+    task_id: str | None
+    attempt: int  # 1-based number of the attempt that failed
+    max_retries: int | None  # budget of the counter that applied
+    countdown: float | None
+    exc_type: str
+    reason: str | None  # exhausted | unknown_exhausted | permanent | unknown | time_limit | None for retries
+    policy_source: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ArgRenderer:
+    """Renders task arguments for logs and dead-letter records per ``log`` policy."""
+
+    def __init__(self, policy: LogPolicy, param_names: Sequence[str]) -> None:
+        self.mode = policy.args
+        self.keys = frozenset(k.lower() for k in policy.redact_keys)
+        self.param_names = tuple(param_names)
+
+    def render(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        if self.mode == "hide":
+            return {}
+        if self.mode == "show":
+            return {"args": [_safe(a) for a in args], "kwargs": {k: _safe(v) for k, v in kwargs.items()}}
+        shown_args = []
+        for index, value in enumerate(args):
+            name = self.param_names[index] if index < len(self.param_names) else ""
+            shown_args.append(REDACTED if name.lower() in self.keys else self._scrub(value))
+        shown_kwargs = {
+            k: (REDACTED if k.lower() in self.keys else self._scrub(v)) for k, v in kwargs.items()
+        }
+        return {"args": shown_args, "kwargs": shown_kwargs}
+
+    def _scrub(self, value: Any, depth: int = 0) -> Any:
+        if depth > 8:
+            return "…"
+        if isinstance(value, Mapping):
+            return {
+                str(k): (REDACTED if str(k).lower() in self.keys else self._scrub(v, depth + 1)) for k, v in value.items()
+            }
+        if isinstance(value, (list, tuple)):
+            return [self._scrub(v, depth + 1) for v in value]
+        return _safe(value)
+
+
+def _safe(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, str):
+        return value if len(value) <= 200 else value[:199] + "…"
+    return _repr.repr(value)
+
+
+def log_decision(decision: Decision, rendered_args: Mapping[str, Any], exc: BaseException | None) -> None:
+    """One structlog event per decision."""
+    method = logger.warning if decision.action == "retry" else logger.error
+    method(
+        "policy_decision",
+        decision=decision.action,
+        task=decision.task,
+        task_id=decision.task_id,
+        attempt=decision.attempt,
+        max=decision.max_retries,
+        countdown=None if decision.countdown is None else round(decision.countdown, 3),
+        exc_type=decision.exc_type,
+        exc_message=str(exc)[:500] if exc is not None else None,
+        reason=decision.reason,
+        policy_source=decision.policy_source,
+        **rendered_args,
+    )
+
+
+def call_hook(hook: Callable[..., Any] | None, name: str, request: Any, exc: BaseException | None, decision: Decision) -> None:
+    """Run a user hook; its exceptions are logged and never change the task's outcome."""
+    if hook is None:
+        return
+    try:
+        hook(request, exc, decision)
+    except Exception as hook_exc:  # a hook must never change the outcome
+        logger.error(
+            "policy_hook_failed",
+            hook=name,
+            task=decision.task,
+            task_id=decision.task_id,
+            error=f"{type(hook_exc).__name__}: {hook_exc}",
+        )

@@ -1,0 +1,233 @@
+"""install(app): boot wiring. The only module that touches Celery's app and globals.
+
+Order matters (see the Celery internals notes): attributes the worker reads
+when its consumer starts (time limits, acks) must be on the task classes
+before then, and ``autoretry`` options are frozen at registration. So the
+policy is applied through a ``task_annotations`` object, which Celery calls
+when each task class is bound, whatever its base class, including tasks
+registered after ``install`` (autodiscovery). Everything that can fail is
+resolved before anything is changed: a bad policy raises ``PolicyError`` and
+leaves the app untouched.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from celery import Celery, Task, signals
+from celery.app.annotations import prepare as prepare_annotations
+from celery.app.annotations import resolve_all as resolve_all_annotations
+
+from celery_policy.errors import PolicyError
+from celery_policy.references import check_references, ensure_import_root
+from celery_policy.resolve import Policy, load
+from celery_policy.runtime.routing import PolicyRouter
+from celery_policy.runtime.task import TaskRuntime, wrap_run
+
+_APP_ATTR = "_celery_policy_runtime"
+
+
+class AppRuntime:
+    """The policy applied to one app: compiled task runtimes, annotator and router."""
+
+    def __init__(self, app: Celery, policy: Policy) -> None:
+        self.app = app
+        self.policy = policy
+        self.router = PolicyRouter(policy)
+        self.tasks: dict[str, TaskRuntime] = {}
+        self.has_split_acks = hasattr(Task, "acks_on_failure")
+        self._verified = False
+
+    def verify_references(self) -> None:
+        """Import every exception class and hook the policy names; raise PolicyError listing all failures.
+
+        Deferred from install() to the first task binding, so a module may
+        call install() before it defines the exceptions its policy names.
+        """
+        if self._verified:
+            return
+        ensure_import_root(None)
+        diagnostics = check_references(self.policy.document, self.policy.location)
+        if diagnostics:
+            raise PolicyError(diagnostics=diagnostics)
+        self._verified = True
+
+    def compile(self, name: str, task: Any = None) -> TaskRuntime:
+        runtime = self.tasks.get(name)
+        if runtime is None:
+            self.verify_references()
+            run = _body(task) if task is not None else None
+            runtime = self.tasks[name] = TaskRuntime(self.policy.for_task(name), run)
+        return runtime
+
+    def governs(self, name: str) -> bool:
+        """Celery's own tasks (``celery.*``) follow the policy only when it names them explicitly."""
+        return not name.startswith("celery.") or name in self.policy.document.tasks
+
+    def apply(self, task_cls: type[Task], instance: Task | None) -> dict[str, Any]:
+        """Attributes for a task class; installs the run wrapper on its instance."""
+        if not self.governs(task_cls.name):
+            return {}
+        runtime = self.compile(task_cls.name, instance)
+        task_cls._celery_policy = runtime
+        if instance is not None and runtime.needs_wrapper:
+            wrap_run(instance, runtime)
+        return runtime.task_attributes(self.has_split_acks)
+
+
+class PolicyAnnotator:
+    """A ``task_annotations`` entry that applies the policy and keeps the user's own annotations.
+
+    Celery applies only the first annotation object that answers for a task,
+    so this one answers for every task: the user's annotations first, then
+    the policy's values over them (where the policy speaks, it wins).
+    """
+
+    def __init__(self, runtime: AppRuntime, previous: Any) -> None:
+        self.runtime = runtime
+        self.previous = prepare_annotations(previous) if previous else ()
+
+    def annotate(self, task_cls: type[Task]) -> dict[str, Any]:
+        merged: dict[str, Any] = {}
+        for entry in resolve_all_annotations(self.previous, task_cls):
+            merged.update(entry)
+        instance = _registered_instance(task_cls)
+        merged.update(self.runtime.apply(task_cls, instance))
+        return merged
+
+    def annotate_any(self) -> None:
+        return None
+
+
+def install(
+    app: Celery,
+    path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+    *,
+    env: str | None = None,
+) -> Policy:
+    """Load the policy and apply it to ``app``; returns the :class:`Policy`.
+
+    ``path`` defaults to ``$CELERY_POLICY_FILE`` (several files separated by
+    ``os.pathsep``) or ``policies/celery-policy.yaml``; ``env`` to
+    ``$CELERY_POLICY_ENV``. Raises :class:`PolicyError` naming file:line:column
+    before changing anything when the policy is invalid or a task's policy
+    cannot be compiled.
+    """
+    if getattr(app, _APP_ATTR, None) is not None:
+        msg = "celery_policy.install() was already called for this app"
+        raise PolicyError(msg)
+    if env is None:
+        env = _setting(app, "CELERY_POLICY_ENV")
+    if path is None:
+        configured = _setting(app, "CELERY_POLICY_FILE")
+        path = configured.split(os.pathsep) if configured else None
+    policy = load(path, env=env, check_imports=False)
+    runtime = AppRuntime(app, policy)
+    registered = dict(app._tasks) if app.finalized else {}
+    for name, task in registered.items():  # compile everything first: fail before changing anything
+        if runtime.governs(name):
+            runtime.compile(name, task)
+
+    _apply_conf(app, policy)
+    app.conf.task_routes = (runtime.router, *_as_routes(app.conf.task_routes))
+    app.conf.task_annotations = (PolicyAnnotator(runtime, app.conf.task_annotations),)
+    app.__dict__.pop("annotations", None)  # a cached_property: recompute from the new setting
+    setattr(app, _APP_ATTR, runtime)
+    if app.finalized:
+        for task in registered.values():
+            _apply_now(runtime, task)
+    else:
+        app.on_after_finalize.connect(lambda sender=None, **kw: _after_finalize(app), weak=False)
+    return policy
+
+
+def _after_finalize(app: Celery) -> None:
+    """Tasks were bound (annotated) during finalize; a decorator's autoretry may have wrapped our wrapper since."""
+    runtime: AppRuntime = getattr(app, _APP_ATTR)
+    for name, task in app._tasks.items():
+        task_runtime = runtime.tasks.get(name)
+        if task_runtime is not None and task_runtime.needs_wrapper and "_orig_run" in task.__dict__:
+            wrap_run(task, task_runtime)
+
+
+def _apply_now(runtime: AppRuntime, task: Task) -> None:
+    """For an app finalized before install(): set what annotations would have set."""
+    for key, value in runtime.apply(type(task), task).items():
+        setattr(type(task), key, value)
+    type(task)._exec_options = None  # apply_async caches exec options per class
+
+
+@signals.worker_init.connect(weak=False)
+def _rewrap_at_worker_init(sender: Any = None, **kwargs: Any) -> None:
+    app = getattr(sender, "app", None)
+    if app is not None and getattr(app, _APP_ATTR, None) is not None:
+        _after_finalize(app)
+
+
+def runtime_for(app: Celery) -> AppRuntime | None:
+    found = getattr(app, _APP_ATTR, None)
+    return found if isinstance(found, AppRuntime) else None
+
+
+def _registered_instance(task_cls: type[Task]) -> Task | None:
+    app = task_cls._app
+    instance = app._tasks.get(task_cls.name) if app is not None else None
+    return instance if isinstance(instance, task_cls) else None
+
+
+def _body(task: Any) -> Any:
+    run = task.__dict__.get("_orig_run") or getattr(task, "run", None)
+    return getattr(run, "__wrapped__", run)
+
+
+def _setting(app: Celery, name: str) -> str | None:
+    value = os.environ.get(name)
+    if value:
+        return value
+    try:  # Django: app.config_from_object("django.conf:settings", namespace="CELERY")
+        configured = app.conf.get(name) or app.conf.get(name.removeprefix("CELERY_").lower())
+    except Exception:  # configuration not loadable yet
+        return None
+    return str(configured) if configured else None
+
+
+def _as_routes(routes: Any) -> tuple[Any, ...]:
+    if not routes:
+        return ()
+    if isinstance(routes, (list, tuple)):
+        return tuple(routes)
+    return (routes,)
+
+
+def _apply_conf(app: Celery, policy: Policy) -> None:
+    worker = policy.document.worker
+    conf = app.conf
+    mapping = {
+        "prefetch_multiplier": "worker_prefetch_multiplier",
+        "track_started": "task_track_started",
+        "result_expires": "result_expires",
+        "pool": "worker_pool",
+        "concurrency": "worker_concurrency",
+        "max_tasks_per_child": "worker_max_tasks_per_child",
+    }
+    for field, setting in mapping.items():
+        if field in worker.model_fields_set and getattr(worker, field) is not None:
+            conf[setting] = getattr(worker, field)
+    if worker.visibility_timeout is not None:
+        options = dict(conf.broker_transport_options or {})
+        options["visibility_timeout"] = worker.visibility_timeout
+        conf.broker_transport_options = options
+        result_options = dict(conf.result_backend_transport_options or {})
+        result_options.setdefault("visibility_timeout", worker.visibility_timeout)
+        conf.result_backend_transport_options = result_options
+    publish = policy.document.producer.publish_retry
+    if "producer" in policy.document.model_fields_set:
+        conf.task_publish_retry = publish.max_retries > 0
+        conf.task_publish_retry_policy = {
+            "max_retries": publish.max_retries,
+            "interval_start": publish.interval_start,
+            "interval_step": publish.interval_step,
+            "interval_max": publish.interval_max,
+        }

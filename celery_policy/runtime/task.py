@@ -1,0 +1,313 @@
+"""PolicyTask and the per-task runtime: classify a failure, then retry, fail or dead-letter.
+
+Everything here is compiled once per task at boot (:class:`TaskRuntime`); the
+per-call cost of a task that succeeds is one extra Python frame (the ``run``
+wrapper's ``try``), and tasks whose policy needs no wrapper get none.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from celery import Task
+from celery.exceptions import TaskPredicate, TimeLimitExceeded
+
+from celery_policy.backoff import draw_delay
+from celery_policy.errors import PolicyError
+from celery_policy.references import import_object
+from celery_policy.resolve import ResolvedPolicy
+from celery_policy.runtime.classify import Action, Classifier, Outcome
+from celery_policy.runtime.events import ArgRenderer, Decision, call_hook, log_decision
+
+HEADER = "celery_policy"  # {"n": {counter: retries used}, "t0": first failure epoch seconds}
+_WRAPPED = "__celery_policy_runtime__"
+
+__all__ = ["HEADER", "PolicyTask", "PublishError", "TaskRuntime"]
+
+
+class PublishError(Exception):
+    """A task could not be published within ``producer.publish_retry``."""
+
+
+class TaskRuntime:
+    """The compiled policy of one task."""
+
+    def __init__(self, resolved: ResolvedPolicy, run: Callable[..., Any] | None = None) -> None:
+        self.resolved = resolved
+        self.name = resolved.task
+        policy = resolved.policy
+        self.policy = policy
+        try:
+            self.classifier = Classifier(policy.retry, dict(resolved.groups))
+            self.hooks = {
+                name: (import_object(target) if target else None)
+                for name, target in policy.hooks.model_dump().items()
+            }
+        except (ImportError, AttributeError, TypeError) as exc:
+            msg = f"task '{self.name}': {exc} ({resolved.source_of('retry')})"
+            raise PolicyError(msg) from exc
+        self.deadline_s = policy.retry.deadline
+        self.return_error = policy.result.on_failure == "return_error"
+        self.dead_letter = policy.dead_letter.enabled
+        self.args = ArgRenderer(policy.log, _param_names(run))
+        self.needs_wrapper = (
+            self.classifier.retries_anything
+            or self.return_error
+            or self.dead_letter
+            or any(self.hooks.values())
+        )
+
+    # -- class attributes Celery reads ---------------------------------------------------------
+
+    def task_attributes(self, has_split_acks: bool) -> dict[str, Any]:
+        """Celery task attributes for the fields the policy sets (where it is silent, Celery's own values stand)."""
+        resolved = self.resolved
+        policy = self.policy
+        attrs: dict[str, Any] = {}
+
+        def is_set(path: str) -> bool:
+            return resolved.source_of(path).layer != "builtin"
+
+        if is_set("timeout.soft"):
+            attrs["soft_time_limit"] = policy.timeout.soft
+        if is_set("timeout.hard"):
+            attrs["time_limit"] = policy.timeout.hard
+        if is_set("timeout.expires"):
+            attrs["expires"] = policy.timeout.expires
+        if is_set("ack.late"):
+            attrs["acks_late"] = policy.ack.late
+        if is_set("ack.reject_on_worker_lost"):
+            attrs["reject_on_worker_lost"] = policy.ack.reject_on_worker_lost
+        if is_set("ack.on_failure_or_timeout"):
+            attrs["acks_on_failure_or_timeout"] = policy.ack.on_failure_or_timeout
+            if has_split_acks:  # Celery 5.7 reads these two and derives them before annotations run
+                attrs["acks_on_failure"] = policy.ack.on_failure_or_timeout
+                attrs["acks_on_timeout"] = policy.ack.on_failure_or_timeout
+        if is_set("retry.max_retries"):
+            # caps a task's own self.retry() calls too; the wrapper keeps its own counters
+            attrs["max_retries"] = policy.retry.max_retries
+        if is_set("rate_limit"):
+            attrs["rate_limit"] = policy.rate_limit
+        return attrs
+
+    # -- the failure path ----------------------------------------------------------------------
+
+    def handle_failure(self, task: Task, exc: Exception, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+        """Called from inside the ``except`` of the run wrapper. Raises Retry, re-raises ``exc``, or returns an error result."""
+        request = task.request
+        if request.called_directly:
+            raise exc
+        outcome = self.classifier.classify(type(exc))
+        state = _policy_header(request)
+        counters: dict[str, int] = dict(state.get("n") or {})
+        now = time.time()
+        first = float(state.get("t0") or now)
+        attempt = int(request.retries or 0) + 1
+        if outcome.action is Action.RETRY:
+            used = counters.get(outcome.counter, 0)
+            if outcome.max_retries is None or used < outcome.max_retries:
+                countdown = self._countdown(outcome, exc, used)
+                if self.deadline_s is None or (now + countdown - first) <= self.deadline_s:
+                    counters[outcome.counter] = used + 1
+                    decision = self._decision("retry", task, request, attempt, outcome, countdown, exc, None)
+                    log_decision(decision, self.args.render(args, kwargs), exc)
+                    call_hook(self.hooks["on_retry"], "on_retry", request, exc, decision)
+                    headers = {k: v for k, v in (request.headers or {}).items() if k != "redelivered"}
+                    headers[HEADER] = {"n": counters, "t0": first}
+                    raise task.retry(
+                        exc=exc, countdown=countdown, max_retries=attempt, headers=headers
+                    )
+                reason = "deadline"
+            else:
+                reason = outcome.reason
+        else:
+            reason = outcome.reason
+        return self.give_up(task, request, exc, args, kwargs, attempt, outcome, reason)
+
+    def give_up(
+        self,
+        task: Task,
+        request: Any,
+        exc: BaseException,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        attempt: int,
+        outcome: Outcome | None,
+        reason: str,
+    ) -> Any:
+        """Final failure: log, hooks, dead-letter decision, then raise or return the error result."""
+        action = "dead_letter" if self.dead_letter else "fail"
+        decision = self._decision(action, task, request, attempt, outcome, None, exc, reason)
+        log_decision(decision, self.args.render(args, kwargs), exc)
+        call_hook(self.hooks["on_failure"], "on_failure", request, exc, decision)
+        if action == "dead_letter":
+            call_hook(self.hooks["on_dead_letter"], "on_dead_letter", request, exc, decision)
+        if self.return_error:
+            return {"ok": False, "error": {"type": type(exc).__name__, "message": str(exc), "reason": reason}}
+        raise exc
+
+    def _countdown(self, outcome: Outcome, exc: BaseException, used: int) -> float:
+        if outcome.delay_from is not None:
+            value = getattr(exc, outcome.delay_from, None)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+                return min(float(value), outcome.backoff.max)
+        return draw_delay(outcome.backoff, used)
+
+    def _decision(
+        self,
+        action: str,
+        task: Task,
+        request: Any,
+        attempt: int,
+        outcome: Outcome | None,
+        countdown: float | None,
+        exc: BaseException,
+        reason: str | None,
+    ) -> Decision:
+        path = outcome.source_path if outcome is not None else "timeout.hard"
+        budget = outcome.max_retries if outcome is not None else None
+        return Decision(
+            action=action,
+            task=self.name,
+            task_id=getattr(request, "id", None),
+            attempt=attempt,
+            max_retries=budget,
+            countdown=countdown,
+            exc_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
+            reason=reason,
+            policy_source=str(self.resolved.source_of(path)),
+        )
+
+
+def _policy_header(request: Any) -> Mapping[str, Any]:
+    headers = request.headers
+    if not headers:
+        return {}
+    value = headers.get(HEADER)
+    return value if isinstance(value, Mapping) else {}
+
+
+def _param_names(run: Callable[..., Any] | None) -> list[str]:
+    if run is None:
+        return []
+    try:
+        params = list(inspect.signature(run).parameters.values())
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def wrap_run(task: Task, runtime: TaskRuntime) -> None:
+    """Install the policy wrapper as the instance's ``run`` (as Celery's autoretry does).
+
+    A decorator's ``autoretry_for`` wrapper is removed: where the policy governs
+    retries it wins, and two retry loops around one body would multiply attempts.
+    """
+    inner = _unwrapped_run(task)
+    if inner is None:
+        return
+    handle = runtime.handle_failure
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return inner(*args, **kwargs)
+        except TaskPredicate:  # Retry, Ignore, Reject: Celery's control flow passes through untouched
+            raise
+        except Exception as exc:
+            return handle(task, exc, args, kwargs)
+
+    setattr(run, _WRAPPED, runtime)
+    run.__wrapped__ = inner  # type: ignore[attr-defined]
+    run.__name__ = getattr(inner, "__name__", "run")
+    run.__doc__ = getattr(inner, "__doc__", None)
+    task.run = run  # type: ignore[method-assign]
+    task.__dict__.pop("_orig_run", None)
+
+
+def _unwrapped_run(task: Task) -> Callable[..., Any] | None:
+    """The task body without our wrapper or Celery's autoretry wrapper around it."""
+    run = task.__dict__.get("run")
+    if run is None:
+        return task.run
+    if hasattr(run, _WRAPPED):
+        return run.__wrapped__  # type: ignore[no-any-return]
+    original = task.__dict__.get("_orig_run")
+    if original is not None:  # celery.app.autoretry wrapped the body
+        return original.__wrapped__ if hasattr(original, _WRAPPED) else original  # type: ignore[no-any-return]
+    return run  # type: ignore[no-any-return]
+
+
+def runtime_of(task: Task) -> TaskRuntime | None:
+    """The runtime bound to a task by install(), if any."""
+    found = getattr(type(task), "_celery_policy", None)
+    return found if isinstance(found, TaskRuntime) else None
+
+
+class PolicyTask(Task):  # type: ignore[misc]  # celery is untyped
+    """Base class for tasks run under a policy: ``Celery(..., task_cls=celery_policy.PolicyTask)``.
+
+    The run wrapper (installed by :func:`celery_policy.install`) classifies
+    exceptions raised in the body. This class adds what a wrapper cannot see:
+    the hard time limit, which Celery reports to ``on_failure`` in the worker's
+    main process, and a clear :class:`PublishError` when the broker is gone.
+    """
+
+    abstract = True
+    _celery_policy: TaskRuntime | None = None
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        runtime = self._celery_policy
+        if runtime is not None and isinstance(exc, TimeLimitExceeded):
+            # Runs in the parent with an empty request (celery/worker/request.py on_timeout).
+            request = _ParentRequest(task_id)
+            decision = runtime._decision(
+                "dead_letter" if runtime.dead_letter else "fail", self, request, 1, None, None, exc, "time_limit"
+            )
+            log_decision(decision, runtime.args.render(args or (), kwargs or {}), exc)
+            call_hook(runtime.hooks["on_failure"], "on_failure", request, exc, decision)
+            if runtime.dead_letter:
+                call_hook(runtime.hooks["on_dead_letter"], "on_dead_letter", request, exc, decision)
+        super().on_failure(exc, task_id, args, kwargs, einfo)
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, task_id: str | None = None, **options: Any) -> Any:
+        try:
+            return super().apply_async(args, kwargs, task_id=task_id, **options)
+        except _PUBLISH_ERRORS as exc:
+            broker = _safe_broker(self.app)
+            msg = f"could not publish task '{self.name}' to {broker}: {exc} (producer.publish_retry gave up)"
+            raise PublishError(msg) from exc
+
+
+class _ParentRequest:
+    """The little we know about a task in the worker's main process after a hard time limit."""
+
+    def __init__(self, task_id: str) -> None:
+        self.id = task_id
+        self.retries = 0
+        self.headers: dict[str, Any] = {}
+
+
+def _safe_broker(app: Any) -> str:
+    try:
+        return str(app.connection_for_write().as_uri())
+    except Exception:  # only used for a message
+        return "the broker"
+
+
+def _publish_errors() -> tuple[type[BaseException], ...]:
+    from kombu.exceptions import OperationalError
+
+    errors: list[type[BaseException]] = [OperationalError, ConnectionError]
+    try:
+        import redis.exceptions
+
+        errors.append(redis.exceptions.ConnectionError)
+    except ImportError:  # pragma: no cover - redis is a dependency
+        pass
+    return tuple(errors)
+
+
+_PUBLISH_ERRORS = _publish_errors()
