@@ -53,10 +53,14 @@ def parse_duration(value: object) -> float:
 
 def format_duration(seconds: float) -> str:
     """Render seconds the way users write them: 90 -> ``1m30s``, 0.5 -> ``500ms``."""
+    # Round before splitting into units: rounding only the leftover seconds would
+    # turn 59.9999 into "60s", and a tiny value would print in exponent notation.
+    seconds = round(seconds, 6)
     if seconds == 0:
         return "0s"
     if seconds < 1:
         return f"{seconds * 1000:g}ms"
+    seconds = round(seconds, 3)
     parts = []
     rest = seconds
     for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0)):
