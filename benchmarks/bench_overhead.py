@@ -1,0 +1,166 @@
+"""Per-call cost of the policy layer on the worker's hot path (success), against plain Celery.
+
+Both apps run the same body through Celery's own tracer (``build_tracer``, as
+the worker does after ``setup_worker_optimizations``). The plain app sets the
+same options by decorator (retries, backoff, time limits, late ack); the policy
+app sets them in YAML. Rounds alternate A B A B to cancel machine noise; the
+report gives medians and the ratio.
+
+    .venv/bin/python benchmarks/bench_overhead.py [--calls 200000] [--rounds 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from celery import Celery
+from celery.app.trace import build_tracer, setup_worker_optimizations
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import celery_policy  # noqa: E402
+
+POLICY = """
+version: 1
+errors:
+  transient: [builtins.TimeoutError, builtins.ConnectionError]
+  permanent: [builtins.ValueError]
+defaults:
+  retry:
+    on: [transient]
+    never: [permanent]
+    unknown: retry
+    unknown_max_retries: 2
+    max_retries: 8
+    deadline: 1h
+    backoff: {initial: 1s, factor: 2, max: 5m, jitter: full}
+    rules:
+      - on: [builtins.OSError]
+        delay_from: retry_after
+        max_retries: 20
+  timeout: {soft: 5m, hard: 5m30s}
+  ack: {late: true, reject_on_worker_lost: true}
+  log: {args: redact}
+  hooks: {on_failure: benchmarks.bench_overhead.hook, on_retry: benchmarks.bench_overhead.hook}
+"""
+
+
+def hook(request: object, exc: object, decision: object) -> None:
+    return None
+
+
+def body(x: int) -> int:
+    return x + 1
+
+
+def make_plain() -> tuple[Celery, object]:
+    app = Celery("plain", broker="memory://", backend="disabled://")
+    task = app.task(
+        body,
+        name="bench.work",
+        ignore_result=True,
+        autoretry_for=(TimeoutError, ConnectionError),
+        dont_autoretry_for=(ValueError,),
+        retry_backoff=1,
+        retry_backoff_max=300,
+        retry_jitter=True,
+        max_retries=8,
+        soft_time_limit=300,
+        time_limit=330,
+        acks_late=True,
+        reject_on_worker_lost=True,
+    )
+    app.finalize()
+    return app, app.tasks[task.name]
+
+
+def make_bare() -> tuple[Celery, object]:
+    """Plain Celery with no failure handling at all: the floor."""
+    app = Celery("bare", broker="memory://", backend="disabled://")
+    task = app.task(body, name="bench.work", ignore_result=True)
+    app.finalize()
+    return app, app.tasks[task.name]
+
+
+def make_policy(policy_path: str) -> tuple[Celery, object]:
+    app = Celery("policy", broker="memory://", backend="disabled://", task_cls=celery_policy.PolicyTask)
+    celery_policy.install(app, policy_path)
+    task = app.task(body, name="bench.work", ignore_result=True)
+    app.finalize()
+    return app, app.tasks[task.name]
+
+
+def time_tracer(app: Celery, task: object, calls: int) -> float:
+    trace = build_tracer("bench.work", task, app=app, eager=False, propagate=True)
+    task_id = str(uuid.uuid4())
+    request = {"id": task_id, "delivery_info": {}, "hostname": "bench"}
+    start = time.perf_counter()
+    for i in range(calls):
+        trace(task_id, (i,), {}, request)
+    return (time.perf_counter() - start) / calls
+
+
+def time_classify(calls: int, policy_path: str) -> tuple[float, float]:
+    """Exception -> decision: the policy's MRO lookup vs autoretry's isinstance checks."""
+    from celery_policy.resolve import load
+    from celery_policy.runtime.classify import Classifier
+
+    resolved = load(policy_path).for_task("bench.work")
+    classifier = Classifier(resolved.policy.retry, dict(resolved.groups))
+    exc = ConnectionRefusedError("nope")
+    start = time.perf_counter()
+    for _ in range(calls):
+        classifier.classify(type(exc))
+    ours = (time.perf_counter() - start) / calls
+    autoretry_for = (TimeoutError, ConnectionError)
+    dont = (ValueError,)
+    start = time.perf_counter()
+    for _ in range(calls):
+        if isinstance(exc, dont):
+            pass
+        elif isinstance(exc, autoretry_for):
+            pass
+    theirs = (time.perf_counter() - start) / calls
+    return ours, theirs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=200_000)
+    parser.add_argument("--rounds", type=int, default=7)
+    opts = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        policy_path = os.path.join(tmp, "bench.yaml")
+        Path(policy_path).write_text(POLICY)
+        plain_app, plain_task = make_plain()
+        policy_app, policy_task = make_policy(policy_path)
+        bare_app, bare_task = make_bare()
+        for app in (plain_app, policy_app, bare_app):
+            setup_worker_optimizations(app)
+        plain: list[float] = []
+        policy: list[float] = []
+        bare: list[float] = []
+        for _ in range(opts.rounds):
+            plain.append(time_tracer(plain_app, plain_task, opts.calls))
+            policy.append(time_tracer(policy_app, policy_task, opts.calls))
+            bare.append(time_tracer(bare_app, bare_task, opts.calls))
+        ours, theirs = time_classify(opts.calls, policy_path)
+    p, q = statistics.median(plain), statistics.median(policy)
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, {opts.calls} calls x {opts.rounds} rounds (A B interleaved)")
+    print(f"success path through the tracer: plain {p * 1e6:.3f} us/call, policy {q * 1e6:.3f} us/call")
+    print(f"  added per call: {(q - p) * 1e6:+.3f} us (median); throughput ratio policy/plain = {p / q:.3f}")
+    print(f"  spread: plain {min(plain) * 1e6:.3f}-{max(plain) * 1e6:.3f} us, policy {min(policy) * 1e6:.3f}-{max(policy) * 1e6:.3f} us")
+    b = statistics.median(bare)
+    print(f"  reference: Celery with no failure options {b * 1e6:.3f} us/call; policy adds {(q - b) * 1e6:+.3f} us over it")
+    print(f"classification (exception -> decision): policy {ours * 1e9:.0f} ns, autoretry isinstance {theirs * 1e9:.0f} ns")
+
+
+if __name__ == "__main__":
+    main()
