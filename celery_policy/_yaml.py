@@ -99,7 +99,7 @@ def _scalar(event: yaml.ScalarEvent) -> Any:
 
 
 class _Frame:
-    __slots__ = ("anchor", "container", "key", "key_loc", "merges", "own_key_loc", "path")
+    __slots__ = ("anchor", "container", "first_key_locs", "key", "key_loc", "merges", "own_key_loc", "path")
 
     def __init__(self, container: dict[str, Any] | list[Any], path: Path, anchor: str | None) -> None:
         self.container = container
@@ -109,6 +109,9 @@ class _Frame:
         self.key_loc: Location | None = None
         self.own_key_loc: Location | None = None
         self.merges: list[tuple[Any, Path | None, Location]] = []
+        # Where each key was first written: a repeated key whose value is a
+        # mapping or list has already replaced the span of its path.
+        self.first_key_locs: dict[str, Location | None] = {}
 
 
 def parse_yaml(text: str, filename: str) -> ParsedYaml:
@@ -148,8 +151,8 @@ def parse_yaml(text: str, filename: str) -> ParsedYaml:
                 return True
             path = (*top.path, key)
             if key in top.container:
-                first = result.spans.get(path)
-                where = f" (first at line {first.key.line})" if first and first.key else ""
+                first = top.first_key_locs.get(key)
+                where = f" (first at line {first.line})" if first else ""
                 result.diagnostics.append(
                     Diagnostic(
                         "CP108",
@@ -159,6 +162,8 @@ def parse_yaml(text: str, filename: str) -> ParsedYaml:
                         path=render_path(path),
                     )
                 )
+            else:
+                top.first_key_locs[key] = top.key_loc
             top.container[key] = value
             result.spans[path] = Span(top.key_loc, start)
         if origin is not None:
@@ -265,20 +270,24 @@ def _apply_merges(frame: _Frame, result: ParsedYaml, fail: Any) -> None:
     """YAML merge keys (``<<: *base``): keys written in the mapping win."""
     container = frame.container
     assert isinstance(container, dict)
+    merge_path = (*frame.path, "<<")
     for value, origin, start in frame.merges:
         sources = value if isinstance(value, list) else [value]
+        # An inline mapping, or a list (of aliases), was read under the "<<" key itself.
+        where = origin if origin is not None else merge_path
         for index, source in enumerate(sources):
             if not isinstance(source, dict):
                 raise YamlError(Diagnostic("CP100", "a merge key (<<) takes a mapping or a list of mappings", start))
+            base = where if not isinstance(value, list) else (*where, index)
             for key, item in source.items():
                 if key not in container:
                     container[key] = _copy(item)
-                    if origin is not None:
-                        base = origin if not isinstance(value, list) else (*origin, index)
-                        _copy_spans(result.spans, (*base, key), (*frame.path, key))
-                        span = result.spans.get((*base, key))
-                        if span is not None:
-                            result.spans[(*frame.path, key)] = span
+                    _copy_spans(result.spans, (*base, key), (*frame.path, key))
+                    span = result.spans.get((*base, key))
+                    if span is not None:
+                        result.spans[(*frame.path, key)] = span
+    for stale in [p for p in result.spans if p[: len(merge_path)] == merge_path]:
+        del result.spans[stale]
 
 
 _SIMPLE_KEY = re.compile(r"^[A-Za-z_][\w-]*$")
