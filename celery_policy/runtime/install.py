@@ -20,6 +20,7 @@ from celery import Celery, Task, signals
 from celery.app.annotations import prepare as prepare_annotations
 from celery.app.annotations import resolve_all as resolve_all_annotations
 
+from celery_policy.deadletter.store import RedisStreamStore, store_url_for
 from celery_policy.errors import PolicyError
 from celery_policy.references import check_references, ensure_import_root
 from celery_policy.resolve import Policy, load
@@ -39,6 +40,7 @@ class AppRuntime:
         self.tasks: dict[str, TaskRuntime] = {}
         self.has_split_acks = hasattr(Task, "acks_on_failure")
         self._verified = False
+        self._store: RedisStreamStore | None = None
 
     def verify_references(self) -> None:
         """Import every exception class and hook the policy names; raise PolicyError listing all failures.
@@ -59,8 +61,27 @@ class AppRuntime:
         if runtime is None:
             self.verify_references()
             run = _body(task) if task is not None else None
-            runtime = self.tasks[name] = TaskRuntime(self.policy.for_task(name), run)
+            runtime = TaskRuntime(self.policy.for_task(name), run)
+            if runtime.dead_letter or runtime.max_redeliveries is not None:
+                store = self.store()
+                runtime.store = store
+                runtime.counter_client = store.client
+            self.tasks[name] = runtime
         return runtime
+
+    def store(self) -> RedisStreamStore:
+        """The dead-letter store, shared by all tasks; PolicyError when none can be derived."""
+        if self._store is None:
+            settings = self.policy.document.dead_letter_store
+            url = store_url_for(settings.url, _broker_url(self.app))
+            if url is None:
+                msg = (
+                    "dead letters or max_redeliveries are enabled but no store is configured and the broker is not "
+                    f"Redis; set dead_letter_store.url ({self.policy.location(('dead_letter_store',)) or self.policy.files[0]})"
+                )
+                raise PolicyError(msg)
+            self._store = RedisStreamStore(url, settings.stream, settings.max_length)
+        return self._store
 
     def governs(self, name: str) -> bool:
         """Celery's own tasks (``celery.*``) follow the policy only when it names them explicitly."""
@@ -191,6 +212,16 @@ def _setting(app: Celery, name: str) -> str | None:
     except Exception:  # configuration not loadable yet
         return None
     return str(configured) if configured else None
+
+
+def _broker_url(app: Celery) -> str | None:
+    try:
+        url = app.conf.broker_url or app.conf.broker_write_url
+    except Exception:  # an unloadable config: no broker to derive from
+        return None
+    if isinstance(url, (list, tuple)):
+        url = url[0] if url else None
+    return str(url) if url else None
 
 
 def _as_routes(routes: Any) -> tuple[Any, ...]:

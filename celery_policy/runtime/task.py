@@ -8,19 +8,23 @@ wrapper's ``try``), and tasks whose policy needs no wrapper get none.
 from __future__ import annotations
 
 import inspect
+import socket
 import time
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from celery import Task
-from celery.exceptions import TaskPredicate, TimeLimitExceeded
+from celery.exceptions import Reject, TaskPredicate, TimeLimitExceeded
 
 from celery_policy.backoff import draw_delay
+from celery_policy.deadletter.record import DeadLetter
+from celery_policy.deadletter.store import DeadLetterStore, StoreUnavailableError
 from celery_policy.errors import PolicyError
 from celery_policy.references import import_object
 from celery_policy.resolve import ResolvedPolicy
 from celery_policy.runtime.classify import Action, Classifier, Outcome
-from celery_policy.runtime.events import ArgRenderer, Decision, call_hook, log_decision
+from celery_policy.runtime.events import ArgRenderer, Decision, call_hook, log_decision, logger
 
 HEADER = "celery_policy"  # {"n": {counter: retries used}, "t0": first failure epoch seconds}
 _WRAPPED = "__celery_policy_runtime__"
@@ -53,10 +57,14 @@ class TaskRuntime:
         self.return_error = policy.result.on_failure == "return_error"
         self.dead_letter = policy.dead_letter.enabled
         self.args = ArgRenderer(policy.log, _param_names(run))
+        self.max_redeliveries = policy.ack.max_redeliveries if policy.ack.late else None
+        self.store: DeadLetterStore | None = None  # set by install() when dead letters or the redelivery cap need it
+        self.counter_client: Any = None  # redis client for redelivery counters
         self.needs_wrapper = (
             self.classifier.retries_anything
             or self.return_error
             or self.dead_letter
+            or self.max_redeliveries is not None
             or any(self.hooks.values())
         )
 
@@ -141,13 +149,88 @@ class TaskRuntime:
         """Final failure: log, hooks, dead-letter decision, then raise or return the error result."""
         action = "dead_letter" if self.dead_letter else "fail"
         decision = self._decision(action, task, request, attempt, outcome, None, exc, reason)
-        log_decision(decision, self.args.render(args, kwargs), exc)
+        rendered = self.args.render(args, kwargs)
+        if action == "dead_letter":
+            self.write_dead_letter(request, exc, args, kwargs, rendered, attempt, reason, decision)
+        log_decision(decision, rendered, exc)
         call_hook(self.hooks["on_failure"], "on_failure", request, exc, decision)
         if action == "dead_letter":
             call_hook(self.hooks["on_dead_letter"], "on_dead_letter", request, exc, decision)
         if self.return_error:
             return {"ok": False, "error": {"type": type(exc).__name__, "message": str(exc), "reason": reason}}
         raise exc
+
+    def write_dead_letter(
+        self,
+        request: Any,
+        exc: BaseException,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        rendered: Mapping[str, Any],
+        attempt: int,
+        reason: str,
+        decision: Decision,
+    ) -> None:
+        """One record in the store before the message is acked; if the store is down the message is
+        requeued (``Reject(requeue=True)``), so a dead letter is never silently dropped."""
+        if self.store is None:
+            return
+        now = time.time()
+        state = _policy_header(request)
+        replayable = self.args.mode == "show" or (
+            list(rendered.get("args", [])) == list(args) and dict(rendered.get("kwargs", {})) == dict(kwargs)
+        )
+        delivery = getattr(request, "delivery_info", None) or {}
+        record = DeadLetter(
+            task=self.name,
+            task_id=getattr(request, "id", None),
+            args=list(rendered.get("args", [])) if self.args.mode != "show" else list(args),
+            kwargs=dict(rendered.get("kwargs", {})) if self.args.mode != "show" else dict(kwargs),
+            replayable=replayable,
+            reason=reason,  # type: ignore[arg-type]
+            exc_type=decision.exc_type,
+            exc_message=str(exc)[:2000],
+            traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-8000:],
+            attempts=attempt,
+            first_failure=float(state.get("t0") or now),
+            last_failure=now,
+            hostname=getattr(request, "hostname", None) or socket.gethostname(),
+            queue=delivery.get("routing_key"),
+            policy_source=decision.policy_source,
+        )
+        try:
+            self.store.add(record)
+        except StoreUnavailableError as store_exc:
+            logger.error("dead_letter_store_unavailable", task=self.name, task_id=record.task_id, error=str(store_exc))
+            raise Reject(f"dead-letter store unavailable: {store_exc}", requeue=True) from store_exc
+
+    def check_redelivery(self, task: Task, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+        """Poison-pill cap: count broker redeliveries of this (task id, retry) and dead-letter past the cap.
+
+        Only redelivered messages pay a Redis round trip; ``delivery_info['redelivered']`` is read,
+        never the ``redelivered`` header, which leaks into retries.
+        """
+        request = task.request
+        delivery = request.delivery_info or {}
+        if not delivery.get("redelivered") or self.counter_client is None:
+            return
+        key = f"celery-policy:dlv:{{{request.id}}}:{request.retries or 0}"
+        pipe = self.counter_client.pipeline()
+        pipe.incr(key)
+        pipe.expire(key, 7 * 86400)
+        count = int(pipe.execute()[0])
+        assert self.max_redeliveries is not None
+        if count <= self.max_redeliveries:
+            return
+        exc = RuntimeError(f"message redelivered {count} times after lost workers (max_redeliveries={self.max_redeliveries})")
+        attempt = int(request.retries or 0) + 1
+        decision = self._decision("dead_letter", task, request, attempt, None, None, exc, "redelivery_limit")
+        decision = Decision(**{**decision.as_dict(), "policy_source": str(self.resolved.source_of("ack.max_redeliveries"))})
+        rendered = self.args.render(args, kwargs)
+        self.write_dead_letter(request, exc, args, kwargs, rendered, attempt, "redelivery_limit", decision)
+        log_decision(decision, rendered, exc)
+        call_hook(self.hooks["on_dead_letter"], "on_dead_letter", request, exc, decision)
+        raise Reject(str(exc), requeue=False)
 
     def _countdown(self, outcome: Outcome, exc: BaseException, used: int) -> float:
         if outcome.delay_from is not None:
@@ -211,13 +294,27 @@ def wrap_run(task: Task, runtime: TaskRuntime) -> None:
         return
     handle = runtime.handle_failure
 
-    def run(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return inner(*args, **kwargs)
-        except TaskPredicate:  # Retry, Ignore, Reject: Celery's control flow passes through untouched
-            raise
-        except Exception as exc:
-            return handle(task, exc, args, kwargs)
+    if runtime.max_redeliveries is None:
+
+        def run(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return inner(*args, **kwargs)
+            except TaskPredicate:  # Retry, Ignore, Reject: Celery's control flow passes through untouched
+                raise
+            except Exception as exc:
+                return handle(task, exc, args, kwargs)
+
+    else:
+        check = runtime.check_redelivery
+
+        def run(*args: Any, **kwargs: Any) -> Any:
+            check(task, args, kwargs)
+            try:
+                return inner(*args, **kwargs)
+            except TaskPredicate:
+                raise
+            except Exception as exc:
+                return handle(task, exc, args, kwargs)
 
     setattr(run, _WRAPPED, runtime)
     run.__wrapped__ = inner  # type: ignore[attr-defined]
@@ -266,7 +363,13 @@ class PolicyTask(Task):  # type: ignore[misc]  # celery is untyped
             decision = runtime._decision(
                 "dead_letter" if runtime.dead_letter else "fail", self, request, 1, None, None, exc, "time_limit"
             )
-            log_decision(decision, runtime.args.render(args or (), kwargs or {}), exc)
+            rendered = runtime.args.render(args or (), kwargs or {})
+            if runtime.dead_letter:
+                try:
+                    runtime.write_dead_letter(request, exc, args or (), kwargs or {}, rendered, 1, "time_limit", decision)
+                except Reject:
+                    pass  # logged; in the parent there is nothing to requeue from here
+            log_decision(decision, rendered, exc)
             call_hook(runtime.hooks["on_failure"], "on_failure", request, exc, decision)
             if runtime.dead_letter:
                 call_hook(runtime.hooks["on_dead_letter"], "on_dead_letter", request, exc, decision)

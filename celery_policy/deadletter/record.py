@@ -1,0 +1,33 @@
+"""What goes into the dead-letter stream: one record per task that can never succeed."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Reason = Literal["exhausted", "permanent", "unknown", "unknown_exhausted", "deadline", "redelivery_limit", "time_limit"]
+
+
+class DeadLetter(BaseModel):
+    """One dead-lettered task. ``args``/``kwargs`` are rendered per the task's ``log`` policy;
+    when redaction changed them the record is not ``replayable`` (the secrets were never stored)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    task: str
+    task_id: str | None
+    args: list[Any] = Field(default_factory=list)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    replayable: bool = True
+    reason: Reason
+    exc_type: str
+    exc_message: str = ""
+    traceback: str = ""
+    attempts: int = 1
+    first_failure: float
+    last_failure: float
+    hostname: str | None = None
+    queue: str | None = None
+    policy_source: str = ""
+    id: str | None = Field(None, description="stream entry id, set when read back")
