@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import click
 
@@ -89,6 +90,88 @@ def schema() -> int:
 
     click.echo(render_schema(), nl=False)
     return OK
+
+
+# --- dead letters ---------------------------------------------------------------------------
+
+
+def _dlq_options(func: Any) -> Any:
+    for option in reversed(
+        [
+            click.option("--url", help="Redis URL of the store (default: the policy's dead_letter_store.url or the app's broker)"),
+            click.option("--file", "files", multiple=True, type=click.Path(dir_okay=False), help="policy file (repeatable)"),
+            click.option("--app", "app", help="Celery app module; its broker is the default store and the replay target"),
+            click.option("--stream", help="stream name (default: from the policy, else celery-policy:dead)"),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+def _filter_options(func: Any) -> Any:
+    for option in reversed(
+        [
+            click.option("--task", "task", help="task name or glob, e.g. 'orders.*'"),
+            click.option("--reason", type=click.Choice(list(_REASONS)), help="only records with this reason"),
+            click.option("--since", help="only records younger than this duration, e.g. 1h"),
+            click.option("--id", "ids", multiple=True, help="stream entry id (repeatable)"),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+_REASONS = ("exhausted", "permanent", "unknown", "unknown_exhausted", "deadline", "redelivery_limit", "time_limit")
+
+
+@cli.group()
+def dlq() -> None:
+    """List, show, replay and purge dead letters."""
+
+
+@dlq.command("list")
+@_dlq_options
+@_filter_options
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def dlq_list(**opts: Any) -> int:
+    """List dead letters, oldest first."""
+    from celery_policy.deadletter.commands import run_list
+
+    return run_list(**opts)
+
+
+@dlq.command("show")
+@click.argument("entry_id")
+@_dlq_options
+def dlq_show(entry_id: str, **opts: Any) -> int:
+    """Show one dead letter with its traceback."""
+    from celery_policy.deadletter.commands import run_show
+
+    return run_show(entry_id, **opts)
+
+
+@dlq.command("replay")
+@_dlq_options
+@_filter_options
+@click.option("--dry-run", is_flag=True, help="say what would be replayed, change nothing")
+@click.option("--broker", help="broker URL to publish to (default: the app's broker, else the store's Redis)")
+def dlq_replay(**opts: Any) -> int:
+    """Re-publish matching dead letters with new task ids; each is deleted only after the broker took it."""
+    from celery_policy.deadletter.commands import run_replay
+
+    return run_replay(**opts)
+
+
+@dlq.command("purge")
+@_dlq_options
+@_filter_options
+@click.option("--yes", is_flag=True, help="really delete")
+def dlq_purge(**opts: Any) -> int:
+    """Delete matching dead letters (needs --yes)."""
+    from celery_policy.deadletter.commands import run_purge
+
+    return run_purge(**opts)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,164 @@
+"""The ``celery-policy dlq`` commands: locate the store, print, replay, purge."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from typing import Any
+
+import click
+
+from celery_policy.deadletter.record import DeadLetter
+from celery_policy.deadletter.replay import celery_publisher, purge, replay
+from celery_policy.deadletter.store import Filter, RedisStreamStore, StoreUnavailableError, store_url_for
+from celery_policy.durations import DurationError, parse_duration
+from celery_policy.errors import PolicyError
+
+OK, FAILED, USAGE, CONNECT = 0, 1, 2, 3
+
+
+def _load_app(module: str) -> Any:
+    from celery.app.utils import find_app
+
+    sys.path.insert(0, ".")
+    return find_app(module)
+
+
+def _open_store(url: str | None, files: tuple[str, ...], app: str | None, stream: str | None) -> RedisStreamStore:
+    settings = None
+    if files or not url:
+        from celery_policy.resolve import load
+
+        try:
+            settings = load(list(files) or None, check_imports=False).document.dead_letter_store
+        except PolicyError:
+            if files:
+                raise
+    broker = None
+    if app:
+        broker = _load_app(app).conf.broker_url
+    found = store_url_for(url or (settings.url if settings else None), broker)
+    if found is None:
+        msg = "no dead-letter store: pass --url, --app with a Redis broker, or set dead_letter_store.url"
+        raise click.UsageError(msg)
+    return RedisStreamStore(
+        found,
+        stream or (settings.stream if settings else "celery-policy:dead"),
+        settings.max_length if settings else 100_000,
+    )
+
+
+def _filter(task: str | None, reason: str | None, since: str | None, ids: tuple[str, ...]) -> Filter:
+    try:
+        since_s = parse_duration(since) if since else None
+    except DurationError as exc:
+        raise click.UsageError(f"--since: {exc}") from exc
+    return Filter(task=task, reason=reason, since_s=since_s, ids=tuple(ids))
+
+
+def _when(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, tz=dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _line(record: DeadLetter) -> str:
+    message = record.exc_message.replace("\n", " ")
+    if len(message) > 60:
+        message = message[:59] + "…"
+    return (
+        f"{record.id}  {_when(record.last_failure)}  {record.task}  {record.reason}  "
+        f"{record.exc_type.rsplit('.', 1)[-1]}: {message}  attempts={record.attempts}"
+    )
+
+
+def run_list(
+    url: str | None, files: tuple[str, ...], app: str | None, stream: str | None,
+    task: str | None, reason: str | None, since: str | None, ids: tuple[str, ...], limit: int, fmt: str,
+) -> int:
+    store = _open_store(url, files, app, stream)
+    try:
+        records = list(store.iter(_filter(task, reason, since, ids), limit=limit))
+        total = store.count()
+    except StoreUnavailableError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return CONNECT
+    if fmt == "json":
+        click.echo(json.dumps({"version": 1, "total": total, "records": [r.model_dump() for r in records]}, indent=2))
+        return OK
+    for record in records:
+        click.echo(_line(record))
+    click.echo(f"{len(records)} shown, {total} in {store.describe()}")
+    return OK
+
+
+def run_show(entry_id: str, url: str | None, files: tuple[str, ...], app: str | None, stream: str | None) -> int:
+    store = _open_store(url, files, app, stream)
+    try:
+        found = list(store.iter(Filter(ids=(entry_id,))))
+    except StoreUnavailableError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return CONNECT
+    if not found:
+        click.echo(f"error: no dead letter {entry_id} in {store.describe()}", err=True)
+        return FAILED
+    record = found[0]
+    for key, value in record.model_dump().items():
+        if key == "traceback":
+            continue
+        if key in {"first_failure", "last_failure"}:
+            value = _when(value) + " UTC"
+        click.echo(f"{key:>14}: {value}")
+    click.echo("     traceback:")
+    click.echo(record.traceback.rstrip())
+    return OK
+
+
+def run_replay(
+    url: str | None, files: tuple[str, ...], app: str | None, stream: str | None,
+    task: str | None, reason: str | None, since: str | None, ids: tuple[str, ...], dry_run: bool, broker: str | None,
+) -> int:
+    store = _open_store(url, files, app, stream)
+    flt = _filter(task, reason, since, ids)
+    if app:
+        celery_app = _load_app(app)
+    else:
+        from celery import Celery
+
+        celery_app = Celery("celery-policy-replay", broker=broker or store.url)
+    try:
+        records = list(store.iter(flt))
+        report = replay(store, records, celery_publisher(celery_app), dry_run=dry_run)
+    except StoreUnavailableError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return CONNECT
+    verb = "would replay" if dry_run else "replayed"
+    for entry, new_id in report.replayed:
+        click.echo(f"{verb} {entry} as task {new_id}")
+    for entry, why in report.skipped:
+        click.echo(f"skipped {entry}: {why}")
+    for entry, why in report.failed:
+        click.echo(f"failed {entry}: {why}", err=True)
+    click.echo(f"{len(report.replayed)} {verb}, {len(report.skipped)} skipped, {len(report.failed)} failed")
+    return CONNECT if report.failed else OK
+
+
+def run_purge(
+    url: str | None, files: tuple[str, ...], app: str | None, stream: str | None,
+    task: str | None, reason: str | None, since: str | None, ids: tuple[str, ...], yes: bool,
+) -> int:
+    store = _open_store(url, files, app, stream)
+    flt = _filter(task, reason, since, ids)
+    if not yes:
+        if not sys.stdin.isatty():
+            click.echo("error: purge deletes dead letters; pass --yes to confirm", err=True)
+            return USAGE
+        matching = sum(1 for _ in store.iter(flt))
+        if not click.confirm(f"delete {matching} dead letters from {store.describe()}?"):
+            return USAGE
+    try:
+        deleted = purge(store, flt)
+    except StoreUnavailableError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return CONNECT
+    click.echo(f"deleted {deleted} dead letters from {store.describe()}")
+    return OK
