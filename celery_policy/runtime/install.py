@@ -62,10 +62,9 @@ class AppRuntime:
             self.verify_references()
             run = _body(task) if task is not None else None
             runtime = TaskRuntime(self.policy.for_task(name), run)
-            if runtime.dead_letter or runtime.max_redeliveries is not None:
+            if runtime.needs_redis:
                 store = self.store()
-                runtime.store = store
-                runtime.counter_client = store.client
+                runtime.bind_redis(store, store.client)
             self.tasks[name] = runtime
         return runtime
 
@@ -76,7 +75,7 @@ class AppRuntime:
             url = store_url_for(settings.url, _broker_url(self.app))
             if url is None:
                 msg = (
-                    "dead letters or max_redeliveries are enabled but no store is configured and the broker is not "
+                    "dead letters, max_redeliveries or idempotency are enabled but no store is configured and the broker is not "
                     f"Redis; set dead_letter_store.url ({self.policy.location(('dead_letter_store',)) or self.policy.files[0]})"
                 )
                 raise PolicyError(msg)

@@ -24,6 +24,7 @@ from celery_policy.errors import PolicyError
 from celery_policy.references import import_object
 from celery_policy.resolve import ResolvedPolicy
 from celery_policy.runtime.classify import Action, Classifier, Outcome
+from celery_policy.runtime.idempotency import Entry, IdempotencyGuard
 from celery_policy.runtime.events import ArgRenderer, Decision, call_hook, log_decision, logger
 
 HEADER = "celery_policy"  # {"n": {counter: retries used}, "t0": first failure epoch seconds}
@@ -59,13 +60,32 @@ class TaskRuntime:
         self.args = ArgRenderer(policy.log, _param_names(run))
         self.max_redeliveries = policy.ack.max_redeliveries if policy.ack.late else None
         self.store: DeadLetterStore | None = None  # set by install() when dead letters or the redelivery cap need it
-        self.counter_client: Any = None  # redis client for redelivery counters
+        self.counter_client: Any = None  # redis client for redelivery counters and idempotency keys
+        self.idempotency: IdempotencyGuard | None = None  # set by bind_redis()
         self.needs_wrapper = (
             self.classifier.retries_anything
             or self.return_error
             or self.dead_letter
             or self.max_redeliveries is not None
+            or policy.idempotency is not None
             or any(self.hooks.values())
+        )
+
+    @property
+    def needs_redis(self) -> bool:
+        return self.dead_letter or self.max_redeliveries is not None or self.policy.idempotency is not None
+
+    def bind_redis(self, store: DeadLetterStore | None, client: Any) -> None:
+        """Give the runtime its Redis: the dead-letter store and a client for counters and keys."""
+        self.store = store if self.dead_letter or self.max_redeliveries is not None else None
+        self.counter_client = client
+        idem = self.policy.idempotency
+        if idem is not None:
+            timeout = self.policy.timeout
+            lock_ttl = (timeout.hard or timeout.soft or 3600.0) + 30.0
+            self.idempotency = IdempotencyGuard(idem, self.name, client, lock_ttl)
+        self._store_outcome = Outcome(
+            Action.RETRY, "store", self.policy.retry.max_retries, self.policy.retry.backoff, None, "exhausted", "idempotency"
         )
 
     # -- class attributes Celery reads ---------------------------------------------------------
@@ -103,12 +123,15 @@ class TaskRuntime:
 
     # -- the failure path ----------------------------------------------------------------------
 
-    def handle_failure(self, task: Task, exc: Exception, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+    def handle_failure(
+        self, task: Task, exc: Exception, args: Sequence[Any], kwargs: Mapping[str, Any], outcome: Outcome | None = None
+    ) -> Any:
         """Called from inside the ``except`` of the run wrapper. Raises Retry, re-raises ``exc``, or returns an error result."""
         request = task.request
         if request.called_directly:
             raise exc
-        outcome = self.classifier.classify(type(exc))
+        if outcome is None:
+            outcome = self.classifier.classify(type(exc))
         state = _policy_header(request)
         counters: dict[str, int] = dict(state.get("n") or {})
         now = time.time()
@@ -232,6 +255,47 @@ class TaskRuntime:
         call_hook(self.hooks["on_dead_letter"], "on_dead_letter", request, exc, decision)
         raise Reject(str(exc), requeue=False)
 
+    # -- guards before the body: redelivery cap and idempotency ---------------------------------------
+
+    def enter(self, task: Task, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Entry | None:
+        """Run before the body. Returns an idempotency entry (``duplicate`` = skip the body), or None."""
+        if task.request.called_directly:
+            return None
+        if self.max_redeliveries is not None:
+            self.check_redelivery(task, args, kwargs)
+        guard = self.idempotency
+        if guard is None:
+            return None
+        try:
+            entry = guard.enter(task.request.id, args, kwargs)
+        except Exception as exc:  # Redis down: retry per the policy instead of running unguarded
+            if isinstance(exc, TaskPredicate):
+                raise
+            logger.error("idempotency_store_unavailable", task=self.name, task_id=task.request.id, error=str(exc))
+            return self.handle_failure(task, exc, args, kwargs, self._store_outcome)  # raises Retry or gives up
+        if entry.duplicate:
+            logger.info("policy_duplicate_skipped", task=self.name, task_id=task.request.id, key=entry.key)
+        elif entry.busy:
+            # Another delivery holds the lock and is running the body now: come back when it should be done.
+            raise task.retry(countdown=1.0, max_retries=int(task.request.retries or 0) + 1)
+        return entry
+
+    def succeeded(self, entry: Entry | None, result: Any) -> None:
+        if entry is None or self.idempotency is None:
+            return
+        try:
+            self.idempotency.success(entry, result)
+        except Exception as exc:  # the work is done; failing now would only cause a re-run
+            logger.error("idempotency_mark_failed", task=self.name, key=entry.key, error=str(exc))
+
+    def release(self, entry: Entry | None) -> None:
+        if entry is None or self.idempotency is None:
+            return
+        try:
+            self.idempotency.release(entry)
+        except Exception as exc:  # the lock expires on its own
+            logger.warning("idempotency_release_failed", task=self.name, key=entry.key, error=str(exc))
+
     def _countdown(self, outcome: Outcome, exc: BaseException, used: int) -> float:
         if outcome.delay_from is not None:
             value = getattr(exc, outcome.delay_from, None)
@@ -294,7 +358,7 @@ def wrap_run(task: Task, runtime: TaskRuntime) -> None:
         return
     handle = runtime.handle_failure
 
-    if runtime.max_redeliveries is None:
+    if runtime.max_redeliveries is None and runtime.policy.idempotency is None:
 
         def run(*args: Any, **kwargs: Any) -> Any:
             try:
@@ -305,16 +369,23 @@ def wrap_run(task: Task, runtime: TaskRuntime) -> None:
                 return handle(task, exc, args, kwargs)
 
     else:
-        check = runtime.check_redelivery
+        enter = runtime.enter
+        succeeded = runtime.succeeded
 
         def run(*args: Any, **kwargs: Any) -> Any:
-            check(task, args, kwargs)
+            entry = enter(task, args, kwargs)
+            if entry is not None and entry.duplicate:
+                return entry.result
             try:
-                return inner(*args, **kwargs)
+                result = inner(*args, **kwargs)
             except TaskPredicate:
+                runtime.release(entry)
                 raise
             except Exception as exc:
+                runtime.release(entry)
                 return handle(task, exc, args, kwargs)
+            succeeded(entry, result)
+            return result
 
     setattr(run, _WRAPPED, runtime)
     run.__wrapped__ = inner  # type: ignore[attr-defined]
