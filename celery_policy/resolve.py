@@ -196,7 +196,9 @@ def _flatten(data: Mapping[str, Any], prefix: Path = ()) -> dict[Path, Any]:
     leaves: dict[Path, Any] = {}
     for key, value in data.items():
         path = (*prefix, key)
-        if isinstance(value, dict) and value:
+        if isinstance(value, dict):
+            # An empty mapping (``timeout: {}``) sets no field; as a leaf it would
+            # wipe out what weaker layers set below it.
             leaves.update(_flatten(value, path))
         else:
             leaves[path] = value
