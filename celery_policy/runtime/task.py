@@ -325,7 +325,8 @@ class TaskRuntime:
             countdown=countdown,
             exc_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
             reason=reason,
-            policy_source=str(self.resolved.source_of(path)),
+            # provenance is recorded per field: "retry.rules[1]" was set by whoever set "retry.rules"
+            policy_source=str(self.resolved.source_of(path.partition("[")[0])),
         )
 
 
