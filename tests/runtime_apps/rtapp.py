@@ -1,14 +1,24 @@
-"""A small app whose behaviour comes only from a policy file (CELERY_POLICY_FILE)."""
+"""A small app whose failure handling comes only from a policy file (CELERY_POLICY_FILE).
+
+Every task has an explicit short name (``rt.*``) so policies can name it.
+Each execution appends one JSON entry to the Redis list ``rt:journal:<key>``
+(task name, time, pid, ``request.retries``), so a test sees every attempt and
+when it started. Hooks append the decision they received to ``rt:hooks``.
+Several tasks share one body under different names, so one policy file can give
+the same code different retry budgets, backoffs, limits and acks.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import time
+from typing import Any
 
 import redis
 import structlog
-from celery import Celery
+from celery import Celery, Task
+from celery.exceptions import SoftTimeLimitExceeded
 
 import celery_policy
 
@@ -16,7 +26,12 @@ structlog.configure(processors=[structlog.processors.add_log_level, structlog.pr
 
 BROKER = os.environ["RT_BROKER_URL"]
 app = Celery("rtapp", broker=BROKER, backend=BROKER, task_cls=celery_policy.PolicyTask)
-app.conf.broker_connection_retry_on_startup = True
+app.conf.update(
+    broker_connection_retry_on_startup=True,
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+)
 celery_policy.install(app)
 
 _journal = redis.Redis.from_url(BROKER)
@@ -40,87 +55,146 @@ class Flaky(RuntimeError):
     pass
 
 
-def _record(name: str, key: str, **extra: object) -> int:
-    """Append one attempt to a Redis list so tests can see every run and when it happened."""
-    entry = {"task": name, "key": key, "t": time.time(), "pid": os.getpid(), **extra}
+def _record(task: Task, key: str, **extra: object) -> int:
+    """Append one execution to ``rt:journal:<key>``; returns how many executions there were so far."""
+    entry = {"task": task.name, "key": key, "t": time.time(), "pid": os.getpid(), "retries": task.request.retries, **extra}
     return int(_journal.rpush(f"rt:journal:{key}", json.dumps(entry)))
 
 
-@app.task(bind=True)
-def transient(self, key: str, fail_times: int) -> str:
-    n = _record("transient", key, retries=self.request.retries)
+def _task(*names: str, **options: Any) -> Any:
+    """Register one body under several task names."""
+
+    def register(fun: Any) -> Any:
+        for name in names:
+            app.task(name=name, bind=True, **options)(fun)
+        return fun
+
+    return register
+
+
+# -- retries -------------------------------------------------------------------------------------
+
+
+@_task(
+    "rt.transient",
+    "rt.backoff.equal",
+    "rt.backoff.none",
+    "rt.backoff.full",
+    "rt.prec.exact",
+    "rt.prec.other",
+    "rt.hooked",
+    "rt.unhooked",
+)
+def transient(self: Task, key: str, fail_times: int) -> str:
+    """Raises Transient on the first ``fail_times`` executions, then succeeds."""
+    n = _record(self, key)
     if n <= fail_times:
         raise Transient(f"attempt {n} failed")
     return f"ok after {n}"
 
 
-@app.task
-def permanent(key: str) -> None:
-    _record("permanent", key)
+@_task("rt.permanent")
+def permanent(self: Task, key: str) -> None:
+    _record(self, key)
     raise Permanent("bad input")
 
 
-@app.task
-def unknown(key: str) -> None:
-    _record("unknown", key)
+@_task("rt.unknown")
+def unknown(self: Task, key: str) -> None:
+    _record(self, key)
     raise Flaky("who knows")
 
 
-@app.task
-def rate_limited(key: str, fail_times: int, retry_after: float) -> str:
-    n = _record("rate_limited", key)
-    if n <= fail_times:
+@_task("rt.mixed", "rt.rate_limited")
+def mixed(self: Task, key: str, rate_times: int, transient_times: int, retry_after: float) -> str:
+    """RateLimited(retry_after) for ``rate_times`` executions, then Transient ``transient_times`` times, then ok."""
+    n = _record(self, key)
+    if n <= rate_times:
         raise RateLimited(retry_after)
-    return "ok"
+    if n <= rate_times + transient_times:
+        raise Transient(f"attempt {n} failed")
+    return f"ok after {n}"
 
 
-@app.task
-def sleeper(key: str, seconds: float) -> str:
-    from celery.exceptions import SoftTimeLimitExceeded
+@_task("rt.structured")
+def structured(self: Task, key: str) -> None:
+    _record(self, key)
+    raise Permanent("cannot parse")
 
-    _record("sleeper", key)
+
+@_task("rt.secret")
+def secret(self: Task, key: str, password: str, card_number: str = "") -> None:
+    _record(self, key)
+    raise Permanent("rejected")
+
+
+@_task("rt.report")
+def report(self: Task, key: str) -> str:
+    _record(self, key, queue=(self.request.delivery_info or {}).get("routing_key"))
+    return "report done"
+
+
+@_task("rt.ok")
+def ok(self: Task, x: int) -> int:
+    return x + 1
+
+
+# -- time limits and lost workers (prefork) ------------------------------------------------------
+
+
+@_task("rt.soft.retry", "rt.soft.never", "rt.hard.requeue", "rt.hard.default", "rt.blocker")
+def sleeper(self: Task, key: str, seconds: float, slow_times: int = 1) -> str:
+    """Sleeps ``seconds`` on the first ``slow_times`` executions (cleaning up on a soft time limit), then returns at once."""
+    n = _record(self, key, phase="start")
+    if n > slow_times:
+        return f"fast on execution {n}"
     try:
         time.sleep(seconds)
     except SoftTimeLimitExceeded:
-        _record("sleeper_cleanup", key)
+        _record(self, key, phase="cleanup")
         raise
-    return "slept"
+    return f"slept on execution {n}"
 
 
-@app.task
-def crasher(key: str, crash_times: int) -> str:
-    n = _record("crasher", key)
+@_task("rt.crasher")
+def crasher(self: Task, key: str, crash_times: int) -> str:
+    n = _record(self, key)
     if n <= crash_times:
         os._exit(9)
     return "survived"
 
 
-@app.task
-def structured(key: str) -> None:
-    _record("structured", key)
-    raise Permanent("cannot parse")
+# -- decorator options the policy must override ---------------------------------------------------
 
 
-@app.task
-def secret(key: str, password: str, card_number: str = "") -> None:
-    _record("secret", key)
-    raise Permanent("rejected")
+@app.task(
+    name="rt.decorated",
+    bind=True,
+    autoretry_for=(Transient,),
+    max_retries=10,
+    retry_backoff=True,
+    time_limit=99,
+)
+def decorated(self: Task, key: str, mode: str) -> str:
+    """``mode`` "fail": always Transient; "sleep": sleeps 5 s (cleans up on a soft time limit)."""
+    _record(self, key, phase="start")
+    if mode == "fail":
+        raise Transient("decorated failure")
+    try:
+        time.sleep(5)
+    except SoftTimeLimitExceeded:
+        _record(self, key, phase="cleanup")
+        raise
+    return "slept"
 
 
-@app.task
-def noisy_hook(key: str) -> None:
-    _record("noisy_hook", key)
-    raise Permanent("with a failing hook")
-
-
-@app.task
-def ok(x: int) -> int:
-    return x + 1
+# -- hooks named by policies ----------------------------------------------------------------------
 
 
 def failing_hook(request: object, exc: object, decision: object) -> None:
     raise RuntimeError("hook bug")
 
 
-def recording_hook(request: object, exc: object, decision: object) -> None:
-    _journal.rpush("rt:hooks", json.dumps(decision.as_dict()))  # type: ignore[attr-defined]
+def recording_hook(request: object, exc: object, decision: Any) -> None:
+    entry = {**decision.as_dict(), "exc": type(exc).__name__, "pid": os.getpid()}
+    _journal.rpush("rt:hooks", json.dumps(entry))
