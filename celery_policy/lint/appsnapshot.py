@@ -1,0 +1,191 @@
+"""A small, Celery-free picture of an app for the ``--app`` cross-checks.
+
+This is the one module of ``lint`` that imports a Celery app. It finds the app
+the way ``celery -A`` does (``proj`` -> ``proj.app``/``proj.celery``,
+``proj.celery`` -> its ``app``/``celery`` attribute, or ``module:attr``) with
+the working directory on ``sys.path``, imports the task modules the app
+declares, finalizes it, and copies out what the rules need. No broker
+connection is made.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+REDIS_VISIBILITY_DEFAULT_S = 3600.0  # kombu's Redis Channel.visibility_timeout (SQS uses 30 min, see below)
+SQS_VISIBILITY_DEFAULT_S = 1800.0
+
+
+class AppLoadError(Exception):
+    """The ``--app`` module could not be imported or holds no Celery app."""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSignature:
+    """The parameters of a task's ``run`` (``self`` already bound away)."""
+
+    positional: tuple[str, ...]
+    keyword: tuple[str, ...]
+    var_positional: bool
+    var_keyword: bool
+
+    def accepts_keyword(self, name: str) -> bool:
+        return self.var_keyword or name in self.keyword
+
+    def accepts_index(self, index: int) -> bool:
+        return self.var_positional or index < len(self.positional)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueInfo:
+    name: str
+    queue_type: str | None = None  # "quorum", "classic", "stream" (x-queue-type) when declared
+    delivery_limit: int | None = None  # x-delivery-limit when declared
+
+
+@dataclass(frozen=True, slots=True)
+class AppSnapshot:
+    """What the CP3xx (and a few CP2xx) rules know about the app."""
+
+    spec: str
+    root: str  # the directory the app's top-level package imports from
+    tasks: Mapping[str, TaskSignature | None]
+    declared_queues: Mapping[str, QueueInfo] | None  # None: app.conf.task_queues is not set
+    default_queue: str
+    default_queue_type: str
+    create_missing_queues: bool
+    pool: str
+    broker_url: str
+    broker_transport_options: Mapping[str, Any] = field(default_factory=dict)
+    prefetch_multiplier: int = 4
+
+    @property
+    def broker_scheme(self) -> str:
+        """``redis``, ``sqs``, ``amqp``, ``memory``... (``rediss`` and ``redis+socket`` count as ``redis``)."""
+        scheme = urlsplit(self.broker_url.split(";")[0]).scheme.lower() or "amqp"
+        if scheme.startswith("redis") or scheme == "sentinel":
+            return "redis"
+        if scheme in {"pyamqp", "amqps", "librabbitmq"}:
+            return "amqp"
+        return scheme
+
+    @property
+    def visibility_timeout_s(self) -> float | None:
+        """The broker's visibility timeout, or None for brokers that have none (AMQP, memory)."""
+        configured = self.broker_transport_options.get("visibility_timeout")
+        if isinstance(configured, (int, float)) and not isinstance(configured, bool):
+            return float(configured)
+        if self.broker_scheme == "redis":
+            return REDIS_VISIBILITY_DEFAULT_S
+        if self.broker_scheme == "sqs":
+            return SQS_VISIBILITY_DEFAULT_S
+        return None
+
+    def user_tasks(self) -> list[str]:
+        """Registered task names without Celery's own ``celery.*`` built-ins."""
+        return sorted(name for name in self.tasks if not name.startswith("celery."))
+
+
+def load_app(spec: str, cwd: str | None = None) -> AppSnapshot:
+    """Import ``spec`` like ``celery -A``, finalize the app and snapshot it. Raises :class:`AppLoadError`."""
+    directory = os.path.abspath(cwd or os.getcwd())
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+    celery: Any = importlib.import_module("celery")  # celery ships no type information
+    find_app = importlib.import_module("celery.app.utils").find_app
+    try:
+        app = find_app(spec)
+    except (Exception, SystemExit) as exc:
+        msg = f"cannot import Celery app '{spec}': {type(exc).__name__}: {exc}"
+        raise AppLoadError(msg) from exc
+    if not isinstance(app, celery.Celery):
+        msg = f"'{spec}' is not a Celery app (it is {type(app).__name__})"
+        raise AppLoadError(msg)
+    try:
+        app.loader.import_default_modules()  # `include=`, `imports` and autodiscover_tasks, as a worker does
+        app.finalize(auto=True)
+        return _snapshot(app, spec, _import_root(spec, directory))
+    except (Exception, SystemExit) as exc:
+        msg = f"cannot load the tasks of Celery app '{spec}': {type(exc).__name__}: {exc}"
+        raise AppLoadError(msg) from exc
+
+
+def _import_root(spec: str, default: str) -> str:
+    """The directory the app's top-level module was imported from."""
+    module_name = spec.partition(":")[0]
+    top = module_name.split(".")[0]
+    module = sys.modules.get(top)
+    location = getattr(module, "__file__", None) if module is not None else None
+    if not isinstance(location, str) or not location:
+        return default
+    path = os.path.dirname(os.path.abspath(location))
+    if os.path.basename(location) == "__init__.py":
+        path = os.path.dirname(path)
+    return path
+
+
+def _snapshot(app: Any, spec: str, root: str) -> AppSnapshot:
+    conf = app.conf
+    tasks = {str(name): _signature(task) for name, task in dict(app.tasks).items()}
+    options = conf.broker_transport_options or {}
+    prefetch = conf.worker_prefetch_multiplier
+    return AppSnapshot(
+        spec=spec,
+        root=root,
+        tasks=tasks,
+        declared_queues=_queues(conf.task_queues),
+        default_queue=str(conf.task_default_queue or "celery"),
+        default_queue_type=str(conf.get("task_default_queue_type") or "classic"),
+        create_missing_queues=bool(conf.task_create_missing_queues),
+        pool=str(conf.worker_pool or "prefork"),
+        broker_url=str(conf.broker_url or "amqp://"),
+        broker_transport_options=dict(options) if isinstance(options, Mapping) else {},
+        prefetch_multiplier=int(prefetch) if isinstance(prefetch, int) else 4,
+    )
+
+
+def _signature(task: Any) -> TaskSignature | None:
+    try:
+        signature = inspect.signature(task.run)
+    except (TypeError, ValueError, AttributeError):
+        return None
+    positional: list[str] = []
+    keyword: list[str] = []
+    var_positional = var_keyword = False
+    for param in signature.parameters.values():
+        if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
+            positional.append(param.name)
+        if param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
+            keyword.append(param.name)
+        var_positional = var_positional or param.kind == param.VAR_POSITIONAL
+        var_keyword = var_keyword or param.kind == param.VAR_KEYWORD
+    return TaskSignature(tuple(positional), tuple(keyword), var_positional, var_keyword)
+
+
+def _queues(declared: Any) -> dict[str, QueueInfo] | None:
+    if not declared:
+        return None
+    found: dict[str, QueueInfo] = {}
+    items = declared.items() if isinstance(declared, Mapping) else ((None, q) for q in declared)
+    for key, queue in items:
+        name = getattr(queue, "name", None) or key
+        if not name:
+            continue
+        arguments = getattr(queue, "queue_arguments", None) or {}
+        if isinstance(queue, Mapping):
+            arguments = queue.get("queue_arguments") or {}
+        queue_type = arguments.get("x-queue-type") if isinstance(arguments, Mapping) else None
+        limit = arguments.get("x-delivery-limit") if isinstance(arguments, Mapping) else None
+        found[str(name)] = QueueInfo(
+            str(name),
+            str(queue_type) if queue_type else None,
+            int(limit) if isinstance(limit, int) and not isinstance(limit, bool) else None,
+        )
+    return found

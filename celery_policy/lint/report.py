@@ -1,0 +1,207 @@
+"""Rendering ``check`` findings: compiler-style text, JSON and GitHub annotations.
+
+Text (colour only on a TTY, never with ``NO_COLOR`` set)::
+
+    policies/celery-policy.yaml:14:7: CP103 error: soft timeout 6m is not below hard timeout 5m (tasks."r.*".timeout)
+      help: make the soft limit shorter than the hard one ...
+    1 error, 0 warnings in 1 file
+
+A finding that only shows in some environments (``--all-envs``) names them
+after its path: ``(tasks.orders.charge.timeout, env production)``.
+
+JSON (``--format json``), version 1::
+
+    {
+      "version": 1,
+      "files": ["policies/celery-policy.yaml"],
+      "envs": [null, "production"],           # what was checked; null = the base file
+      "findings": [
+        {"code": "CP103", "name": "soft-not-below-hard", "severity": "error",
+         "message": "...", "hint": "..." | null,
+         "file": "..." | null, "line": 14 | null, "column": 7 | null,
+         "path": "tasks.\\"reports.*\\".timeout" | null,
+         "env": null | "production" | "production, staging"}
+      ],
+      "summary": {"errors": 1, "warnings": 0, "files": 1, "exit_code": 1}
+    }
+
+``env`` is null for a finding of the base file; with ``--env NAME`` it is
+NAME; with ``--all-envs`` it names the environments a finding is limited to.
+Fields are only ever added within a version.
+
+GitHub (``--format github``): one workflow command per finding,
+``::error file=F,line=L,col=C,title=CP103::message (path)``; warnings use
+``::warning``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import IO, Any
+
+import click
+
+from celery_policy.errors import Diagnostic
+
+JSON_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """A diagnostic with the rule's name and the environments it is limited to (empty: everywhere checked)."""
+
+    diagnostic: Diagnostic
+    name: str
+    envs: tuple[str, ...] = ()
+
+    @property
+    def env_label(self) -> str | None:
+        return ", ".join(self.envs) if self.envs else None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckReport:
+    files: tuple[str, ...]
+    findings: tuple[Finding, ...]
+    envs: tuple[str | None, ...]  # what was checked: None = the base file
+    exit_code: int
+    env_mode: str = "base"  # "base", "env" (--env NAME) or "all" (--all-envs)
+
+    @property
+    def errors(self) -> int:
+        return sum(1 for f in self.findings if f.diagnostic.severity == "error")
+
+    @property
+    def warnings(self) -> int:
+        return sum(1 for f in self.findings if f.diagnostic.severity == "warning")
+
+
+def use_color(stream: IO[str] | None = None) -> bool:
+    """Colour only on a terminal, and never when ``NO_COLOR`` is set to anything."""
+    if os.environ.get("NO_COLOR"):
+        return False
+    out = stream if stream is not None else sys.stdout
+    try:
+        return out.isatty()
+    except ValueError:  # a closed stream
+        return False
+
+
+def render(report: CheckReport, fmt: str, *, color: bool = False) -> str:
+    """The whole output of ``check`` in one of ``text``, ``json``, ``github``."""
+    if fmt == "json":
+        return render_json(report)
+    if fmt == "github":
+        return render_github(report)
+    return render_text(report, color=color)
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def summary_line(report: CheckReport) -> str:
+    scope = _plural(len(report.files), "file")
+    if report.env_mode == "env" and report.envs:
+        scope += f" (env {report.envs[0]})"
+    elif report.env_mode == "all":
+        names = [e for e in report.envs if e is not None]
+        scope += f" (base and {_plural(len(names), 'environment')}{': ' + ', '.join(names) if names else ''})"
+    if not report.findings:
+        return f"no problems in {scope}"
+    return f"{_plural(report.errors, 'error')}, {_plural(report.warnings, 'warning')} in {scope}"
+
+
+def _suffix(finding: Finding, report: CheckReport) -> str:
+    parts = [finding.diagnostic.path] if finding.diagnostic.path else []
+    if finding.envs and report.env_mode == "all":
+        parts.append(f"env {finding.env_label}")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def render_text(report: CheckReport, *, color: bool = False) -> str:
+    def style(text: str, **kwargs: Any) -> str:
+        return click.style(text, **kwargs) if color else text
+
+    lines: list[str] = []
+    for finding in report.findings:
+        d = finding.diagnostic
+        where = style(f"{d.location}: ", bold=True) if d.location is not None else ""
+        severity = style(d.severity, fg="red" if d.is_error else "yellow", bold=True)
+        lines.append(f"{where}{style(d.code, bold=True)} {severity}: {d.message}{_suffix(finding, report)}")
+        if d.hint:
+            lines.append(f"  {style('help', fg='cyan')}: {d.hint}")
+    lines.append(summary_line(report))
+    return "\n".join(lines) + "\n"
+
+
+def finding_json(finding: Finding, report: CheckReport) -> dict[str, Any]:
+    d = finding.diagnostic
+    env = finding.env_label
+    if report.env_mode == "env" and report.envs:
+        env = report.envs[0]
+    return {
+        "code": d.code,
+        "name": finding.name,
+        "severity": d.severity,
+        "message": d.message,
+        "hint": d.hint,
+        "file": d.location.file if d.location else None,
+        "line": d.location.line if d.location else None,
+        "column": d.location.column if d.location else None,
+        "path": d.path,
+        "env": env,
+    }
+
+
+def render_json(report: CheckReport) -> str:
+    data = {
+        "version": JSON_VERSION,
+        "files": list(report.files),
+        "envs": list(report.envs),
+        "findings": [finding_json(f, report) for f in report.findings],
+        "summary": {
+            "errors": report.errors,
+            "warnings": report.warnings,
+            "files": len(report.files),
+            "exit_code": report.exit_code,
+        },
+    }
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def _escape_data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_property(text: str) -> str:
+    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def render_github(report: CheckReport) -> str:
+    lines: list[str] = []
+    for finding in report.findings:
+        d = finding.diagnostic
+        props: list[str] = []
+        if d.location is not None:
+            props += [
+                f"file={_escape_property(d.location.file)}",
+                f"line={d.location.line}",
+                f"col={d.location.column}",
+            ]
+        props.append(f"title={_escape_property(d.code)}")
+        message = f"{d.message}{_suffix(finding, report)}"
+        if d.hint:
+            message += f"\nhelp: {d.hint}"
+        lines.append(f"::{d.severity} {','.join(props)}::{_escape_data(message)}")
+    return "".join(line + "\n" for line in lines)
+
+
+def render_rule_list(rows: Sequence[tuple[str, str, str, str]]) -> str:
+    """``celery-policy rules``: code, name, severity, one line each."""
+    width = max((len(name) for _, name, _, _ in rows), default=0)
+    return "".join(f"{code}  {name:<{width}}  {severity:<7}  {summary}\n" for code, name, severity, summary in rows)

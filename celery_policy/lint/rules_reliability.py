@@ -1,0 +1,446 @@
+"""CP2xx reliability warnings: settings that work but fail badly under load, outages or crashes."""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from celery_policy._yaml import Path, render_path
+from celery_policy.backoff import base_delay
+from celery_policy.durations import format_duration
+from celery_policy.errors import Diagnostic, trim
+from celery_policy.lint.context import LintContext
+from celery_policy.lint.registry import rule
+from celery_policy.model import Backoff, RetryPolicy, dump_set
+
+CATCH_ALL = ("builtins.Exception", "builtins.BaseException")
+CELERY_PREFETCH_DEFAULT = 4
+QUORUM_DELIVERY_LIMIT_DEFAULT = 20  # RabbitMQ 4.0+
+
+_SOFT = ("timeout", "soft")
+_HARD = ("timeout", "hard")
+
+
+def _d(seconds: float) -> str:
+    return format_duration(seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class _Budget:
+    """One retry counter of a task: the task-level lists, unknown errors, or one `rules` entry."""
+
+    label: str
+    retries: int | None  # None: no cap
+    backoff: Backoff
+    delay_from: str | None
+    field: Path  # what to point at for its backoff
+
+
+def _budgets(retry: RetryPolicy) -> list[_Budget]:
+    budgets: list[_Budget] = []
+    if retry.on:
+        budgets.append(_Budget("retry.on", retry.max_retries, retry.backoff, None, ("retry", "backoff")))
+    if retry.unknown == "retry":
+        limit = retry.unknown_max_retries if retry.unknown_max_retries is not None else retry.max_retries
+        budgets.append(_Budget("unknown errors", limit, retry.backoff, None, ("retry", "backoff")))
+    for index, retry_rule in enumerate(retry.rules):
+        backoff = retry.backoff
+        if retry_rule.backoff is not None:
+            backoff = Backoff.model_validate({**retry.backoff.model_dump(), **dump_set(retry_rule.backoff)})
+        limit = retry_rule.max_retries if retry_rule.max_retries is not None else retry.max_retries
+        budgets.append(_Budget(f"retry.rules[{index}]", limit, backoff, retry_rule.delay_from, ("retry", "rules")))
+    return [b for b in budgets if b.retries != 0]
+
+
+@rule("CP201", "unbounded-retries", severity="warning")
+def unbounded_retries(ctx: LintContext) -> Iterator[Diagnostic]:
+    """What it does: warns when retries have no cap: `max_retries: null` and no `deadline`.
+
+    Why: a permanently failing task retries forever, never reaches the dead
+    letters and keeps a worker slot busy.
+
+    Example:
+        bad:  retry: {on: [transient], max_retries: null}
+        good: retry: {on: [transient], max_retries: null, deadline: 1h}
+    """
+    for view in ctx.views():
+        retry = view.policy.retry
+        if retry.deadline is not None:
+            continue
+        uncapped = [b for b in _budgets(retry) if b.retries is None]
+        if not uncapped:
+            continue
+        layer, path = view.blame(("retry", "max_retries"), ("retry", "unknown_max_retries"), ("retry", "rules"))
+        names = ", ".join(b.label for b in uncapped)
+        message = f"retries without a cap ({names}): max_retries is null and no deadline is set"
+        hint = "set retry.max_retries or a retry.deadline such as 1h so a permanent failure ends in the dead letters"
+        yield Diagnostic("CP201", message, ctx.key_locate(path), hint, path=render_path((*layer.prefix, "retry")))
+
+
+@rule("CP202", "retry-without-backoff", severity="warning")
+def retry_without_backoff(ctx: LintContext) -> Iterator[Diagnostic]:
+    """What it does: warns when retries wait no time (`backoff.initial: 0`) or a fixed time in
+    lockstep (`factor: 1` with `jitter: none`).
+
+    Why: an outage makes every failed task retry at once, again and again (a
+    thundering herd against the service that is already down).
+
+    Example:
+        bad:  retry: {on: [transient], backoff: {initial: 5s, factor: 1, jitter: none}}
+        good: retry: {on: [transient], backoff: {initial: 5s, factor: 2, jitter: full}}
+    """
+    for view in ctx.views():
+        for budget in _budgets(view.policy.retry):
+            if budget.delay_from is not None:
+                continue
+            backoff = budget.backoff
+            if backoff.initial == 0:
+                message = f"{budget.label} retries without delay: backoff.initial is 0"
+                field = "initial"
+            elif backoff.factor == 1 and backoff.jitter == "none":
+                every = _d(backoff.initial)
+                message = f"{budget.label} retries every {every} in lockstep: backoff.factor 1, jitter none"
+                field = "factor"
+            else:
+                continue
+            hint = "use exponential backoff with jitter, e.g. backoff: {initial: 1s, factor: 2, max: 5m, jitter: full}"
+            if budget.field == ("retry", "rules"):
+                layer, _ = view.blame(("retry", "rules"))
+                index = int(budget.label.split("[")[1].rstrip("]"))
+                path: Path = (*layer.prefix, "retry", "rules", index)
+                yield Diagnostic("CP202", message, ctx.key_locate(path), hint, path=render_path(path))
+                continue
+            layer, key = view.blame((*budget.field, field), ("retry", "backoff"), ("retry", "on"))
+            yield Diagnostic(
+                "CP202", message, ctx.key_locate(key), hint, path=render_path((*layer.prefix, "retry", "backoff"))
+            )
+
+
+@rule("CP203", "catch-all-retry", severity="warning")
+def catch_all_retry(ctx: LintContext) -> Iterator[Diagnostic]:
+    """What it does: warns when `retry.on` (or a `rules` entry) lists `Exception` or `BaseException`,
+    directly or through a group.
+
+    Why: programming errors (TypeError, KeyError) are retried until the budget
+    runs out instead of failing at once, and with Celery's own autoretry a
+    catch-all also retries `Reject` and `SoftTimeLimitExceeded`.
+
+    Example:
+        bad:  retry: {on: [builtins.Exception]}
+        good: retry: {on: [builtins.TimeoutError, builtins.ConnectionError]}
+    """
+    for view in ctx.views():
+        retry = view.policy.retry
+        lists: list[tuple[str, tuple[str, ...], Path]] = [("retry.on", ctx.expand(retry.on), ("retry", "on"))]
+        for index, retry_rule in enumerate(retry.rules):
+            lists.append((f"retry.rules[{index}].on", ctx.expand(retry_rule.on), ("retry", "rules")))
+        for label, refs, field in lists:
+            caught = [ref for ref in refs if ref in CATCH_ALL]
+            if not caught:
+                continue
+            layer, path = view.blame(field)
+            if field == ("retry", "rules"):
+                path = (*layer.prefix, "retry", "rules", int(label.split("[")[1].split("]")[0]), "on")
+            message = f"{label} retries {caught[0].removeprefix('builtins.')}: every error, bugs included, is retried"
+            hint = "list the transient errors you expect (timeouts, connection errors); let bugs fail fast"
+            yield Diagnostic("CP203", message, ctx.key_locate(path), hint, path=render_path(path))
+
+
+def _prefetch(ctx: LintContext) -> tuple[int, str]:
+    configured = ctx.document.worker.prefetch_multiplier
+    if configured is not None:
+        return configured, ""
+    if ctx.app is not None:
+        return ctx.app.prefetch_multiplier, " (the app's worker_prefetch_multiplier)"
+    return CELERY_PREFETCH_DEFAULT, " (Celery's default)"
+
+
+@rule("CP204", "late-ack-prefetch", severity="warning")
+def late_ack_prefetch(ctx: LintContext) -> Iterator[Diagnostic]:
+    """What it does: warns about `ack.late: true` while `worker.prefetch_multiplier` is not 1.
+
+    Why: each worker process reserves several unacknowledged messages. Behind
+    a long task they wait, and when the worker dies they are all redelivered
+    with it, which counts against `max_redeliveries` of tasks that never ran.
+
+    Example:
+        bad:  defaults: {ack: {late: true}}                       (prefetch stays at 4)
+        good: defaults: {ack: {late: true}}, worker: {prefetch_multiplier: 1}
+    """
+    prefetch, origin = _prefetch(ctx)
+    if prefetch == 1:
+        return
+    for view in ctx.views():
+        if not view.policy.ack.late:
+            continue
+        layer, path = view.blame(("ack", "late"))
+        shown = "0 (unlimited)" if prefetch == 0 else str(prefetch)
+        message = f"late ack with worker.prefetch_multiplier {shown}{origin}"
+        hint = "set worker.prefetch_multiplier: 1 so a worker reserves only the message it runs"
+        yield Diagnostic("CP204", message, ctx.key_locate(path), hint, path=render_path((*layer.prefix, "ack")))
+
+
+def _visibility(ctx: LintContext) -> tuple[float, str] | None:
+    """The visibility timeout that applies, or None when the broker has none (AMQP, memory)."""
+    configured = ctx.document.worker.visibility_timeout
+    if ctx.app is not None and ctx.app.broker_scheme not in {"redis", "sqs"}:
+        return None
+    if configured is not None:
+        return configured, "worker.visibility_timeout"
+    if ctx.app is not None and ctx.app.visibility_timeout_s is not None:
+        explicit = "visibility_timeout" in ctx.app.broker_transport_options
+        return ctx.app.visibility_timeout_s, "the app's" if explicit else f"the {ctx.app.broker_scheme} default"
+    return 3600.0, "Celery's Redis default"
+
+
+@rule("CP205", "visibility-timeout", severity="warning")
+def visibility_timeout(ctx: LintContext) -> Iterator[Diagnostic]:
+    """What it does: warns when a retry delay, or a late-acked task's hard timeout, can reach the
+    broker's visibility timeout.
+
+    Applies to Redis and SQS brokers (and when no `--app` tells the broker).
+    The visibility timeout is `worker.visibility_timeout`, else the app's
+    `broker_transport_options`, else 1h (Redis).
+
+    Why: a worker holds a countdown message unacknowledged until it is due; on
+    Redis/SQS a message unacknowledged for longer than the visibility timeout
+    is delivered again, and the task runs twice.
+
+    Example:
+        bad:  retry: {on: [transient], backoff: {max: 2h}}           (visibility timeout 1h)
+        good: retry: {on: [transient], backoff: {max: 30m}}, or worker: {visibility_timeout: 3h}
+    """
+    found = _visibility(ctx)
+    if found is None:
+        return
+    limit, origin = found
+    where = f"visibility timeout {_d(limit)} ({origin})"
+    hint = "raise worker.visibility_timeout above the longest delay and hard timeout, or lower them"
+    for view in ctx.views():
+        for budget in _budgets(view.policy.retry):
+            backoff = budget.backoff
+            if budget.delay_from is not None or budget.retries is None:
+                worst = backoff.max
+            else:
+                worst = base_delay(backoff, max(budget.retries - 1, 0))
+            if worst < limit:
+                continue
+            _, path = view.blame(
+                (*budget.field, "max") if budget.field == ("retry", "backoff") else budget.field,
+                (*budget.field, "initial") if budget.field == ("retry", "backoff") else budget.field,
+                ("retry", "backoff"),
+            )
+            if view.owner(("retry", "backoff")) < 0 and budget.field == ("retry", "backoff"):
+                path = ("worker", "visibility_timeout")
+            message = f"{budget.label} can wait {_d(worst)} before a retry, not below the broker's {where}"
+            yield Diagnostic("CP205", message, ctx.key_locate(path), hint, path=render_path(path))
+        policy = view.policy
+        hard = policy.timeout.hard if policy.timeout.hard is not None else policy.timeout.soft
+        if policy.ack.late and hard is not None and hard >= limit:
+            _layer, path = view.blame(_HARD if policy.timeout.hard is not None else _SOFT, ("ack", "late"))
+            message = f"a late-acked task may run {_d(hard)}, not below the broker's {where}"
+            yield Diagnostic("CP205", message, ctx.key_locate(path), hint, path=render_path(path))
+
+
+@rule("CP206", "no-time-limit", severity="warning")
+def no_time_limit(ctx: LintContext) -> Iterator[Diagnostic]:
+    """What it does: warns when tasks have neither a soft nor a hard time limit.
+
+    Checked for `defaults` (which every task without its own timeout uses) and
+    for any pattern or task that clears both limits.
+
+    Why: a task stuck on a network call holds its worker slot forever; with
+    late ack it also blocks the message.
+
+    Example:
+        bad:  defaults: {retry: {max_retries: 3}}
+        good: defaults: {retry: {max_retries: 3}, timeout: {soft: 5m, hard: 5m30s}}
+    """
+    for view in ctx.views():
+        timeout = view.policy.timeout
+        if timeout.soft is not None or timeout.hard is not None:
+            continue
+        if view.kind != "defaults" and not (view.sets(_SOFT) or view.sets(_HARD)):
+            continue
+        layer, path = view.blame(_HARD, _SOFT)
+        if view.kind == "defaults" and view.owner(_HARD) < 0 and view.owner(_SOFT) < 0:
+            path = ("defaults",) if "defaults" in ctx.document.model_fields_set else ()
+            subject = "tasks without a timeout of their own"
+        else:
+            subject = view.describe()
+        message = f"no time limit: {subject} have neither timeout.soft nor timeout.hard"
+        if view.kind != "defaults":
+            message = f"no time limit: {subject} has neither timeout.soft nor timeout.hard"
+        hint = "set a hard limit and a slightly shorter soft one, e.g. timeout: {soft: 5m, hard: 5m30s}"
+        yield Diagnostic("CP206", message, ctx.key_locate(path), hint, path=render_path((*layer.prefix, "timeout")))
+
+
+class _Anything:
+    """Stands in for any task argument while a key template is test-formatted."""
+
+    def __format__(self, spec: str) -> str:
+        return "x"
+
+    def __getattr__(self, name: str) -> _Anything:
+        return self
+
+    def __getitem__(self, key: object) -> _Anything:
+        return self
+
+
+class _Args(tuple[Any, ...]):
+    def __getitem__(self, key: object) -> Any:
+        return _Anything()
+
+
+class _Kwargs(dict[str, Any]):
+    def __missing__(self, key: str) -> Any:
+        return _Anything()
+
+
+_FIELD_ROOT = re.compile(r"^([^.\[]*)(.*)$")
+_INDEX = re.compile(r"^\[([^\]]*)\]")
+
+
+def template_problem(template: str) -> tuple[str | None, list[tuple[str, str]]]:
+    """Why a key template cannot be formatted (or None), and its ``(args|kwargs, index)`` look-ups."""
+    lookups: list[tuple[str, str]] = []
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as exc:
+        return f"cannot be formatted: {exc}", lookups
+    for name in fields:
+        match = _FIELD_ROOT.match(name)
+        root, rest = (match.group(1), match.group(2)) if match else (name, "")
+        if root == "" or root.isdigit():
+            return "uses a positional field {}; name task, args or kwargs", lookups
+        if root not in {"task", "args", "kwargs"}:
+            return f"names '{trim(root, 30)}'; the template sees only task, args and kwargs", lookups
+        if root in {"args", "kwargs"}:
+            index = _INDEX.match(rest)
+            if rest.startswith("."):
+                return f"uses {root}{rest} (attribute access); write {root}[name] instead", lookups
+            if index is not None:
+                lookups.append((root, index.group(1)))
+    try:
+        template.format(task=_Anything(), args=_Args(), kwargs=_Kwargs())
+    except (ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
+        return f"cannot be formatted: {type(exc).__name__}: {exc}", lookups
+    return None, lookups
+
+
+@rule("CP207", "idempotency-key", severity="warning")
+def idempotency_key(ctx: LintContext) -> Iterator[Diagnostic]:
+    """What it does: warns about an idempotency key template that cannot be formatted, or (with
+    `--app`) that names a parameter the task's signature lacks.
+
+    The template sees `task`, `args` and `kwargs`: `charge:{kwargs[order_id]}`.
+
+    Why: the key is built for every call; a template that fails to format, or
+    whose argument is never passed, breaks deduplication for that task.
+
+    Example:
+        bad:  idempotency: {key: "charge:{kwargs[order]}"}       (the task takes order_id)
+        good: idempotency: {key: "charge:{kwargs[order_id]}"}
+    """
+    for view in ctx.views():
+        if view.policy.idempotency is None:
+            continue
+        template = view.policy.idempotency.key
+        problem, _ = template_problem(template)
+        if problem is not None:
+            _, path = view.blame(("idempotency", "key"))
+            yield ctx.diagnostic("CP207", f"idempotency key '{trim(template)}' {problem}", path)
+    if ctx.app is None:
+        return
+    for task, view in ctx.task_views():
+        idempotency = view.policy.idempotency
+        signature = ctx.app.tasks.get(task)
+        if idempotency is None or signature is None:
+            continue
+        problem, lookups = template_problem(idempotency.key)
+        if problem is not None:
+            continue
+        for root, index in lookups:
+            missing = (root == "kwargs" and not signature.accepts_keyword(index)) or (
+                root == "args" and index.isdigit() and not signature.accepts_index(int(index))
+            )
+            if not missing:
+                continue
+            _layer, path = view.blame(("idempotency", "key"))
+            params = ", ".join(signature.keyword or signature.positional) or "none"
+            message = f"idempotency key uses {root}[{trim(index, 30)}] but task '{trim(task)}' has no such parameter"
+            hint = f"its parameters: {params}"
+            yield ctx.diagnostic("CP207", message, path, hint)
+
+
+@rule("CP208", "dead-letter-store", severity="warning", needs_app=True)
+def dead_letter_store(ctx: LintContext) -> Iterator[Diagnostic]:
+    """What it does: warns when dead letters are enabled but no store is reachable: no
+    `dead_letter_store.url` and the app's broker is not Redis.
+
+    Needs `--app` (to know the broker); quiet without it.
+
+    Why: the store defaults to the broker URL only when the broker is Redis;
+    otherwise dead-letter records have nowhere to go.
+
+    Example:
+        bad:  defaults: {dead_letter: {enabled: true}}          (broker amqp://)
+        good: defaults: {dead_letter: {enabled: true}}, dead_letter_store: {url: "redis://cache:6379/1"}
+    """
+    if ctx.app is None or ctx.document.dead_letter_store.url or ctx.app.broker_scheme == "redis":
+        return
+    for view in ctx.views():
+        if not view.policy.dead_letter.enabled:
+            continue
+        _layer, path = view.blame(("dead_letter", "enabled"))
+        scheme = ctx.app.broker_scheme
+        message = f"dead letters are enabled but dead_letter_store.url is unset and the broker is {scheme}"
+        hint = "set dead_letter_store.url to a Redis URL (the broker only serves as the store when it is Redis)"
+        yield ctx.diagnostic("CP208", message, path, hint)
+
+
+@rule("CP209", "quorum-delivery-limit", severity="warning", needs_app=True)
+def quorum_delivery_limit(ctx: LintContext) -> Iterator[Diagnostic]:
+    """What it does: warns when a task on a RabbitMQ quorum queue allows more redeliveries than the
+    queue's delivery limit.
+
+    The limit is the queue's `x-delivery-limit`, else 20 (RabbitMQ 4.0's
+    default). Only broker redeliveries count (a lost worker with
+    `reject_on_worker_lost`); Celery's own retries publish a new message and
+    do not. Needs `--app` with an AMQP broker.
+
+    Why: RabbitMQ drops (or dead-letters at the broker) the message first, so
+    the policy's `max_redeliveries` cap and its dead-letter record never happen.
+
+    Example:
+        bad:  ack: {late: true, reject_on_worker_lost: true, max_redeliveries: 25}
+        good: ack: {late: true, reject_on_worker_lost: true, max_redeliveries: 5}
+    """
+    app = ctx.app
+    if app is None or app.broker_scheme != "amqp":
+        return
+    for view in ctx.views():
+        policy = view.policy
+        ack = policy.ack
+        if not (ack.late and ack.reject_on_worker_lost and ack.max_redeliveries is not None):
+            continue
+        queue = policy.route.queue if policy.route is not None and policy.route.queue else app.default_queue
+        declared = (app.declared_queues or {}).get(queue)
+        queue_type = declared.queue_type if declared and declared.queue_type else app.default_queue_type
+        if queue_type != "quorum":
+            continue
+        limit = declared.delivery_limit if declared and declared.delivery_limit is not None else None
+        limit = limit if limit is not None else QUORUM_DELIVERY_LIMIT_DEFAULT
+        if limit < 0 or ack.max_redeliveries < limit:
+            continue
+        _layer, path = view.blame(("ack", "max_redeliveries"))
+        message = (
+            f"ack.max_redeliveries {ack.max_redeliveries} is not below the delivery limit {limit} "
+            f"of quorum queue '{trim(queue)}'"
+        )
+        hint = "RabbitMQ drops the message at its delivery limit first; lower max_redeliveries below it"
+        yield ctx.diagnostic("CP209", message, path, hint)
