@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import redis
 from celery_policy.deadletter.record import DeadLetter
 
 _FIELD = "record"
+_ENTRY_ID = re.compile(r"\d+(-\d+)?")  # what XRANGE/XDEL accept; anything else is a typo, not an outage
 
 
 class StoreUnavailableError(Exception):
@@ -73,6 +75,8 @@ class RedisStreamStore:
         found = 0
         if flt.ids:
             for entry_id in flt.ids:
+                if not _ENTRY_ID.fullmatch(entry_id):
+                    continue
                 for raw_id, fields in self._xrange(entry_id, entry_id, 1):
                     record = _decode(raw_id, fields)
                     if record is not None and flt.matches(record):
@@ -104,6 +108,8 @@ class RedisStreamStore:
             raise StoreUnavailableError(msg) from exc
 
     def delete(self, entry_id: str) -> bool:
+        if not _ENTRY_ID.fullmatch(entry_id):
+            return False
         try:
             return bool(self.client.xdel(self.stream, entry_id))
         except redis.RedisError as exc:
