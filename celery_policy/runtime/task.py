@@ -401,11 +401,12 @@ def _unwrapped_run(task: Task) -> Callable[..., Any] | None:
     run = task.__dict__.get("run")
     if run is None:
         return task.run
-    if hasattr(run, _WRAPPED):
-        return run.__wrapped__  # type: ignore[no-any-return]
     original = task.__dict__.get("_orig_run")
-    if original is not None:  # celery.app.autoretry wrapped the body
-        return original.__wrapped__ if hasattr(original, _WRAPPED) else original  # type: ignore[no-any-return]
+    if original is not None:  # celery.app.autoretry wrapped the body (or our wrapper)
+        run = original
+    # autoretry's functools.wraps copies our marker and sets __wrapped__, so peel every marked layer
+    while hasattr(run, _WRAPPED):
+        run = run.__wrapped__
     return run  # type: ignore[no-any-return]
 
 
