@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import reprlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -39,10 +40,17 @@ class Decision:
 class ArgRenderer:
     """Renders task arguments for logs and dead-letter records per ``log`` policy."""
 
-    def __init__(self, policy: LogPolicy, param_names: Sequence[str]) -> None:
+    def __init__(self, policy: LogPolicy, param_names: Callable[[], Sequence[str]]) -> None:
         self.mode = policy.args
-        self.keys = frozenset(k.lower() for k in policy.redact_keys)
-        self.param_names = tuple(param_names)
+        self.keys = _keys(tuple(policy.redact_keys))
+        self._param_names = param_names  # computed on the first failure, not at boot
+        self._names: tuple[str, ...] | None = None
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        if self._names is None:
+            self._names = tuple(self._param_names())
+        return self._names
 
     def render(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
         if self.mode == "hide":
@@ -50,8 +58,9 @@ class ArgRenderer:
         if self.mode == "show":
             return {"args": [_safe(a) for a in args], "kwargs": {k: _safe(v) for k, v in kwargs.items()}}
         shown_args = []
+        names = self.param_names if args else ()
         for index, value in enumerate(args):
-            name = self.param_names[index] if index < len(self.param_names) else ""
+            name = names[index] if index < len(names) else ""
             shown_args.append(REDACTED if name.lower() in self.keys else self._scrub(value))
         shown_kwargs = {
             k: (REDACTED if k.lower() in self.keys else self._scrub(v)) for k, v in kwargs.items()
@@ -68,6 +77,11 @@ class ArgRenderer:
         if isinstance(value, (list, tuple)):
             return [self._scrub(v, depth + 1) for v in value]
         return _safe(value)
+
+
+@functools.lru_cache(maxsize=256)
+def _keys(names: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(k.lower() for k in names)
 
 
 def _safe(value: Any) -> Any:

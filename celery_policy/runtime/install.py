@@ -41,6 +41,7 @@ class AppRuntime:
         self.has_split_acks = hasattr(Task, "acks_on_failure")
         self._verified = False
         self._store: RedisStreamStore | None = None
+        self._compiled: dict[int, Any] = {}
 
     def verify_references(self) -> None:
         """Import every exception class and hook the policy names; raise PolicyError listing all failures.
@@ -61,7 +62,7 @@ class AppRuntime:
         if runtime is None:
             self.verify_references()
             run = _body(task) if task is not None else None
-            runtime = TaskRuntime(self.policy.for_task(name), run)
+            runtime = TaskRuntime(self.policy.for_task(name), run, self._compiled)
             if runtime.needs_redis:
                 store = self.store()
                 runtime.bind_redis(store, store.client)

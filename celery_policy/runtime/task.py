@@ -40,24 +40,35 @@ class PublishError(Exception):
 class TaskRuntime:
     """The compiled policy of one task."""
 
-    def __init__(self, resolved: ResolvedPolicy, run: Callable[..., Any] | None = None) -> None:
+    def __init__(
+        self,
+        resolved: ResolvedPolicy,
+        run: Callable[..., Any] | None = None,
+        shared: dict[int, tuple[Classifier, dict[str, Any], dict[bool, dict[str, Any]]]] | None = None,
+    ) -> None:
         self.resolved = resolved
         self.name = resolved.task
         policy = resolved.policy
         self.policy = policy
-        try:
-            self.classifier = Classifier(policy.retry, dict(resolved.groups))
-            self.hooks = {
-                name: (import_object(target) if target else None)
-                for name, target in policy.hooks.model_dump().items()
-            }
-        except (ImportError, AttributeError, TypeError) as exc:
-            msg = f"task '{self.name}': {exc} ({resolved.source_of('retry')})"
-            raise PolicyError(msg) from exc
+        # Tasks matched by the same layers share one resolved TaskPolicy object; compile it once.
+        compiled = shared.get(id(policy)) if shared is not None else None
+        if compiled is None:
+            try:
+                compiled = (
+                    Classifier(policy.retry, dict(resolved.groups)),
+                    {name: (import_object(target) if target else None) for name, target in policy.hooks.model_dump().items()},
+                    {},
+                )
+            except (ImportError, AttributeError, TypeError) as exc:
+                msg = f"task '{self.name}': {exc} ({resolved.source_of('retry')})"
+                raise PolicyError(msg) from exc
+            if shared is not None:
+                shared[id(policy)] = compiled
+        self.classifier, self.hooks, self._attrs = compiled
         self.deadline_s = policy.retry.deadline
         self.return_error = policy.result.on_failure == "return_error"
         self.dead_letter = policy.dead_letter.enabled
-        self.args = ArgRenderer(policy.log, _param_names(run))
+        self.args = ArgRenderer(policy.log, lambda: _param_names(run))
         self.max_redeliveries = policy.ack.max_redeliveries if policy.ack.late else None
         self.store: DeadLetterStore | None = None  # set by install() when dead letters or the redelivery cap need it
         self.counter_client: Any = None  # redis client for redelivery counters and idempotency keys
@@ -92,6 +103,12 @@ class TaskRuntime:
 
     def task_attributes(self, has_split_acks: bool) -> dict[str, Any]:
         """Celery task attributes for the fields the policy sets (where it is silent, Celery's own values stand)."""
+        cached = self._attrs.get(has_split_acks)
+        if cached is None:
+            cached = self._attrs[has_split_acks] = self._task_attributes(has_split_acks)
+        return dict(cached)
+
+    def _task_attributes(self, has_split_acks: bool) -> dict[str, Any]:
         resolved = self.resolved
         policy = self.policy
         attrs: dict[str, Any] = {}
