@@ -447,7 +447,12 @@ class PolicyTask(Task):  # type: ignore[misc]  # celery is untyped
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         runtime = self._celery_policy
-        if runtime is not None and isinstance(exc, TimeLimitExceeded):
+        if runtime is not None and isinstance(exc, TimeLimitExceeded) and _requeued_on_timeout(self):
+            # acks_late without acks_on_timeout: Request.on_timeout requeues the message right after this and
+            # it runs again, so this is no final failure (no fail/dead_letter decision, hook or record).
+            decision = runtime._decision("requeue", self, _ParentRequest(task_id), 1, None, None, exc, "time_limit")
+            log_decision(decision, runtime.args.render(args or (), kwargs or {}), exc)
+        elif runtime is not None and isinstance(exc, TimeLimitExceeded):
             # Runs in the parent with an empty request (celery/worker/request.py on_timeout).
             request = _ParentRequest(task_id)
             decision = runtime._decision(
@@ -472,6 +477,13 @@ class PolicyTask(Task):  # type: ignore[misc]  # celery is untyped
             broker = _safe_broker(self.app)
             msg = f"could not publish task '{self.name}' to {broker}: {exc} (producer.publish_retry gave up)"
             raise PublishError(msg) from exc
+
+
+def _requeued_on_timeout(task: Task) -> bool:
+    acks_on_timeout = getattr(task, "acks_on_timeout", None)  # Celery 5.7; before: acks_on_failure_or_timeout
+    if acks_on_timeout is None:
+        acks_on_timeout = task.acks_on_failure_or_timeout
+    return bool(task.acks_late) and acks_on_timeout is False
 
 
 class _ParentRequest:
