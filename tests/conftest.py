@@ -2,7 +2,9 @@
 
 Redis
   ``redis_server``          session-scoped shared server; do not stop it (use the factory for that)
-  ``clean_redis``           the shared server, flushed (FLUSHALL) before the test
+  ``clean_redis``           the shared server, flushed (FLUSHALL: every database) before the test;
+                            a module that keeps a module-scoped worker on ``redis_server.url_for(db)``
+                            must not also use ``clean_redis``
   ``redis_server_factory``  ``(*, appendonly=False, save="", port=None, start=True) -> RedisServer``,
                             private servers a test may stop / kill / restart; closed at teardown
 
@@ -11,7 +13,8 @@ Celery workers
                             broker_url=None, env=None, cwd=None, pythonpath=(), loglevel="INFO",
                             extra_args=(), ready_timeout=60, start=True) -> WorkerProcess``
                             starts ``celery -A app worker`` (cwd defaults to tests/apps); every
-                            worker is stopped at teardown and its log is printed when the test failed
+                            worker is killed (process group) at teardown and its log is
+                            printed when the test failed
 
 A missing ``redis-server`` binary fails the test with the install command; it is never skipped.
 """
@@ -94,7 +97,7 @@ WorkerFactory = Callable[..., WorkerProcess]
 
 @pytest.fixture
 def celery_worker_process(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[WorkerFactory]:
-    """Start real ``celery worker`` subprocesses; each is stopped (then killed) at teardown."""
+    """Start real ``celery worker`` subprocesses; each one's process group is killed at teardown."""
     workers: list[WorkerProcess] = []
 
     def start_worker(
@@ -145,7 +148,8 @@ def celery_worker_process(request: pytest.FixtureRequest, tmp_path: Path) -> Ite
 
     failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
     for worker in workers:
-        worker.stop(timeout=10)
+        # SIGKILL, not a warm shutdown: the test is over, and a warm one waits for running tasks.
+        worker.kill()
         if failed:
             sys.stderr.write(f"\n--- {worker!r}: {worker.log_path} ---\n{worker.log_text()[-20000:]}\n")
 

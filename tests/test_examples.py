@@ -249,7 +249,20 @@ def test_check_passes_on_every_example_in_every_environment(monkeypatch: pytest.
     monkeypatch.chdir(REPO_ROOT)
     files = [str(p.relative_to(REPO_ROOT)) for p in POLICY_FILES]
     for path in files:  # each file on its own: they are independent policies, not layers
-        assert cli.main(["check", path, "--all-envs"]) == cli.OK, path
+        assert cli.main(["check", path, "--all-envs", "--strict"]) == cli.OK, path
+
+
+@pytest.mark.parametrize("path", POLICY_FILES, ids=lambda p: p.name)
+def test_check_with_the_shop_app_finds_nothing(path: Path) -> None:
+    """The CP3xx cross-checks against the real app (in a subprocess: --app imports shop.celery, which installs a policy)."""
+    if importlib.util.find_spec("celery_policy.lint.runner") is None:
+        warnings.warn("celery_policy.lint.runner does not exist yet: `check --app` not run", UserWarning, stacklevel=1)
+        return
+    command = [sys.executable, "-m", "celery_policy.cli", "check", str(path.relative_to(REPO_ROOT))]
+    command += ["--all-envs", "--strict", "--app", "shop.celery"]
+    env = {"CELERY_BROKER_URL": "redis://127.0.0.1:9/0", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 # --- the shop app boots with the policy and runs under a real worker ------------------------------
@@ -307,7 +320,10 @@ def shop_client(clean_redis: RedisServer) -> Iterator[Celery]:
 
 @pytest.mark.worker
 def test_demo_policy_in_a_real_worker_retries_fails_fast_and_returns_errors(
-    clean_redis: RedisServer, shop_client: Celery, celery_worker_process: Callable[..., WorkerProcess]
+    clean_redis: RedisServer,
+    shop_client: Celery,
+    celery_worker_process: Callable[..., WorkerProcess],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     queue = f"demo-{uuid.uuid4().hex[:8]}"
     worker = celery_worker_process(
@@ -337,3 +353,15 @@ def test_demo_policy_in_a_real_worker_retries_fails_fast_and_returns_errors(
         slow.get(timeout=30)
     log = worker.log_text()
     assert log.count(f"catalog.ingest[{slow.id}] retry") == 3, log[-5000:]
+
+    # Both failures are in the demo's dead-letter stream; the bad row (return_error, dead letters off) is not.
+    from celery_policy import cli
+
+    capsys.readouterr()
+    assert cli.main(["dlq", "list", "--url", clean_redis.url, "--file", str(DEMO), "--format", "json"]) == cli.OK
+    records = json.loads(capsys.readouterr().out)["records"]
+    assert [(r["task"], r["reason"], r["attempts"]) for r in records] == [
+        ("orders.charge", "permanent", 1),
+        ("catalog.ingest", "exhausted", 4),
+    ]
+    assert records[0]["kwargs"]["card_token"] == "***"  # log.redact_keys reach the dead letters too
