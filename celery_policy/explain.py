@@ -25,9 +25,11 @@ the retry schedule of the task and of each ``rules`` entry.
       ],
       "schedules": [                       # the task's own first, then one per rules entry
         {"name": "task",                   # or "rules[0]", ...
+         "source": null,                   # a rule's own source, as in "fields"
          "on": null,                       # the rule's exception list as written
          "max_retries": 8,                 # null = no cap
-         "unknown_max_retries": null,      # task schedule only
+         "unknown": "retry",               # task schedule only: retry | fail; null for rules
+         "unknown_max_retries": null,      # task schedule only; null = max_retries
          "backoff": {"initial": 1.0, "factor": 2.0, "max": 300.0, "jitter": "full"},
          "delay_from": null,               # exception attribute the delay is read from
          "deadline": 3600.0,               # seconds, or null
@@ -95,6 +97,7 @@ class Schedule:
     name: str
     on: tuple[str, ...] | None
     max_retries: int | None
+    unknown: str | None
     unknown_max_retries: int | None
     backoff: Backoff
     delay_from: str | None
@@ -232,22 +235,35 @@ def _is_duration(annotation: Any) -> bool:
 
 
 def schedules(retry: RetryPolicy) -> list[Schedule]:
-    """The task's retry schedule, then one per ``rules`` entry (each keeps its own counter)."""
+    """The task's retry schedule, then one per ``rules`` entry (each keeps its own counter).
+
+    The task's table covers the longer of the budgets for ``on`` and for unknown
+    exceptions: both wait by the task's backoff, each with its own counter.
+    """
+    rows_for = retry.max_retries
+    if retry.unknown == "retry":
+        unknown_budget = retry.max_retries if retry.unknown_max_retries is None else retry.unknown_max_retries
+        rows_for = None if rows_for is None or unknown_budget is None else max(rows_for, unknown_budget)
     found = [
         _schedule(
             "task",
+            rows_for=rows_for,
             max_retries=retry.max_retries,
+            unknown=retry.unknown,
             unknown_max_retries=retry.unknown_max_retries,
             backoff=retry.backoff,
             deadline=retry.deadline,
         )
     ]
     for index, rule in enumerate(retry.rules):
+        # As the runtime reads it: an explicit ``max_retries: null`` in a rule means no cap.
+        rule_budget = rule.max_retries if "max_retries" in rule.model_fields_set else retry.max_retries
         found.append(
             _schedule(
                 f"rules[{index}]",
                 on=tuple(rule.on),
-                max_retries=rule.max_retries if rule.max_retries is not None else retry.max_retries,
+                rows_for=rule_budget,
+                max_retries=rule_budget,
                 backoff=rule_backoff(retry.backoff, rule),
                 delay_from=rule.delay_from,
                 deadline=retry.deadline,
@@ -266,33 +282,37 @@ def rule_backoff(task_backoff: Backoff, rule: RetryRule) -> Backoff:
 def _schedule(
     name: str,
     *,
+    rows_for: int | None,
     on: tuple[str, ...] | None = None,
     max_retries: int | None,
+    unknown: str | None = None,
     unknown_max_retries: int | None = None,
     backoff: Backoff,
     delay_from: str | None = None,
     deadline: float | None,
 ) -> Schedule:
-    count = MAX_ROWS if max_retries is None else max_retries
+    retries = rows_for  # how many retries the table covers; None = no cap
+    count = MAX_ROWS if retries is None else retries
     shown = list(range(count)) if count <= MAX_ROWS else [*range(MAX_ROWS - 1), count - 1]
     rows: list[Row] = []
     for retries_made in shown:
         low, high = _bounds(backoff, retries_made, delay_from)
         total = _worst_case_total(backoff, delay_from, retries_made + 1)
         rows.append(Row(retries_made + 1, low, high, total, deadline is not None and total > deadline))
-    omitted = 0 if max_retries is None else max(0, max_retries - len(rows))
+    omitted = 0 if retries is None else max(0, retries - len(rows))
     return Schedule(
         name=name,
         on=on,
         max_retries=max_retries,
+        unknown=unknown,
         unknown_max_retries=unknown_max_retries,
         backoff=backoff,
         delay_from=delay_from,
         deadline=deadline,
         rows=tuple(rows),
         omitted=omitted,
-        uncapped=max_retries is None,
-        deadline_passed_at=_deadline_passed_at(backoff, delay_from, deadline, max_retries),
+        uncapped=retries is None,
+        deadline_passed_at=_deadline_passed_at(backoff, delay_from, deadline, retries),
     )
 
 
@@ -460,16 +480,20 @@ def _render_schedule(schedule: Schedule) -> list[str]:
         on = render_value(list(schedule.on or ()))
         out.append(f"retry schedule for {schedule.name} (on: {on}; its own attempt counter):")
     cap = "null (no cap)" if schedule.max_retries is None else str(schedule.max_retries)
-    out.append(f"  max_retries: {cap}")
-    if schedule.unknown_max_retries is not None:
-        out.append(f"  unknown exceptions: at most {schedule.unknown_max_retries} retries on this schedule")
+    out.append(f"  max_retries: {cap}" + (" (exceptions in on)" if schedule.unknown == "retry" else ""))
+    if schedule.unknown == "fail":
+        out.append("  unknown exceptions (in neither on nor never): fail at once")
+    elif schedule.unknown == "retry":
+        limit = schedule.max_retries if schedule.unknown_max_retries is None else schedule.unknown_max_retries
+        most = "no cap" if limit is None else f"at most {limit} retr{'y' if limit == 1 else 'ies'}"
+        out.append(f"  unknown exceptions (in neither on nor never): {most} on this schedule")
     if schedule.delay_from is not None:
         out.append(f"  delay: from exception attribute {schedule.delay_from}, capped at {format_duration(backoff.max)}")
-    else:
-        out.append(
-            f"  backoff: initial {format_duration(backoff.initial)}, factor {_render_float(backoff.factor)}, "
-            f"max {format_duration(backoff.max)}, jitter {backoff.jitter}"
-        )
+    when = "  without the attribute, backoff: " if schedule.delay_from is not None else "  backoff: "
+    out.append(
+        f"{when}initial {format_duration(backoff.initial)}, factor {_render_float(backoff.factor)}, "
+        f"max {format_duration(backoff.max)}, jitter {backoff.jitter}"
+    )
     if schedule.deadline is not None:
         out.append(
             f"  deadline: {format_duration(schedule.deadline)} since the first attempt; "
@@ -480,16 +504,27 @@ def _render_schedule(schedule: Schedule) -> list[str]:
                 f"    with the highest delays, retry {schedule.deadline_passed_at} would start past it "
                 "(time spent running the task comes on top)"
             )
-    if schedule.max_retries == 0:
+    if not schedule.rows:
         out.append("  no retries: the first failure is final")
         return out
+    out.extend(_render_table(schedule))
+    return out
+
+
+def _render_table(schedule: Schedule) -> list[str]:
+    out: list[str] = []
     table = [("retry", "delay", "cumulative worst case", "")]
     previous = 0
     for row in schedule.rows:
         if row.retry != previous + 1:
             skipped = row.retry - previous - 1
             table.append(("…", f"{skipped} more retr{'ies' if skipped != 1 else 'y'} not shown", "", ""))
-        note = "past deadline" if row.past_deadline else ""
+        notes = []
+        if schedule.max_retries is not None and row.retry > schedule.max_retries:
+            notes.append("unknown exceptions only")
+        if row.past_deadline:
+            notes.append("past deadline")
+        note = ", ".join(notes)
         delay = _delay(row.delay_min, row.delay_max)
         table.append((str(row.retry), delay, format_duration(row.worst_case_total), note))
         previous = row.retry
@@ -498,7 +533,7 @@ def _render_schedule(schedule: Schedule) -> list[str]:
         line = f"  {retry:>{widths[0]}}  {delay:<{widths[1]}}  {total:>{widths[2]}}  {note}"
         out.append(line.rstrip())
     if schedule.uncapped:
-        cap = format_duration(backoff.max)
+        cap = format_duration(schedule.backoff.max)
         out.append(f"  {'…':>{widths[0]}}  no cap: retries go on, each later one waiting up to {cap}")
     return out
 
@@ -525,7 +560,10 @@ def render_json(explanation: Explanation) -> str:
             }
             for field in explanation.fields
         ],
-        "schedules": [_schedule_json(schedule) for schedule in explanation.schedules],
+        "schedules": [
+            _schedule_json(schedule, explanation.rule_sources[index - 1] if index else None)
+            for index, schedule in enumerate(explanation.schedules)
+        ],
     }
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
@@ -540,11 +578,13 @@ def _source(provenance: Provenance) -> dict[str, Any]:
     return {"layer": provenance.layer, "overlay": provenance.overlay, "location": _location(provenance.location)}
 
 
-def _schedule_json(schedule: Schedule) -> dict[str, Any]:
+def _schedule_json(schedule: Schedule, source: Provenance | None) -> dict[str, Any]:
     return {
         "name": schedule.name,
+        "source": _source(source) if source is not None else None,
         "on": list(schedule.on) if schedule.on is not None else None,
         "max_retries": schedule.max_retries,
+        "unknown": schedule.unknown,
         "unknown_max_retries": schedule.unknown_max_retries,
         "backoff": schedule.backoff.model_dump(),
         "delay_from": schedule.delay_from,
