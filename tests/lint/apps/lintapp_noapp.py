@@ -1,0 +1,3 @@
+"""A module without a Celery app in it."""
+
+app = "not a Celery app"
