@@ -183,7 +183,8 @@ class RedisServer:
                 msg = f"redis-server did not start on port {self.port}: {exc}\n{_tail(self.log_text())}"
                 raise ProcessStartError(msg) from exc
             except TimeoutExpired as exc:
-                msg = f"redis-server did not accept connections within {self.startup_timeout}s\n{_tail(self.log_text())}"
+                waited = f"redis-server did not accept connections within {self.startup_timeout}s"
+                msg = f"{waited}\n{_tail(self.log_text())}"
                 raise ProcessStartError(msg) from exc
             self._executor = executor
             self._fixed_port = True  # keep the port for restarts

@@ -22,7 +22,7 @@ A missing ``redis-server`` binary fails the test with the install command; it is
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +155,9 @@ def celery_worker_process(request: pytest.FixtureRequest, tmp_path: Path) -> Ite
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     # Lets fixtures see at teardown whether the test body failed (to print worker logs).
     report = yield
     setattr(item, f"rep_{report.when}", report)

@@ -16,12 +16,14 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _servers import REPO_ROOT, RedisServer, WorkerProcess
 from celery import Celery
 
 import celery_policy
+from celery_policy import cli
 from celery_policy.patterns import is_glob
 from celery_policy.references import import_exception, import_object
 
@@ -244,8 +246,6 @@ def test_check_passes_on_every_example_in_every_environment(monkeypatch: pytest.
             stacklevel=1,
         )
         return
-    from celery_policy import cli
-
     monkeypatch.chdir(REPO_ROOT)
     files = [str(p.relative_to(REPO_ROOT)) for p in POLICY_FILES]
     for path in files:  # each file on its own: they are independent policies, not layers
@@ -254,7 +254,10 @@ def test_check_passes_on_every_example_in_every_environment(monkeypatch: pytest.
 
 @pytest.mark.parametrize("path", POLICY_FILES, ids=lambda p: p.name)
 def test_check_with_the_shop_app_finds_nothing(path: Path) -> None:
-    """The CP3xx cross-checks against the real app (in a subprocess: --app imports shop.celery, which installs a policy)."""
+    """The CP3xx cross-checks against the real app.
+
+    In a subprocess: ``--app`` imports shop.celery, which installs a policy into process-wide Celery state.
+    """
     if importlib.util.find_spec("celery_policy.lint.runner") is None:
         warnings.warn("celery_policy.lint.runner does not exist yet: `check --app` not run", UserWarning, stacklevel=1)
         return
@@ -269,7 +272,7 @@ def test_check_with_the_shop_app_finds_nothing(path: Path) -> None:
 
 
 def test_shop_app_boots_with_the_web_shop_policy() -> None:
-    """Importing shop.celery installs policies/celery-policy.yaml (in a subprocess: it sets process-wide Celery state)."""
+    """Importing shop.celery installs policies/celery-policy.yaml (in a subprocess: it sets process-wide state)."""
     script = """
 import json
 from shop.celery import app
@@ -334,7 +337,7 @@ def test_demo_policy_in_a_real_worker_retries_fails_fast_and_returns_errors(
         env={"CELERY_POLICY_FILE": str(DEMO), "CELERY_POLICY_ENV": ""},
     )
 
-    def send(name: str, **kwargs: object) -> object:
+    def send(name: str, **kwargs: object) -> Any:
         return shop_client.send_task(name, kwargs=kwargs, queue=queue)
 
     charged = send("orders.charge", order_id="o-1", amount_cents=1250, card_token="tok_ok")
@@ -355,8 +358,6 @@ def test_demo_policy_in_a_real_worker_retries_fails_fast_and_returns_errors(
     assert log.count(f"catalog.ingest[{slow.id}] retry") == 3, log[-5000:]
 
     # Both failures are in the demo's dead-letter stream; the bad row (return_error, dead letters off) is not.
-    from celery_policy import cli
-
     capsys.readouterr()
     assert cli.main(["dlq", "list", "--url", clean_redis.url, "--file", str(DEMO), "--format", "json"]) == cli.OK
     records = json.loads(capsys.readouterr().out)["records"]

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 from _servers import RedisServer, RedisServerMissingError, WorkerProcess, find_redis_server, group_pids, is_alive
 from celery import Celery
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 
 @pytest.fixture
@@ -55,7 +55,12 @@ def test_fixture_without_redis_binary_fails_and_never_skips(
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA")
     result.assert_outcomes(failed=1, errors=1, skipped=0)
-    result.stdout.fnmatch_lines(["*REDIS_SERVER=*/nonexistent/redis-server* is not an executable file*", "*apt-get install -y redis-server*bootstrap.sh*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*REDIS_SERVER=*/nonexistent/redis-server* is not an executable file*",
+            "*apt-get install -y redis-server*bootstrap.sh*",
+        ]
+    )
 
 
 @pytest.mark.parametrize(
@@ -115,7 +120,9 @@ def test_prefork_worker_runs_tasks_in_children_and_kill_takes_the_whole_group(
     clean_redis: RedisServer, client_app: Celery, celery_worker_process: Callable[..., WorkerProcess]
 ) -> None:
     queue = f"smoke-{uuid.uuid4().hex[:8]}"
-    worker = celery_worker_process("plain_app", pool="prefork", concurrency=2, queues=[queue], broker_url=clean_redis.url)
+    worker = celery_worker_process(
+        "plain_app", pool="prefork", concurrency=2, queues=[queue], broker_url=clean_redis.url
+    )
     children = worker.wait_children(2)
     assert len(children) == 2
 
