@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import inspect
 import socket
+import sys
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
+from types import FrameType
 from typing import Any
 
 from celery import Task
@@ -455,13 +457,16 @@ class PolicyTask(Task):  # type: ignore[misc]  # celery is untyped
         elif runtime is not None and isinstance(exc, TimeLimitExceeded):
             # Runs in the parent with an empty request (celery/worker/request.py on_timeout).
             request = _ParentRequest(task_id)
+            attempt = request.retries + 1
             decision = runtime._decision(
-                "dead_letter" if runtime.dead_letter else "fail", self, request, 1, None, None, exc, "time_limit"
+                "dead_letter" if runtime.dead_letter else "fail", self, request, attempt, None, None, exc, "time_limit"
             )
             rendered = runtime.args.render(args or (), kwargs or {})
             if runtime.dead_letter:
                 try:
-                    runtime.write_dead_letter(request, exc, args or (), kwargs or {}, rendered, 1, "time_limit", decision)
+                    runtime.write_dead_letter(
+                        request, exc, args or (), kwargs or {}, rendered, attempt, "time_limit", decision
+                    )
                 except Reject:
                     pass  # logged; in the parent there is nothing to requeue from here
             log_decision(decision, rendered, exc)
@@ -487,12 +492,41 @@ def _requeued_on_timeout(task: Task) -> bool:
 
 
 class _ParentRequest:
-    """The little we know about a task in the worker's main process after a hard time limit."""
+    """What the worker's main process knows about a task after a hard time limit.
+
+    Celery calls ``on_failure`` from ``Request.on_timeout`` without pushing a
+    request (celery/worker/request.py), so ``task.request`` is empty there. The
+    calling ``Request`` still holds the message's context: retries, our header
+    (first failure, counters), the queue it came from and the worker's name.
+    """
 
     def __init__(self, task_id: str) -> None:
         self.id = task_id
         self.retries = 0
         self.headers: dict[str, Any] = {}
+        self.delivery_info: dict[str, Any] = {}
+        self.hostname: str | None = None
+        context = _calling_request_context(task_id)
+        if context is not None:
+            self.retries = int(getattr(context, "retries", 0) or 0)
+            self.headers = dict(getattr(context, "headers", None) or {})
+            self.delivery_info = dict(getattr(context, "delivery_info", None) or {})
+            self.hostname = getattr(context, "hostname", None)
+
+
+def _calling_request_context(task_id: str, depth: int = 8) -> Any:
+    """The ``Context`` of the worker ``Request`` for ``task_id`` found up the call stack, else None."""
+    from celery.worker.request import Request
+
+    frame: FrameType | None = sys._getframe(1)
+    for _ in range(depth):
+        if frame is None:
+            return None
+        caller = frame.f_locals.get("self")
+        if isinstance(caller, Request) and caller.id == task_id:
+            return caller._context
+        frame = frame.f_back
+    return None
 
 
 def _safe_broker(app: Any) -> str:
