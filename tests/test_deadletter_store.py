@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +93,8 @@ def test_a_malformed_entry_id_matches_nothing_instead_of_looking_like_an_outage(
 def test_iter_reads_past_one_batch_in_order_without_duplicates(store: RedisStreamStore) -> None:
     pipe = store.client.pipeline(transaction=False)
     for n in range(2500):
-        pipe.xadd(store.stream, {"record": record(task=f"bulk.{n % 3}", task_id=f"t{n}").model_dump_json(exclude={"id"})})
+        payload = record(task=f"bulk.{n % 3}", task_id=f"t{n}").model_dump_json(exclude={"id"})
+        pipe.xadd(store.stream, {"record": payload})
     pipe.execute()
 
     everything = list(store.iter(Filter()))
@@ -136,7 +137,8 @@ def test_a_stopped_server_raises_store_unavailable_for_every_operation_and_recov
     }
     for name, operation in operations.items():
         started = time.monotonic()
-        with pytest.raises(StoreUnavailableError, match=rf"dead-letter store redis://127\.0\.0\.1:{server.port}/0 stream 'test:dead' unavailable"):
+        expected = rf"dead-letter store redis://127\.0\.0\.1:{server.port}/0 stream 'test:dead' unavailable"
+        with pytest.raises(StoreUnavailableError, match=expected):
             operation()
         assert time.monotonic() - started < 5, f"{name} took too long to fail"
 
@@ -165,13 +167,13 @@ SECRET = "s3cr3t-Pa55"
 
 
 @pytest.fixture
-def policy_file(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+def policy_file(tmp_path: Path) -> Callable[[str], Path]:
     def write(log: str) -> Path:
         path = tmp_path / "policy.yaml"
         path.write_text(f"version: 1\ndefaults:\n  dead_letter: {{enabled: true}}\n  log: {log}\n")
         return path
 
-    yield write
+    return write
 
 
 def login(user: str, password: str, profile: dict[str, Any] | None = None) -> None:
@@ -179,11 +181,13 @@ def login(user: str, password: str, profile: dict[str, Any] | None = None) -> No
 
 
 def _write(runtime: TaskRuntime, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    request = types.SimpleNamespace(
-        id="task-1", retries=0, headers={}, delivery_info={"routing_key": "auth"}, hostname="w1@host", called_directly=False
+    request = types.SimpleNamespace(  # what the worker's task.request carries
+        id="task-1", retries=0, headers={}, delivery_info={"routing_key": "auth"}, hostname="w1@host"
     )
     exc = ValueError("login rejected")
-    decision = Decision("dead_letter", "auth.login", "task-1", 1, None, None, "builtins.ValueError", "permanent", "p.yaml:3")
+    decision = Decision(
+        "dead_letter", "auth.login", "task-1", 1, None, None, "builtins.ValueError", "permanent", "p.yaml:3"
+    )
     runtime.write_dead_letter(request, exc, args, kwargs, runtime.args.render(args, kwargs), 1, "permanent", decision)
 
 
@@ -231,7 +235,8 @@ def test_unredacted_arguments_are_stored_as_they_were_and_stay_replayable(
     store.client.delete(store.stream)
     _write(runtime, ("ann",), {"profile": {"age": 40, "tags": ["a", "b"]}})
     (stored,) = list(store.iter(Filter()))
-    assert (stored.args, stored.kwargs, stored.replayable) == (["ann"], {"profile": {"age": 40, "tags": ["a", "b"]}}, True)
+    assert (stored.args, stored.kwargs) == (["ann"], {"profile": {"age": 40, "tags": ["a", "b"]}})
+    assert stored.replayable is True
     assert (stored.queue, stored.hostname, stored.task_id, stored.reason) == ("auth", "w1@host", "task-1", "permanent")
 
 

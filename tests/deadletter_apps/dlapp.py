@@ -77,8 +77,11 @@ def unknown(self: Task, key: str) -> None:
 
 
 @app.task(name="dl.slow", bind=True)
-def slow(self: Task, key: str, seconds: float) -> str:
-    _run(self, key)
+def slow(self: Task, key: str, seconds: float, fail_runs: int = 0) -> str:
+    """Raises Transient on the first ``fail_runs`` runs, then sleeps ``seconds`` (past the hard limit)."""
+    n = _run(self, key)
+    if n <= fail_runs:
+        raise Transient(f"gateway timeout on run {n}")
     time.sleep(seconds)
     return "slept"
 

@@ -123,7 +123,7 @@ def wait_final(client: redis.Redis, task_id: str, timeout: float = 30.0) -> dict
     """The stored result once final (read from Redis each time, never cached)."""
     return wait_for(
         f"a final state of task {task_id}",
-        lambda: (m if (m := task_meta(client, task_id)) and m.get("status") in FINAL_STATES else None),
+        lambda: m if (m := task_meta(client, task_id)) and m.get("status") in FINAL_STATES else None,
         timeout,
     )
 
