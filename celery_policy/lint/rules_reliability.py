@@ -12,7 +12,7 @@ from celery_policy._yaml import Path, render_path
 from celery_policy.backoff import base_delay
 from celery_policy.durations import format_duration
 from celery_policy.errors import Diagnostic, trim
-from celery_policy.lint.context import LintContext
+from celery_policy.lint.context import Layer, LintContext
 from celery_policy.lint.registry import rule
 from celery_policy.model import Backoff, RetryPolicy, dump_set
 
@@ -36,22 +36,26 @@ class _Budget:
     retries: int | None  # None: no cap
     backoff: Backoff
     delay_from: str | None
-    field: Path  # what to point at for its backoff
+    rule_index: int | None = None  # the `rules` entry, or None for the task-level counters
+
+    def rule_path(self, layer: Layer) -> Path:
+        """The key path of its `rules` entry in ``layer``."""
+        return (*layer.prefix, "retry", "rules", self.rule_index or 0)
 
 
 def _budgets(retry: RetryPolicy) -> list[_Budget]:
     budgets: list[_Budget] = []
     if retry.on:
-        budgets.append(_Budget("retry.on", retry.max_retries, retry.backoff, None, ("retry", "backoff")))
+        budgets.append(_Budget("retry.on", retry.max_retries, retry.backoff, None))
     if retry.unknown == "retry":
         limit = retry.unknown_max_retries if retry.unknown_max_retries is not None else retry.max_retries
-        budgets.append(_Budget("unknown errors", limit, retry.backoff, None, ("retry", "backoff")))
+        budgets.append(_Budget("unknown errors", limit, retry.backoff, None))
     for index, retry_rule in enumerate(retry.rules):
         backoff = retry.backoff
         if retry_rule.backoff is not None:
             backoff = Backoff.model_validate({**retry.backoff.model_dump(), **dump_set(retry_rule.backoff)})
         limit = retry_rule.max_retries if retry_rule.max_retries is not None else retry.max_retries
-        budgets.append(_Budget(f"retry.rules[{index}]", limit, backoff, retry_rule.delay_from, ("retry", "rules")))
+        budgets.append(_Budget(f"retry.rules[{index}]", limit, backoff, retry_rule.delay_from, index))
     return [b for b in budgets if b.retries != 0]
 
 
@@ -107,13 +111,11 @@ def retry_without_backoff(ctx: LintContext) -> Iterator[Diagnostic]:
             else:
                 continue
             hint = "use exponential backoff with jitter, e.g. backoff: {initial: 1s, factor: 2, max: 5m, jitter: full}"
-            if budget.field == ("retry", "rules"):
-                layer, _ = view.blame(("retry", "rules"))
-                index = int(budget.label.split("[")[1].rstrip("]"))
-                path: Path = (*layer.prefix, "retry", "rules", index)
+            if budget.rule_index is not None:
+                path = budget.rule_path(view.blame(("retry", "rules"))[0])
                 yield Diagnostic("CP202", message, ctx.key_locate(path), hint, path=render_path(path))
                 continue
-            layer, key = view.blame((*budget.field, field), ("retry", "backoff"), ("retry", "on"))
+            layer, key = view.blame(("retry", "backoff", field), ("retry", "backoff"), ("retry", "on"))
             yield Diagnostic(
                 "CP202", message, ctx.key_locate(key), hint, path=render_path((*layer.prefix, "retry", "backoff"))
             )
@@ -134,16 +136,17 @@ def catch_all_retry(ctx: LintContext) -> Iterator[Diagnostic]:
     """
     for view in ctx.views():
         retry = view.policy.retry
-        lists: list[tuple[str, tuple[str, ...], Path]] = [("retry.on", ctx.expand(retry.on), ("retry", "on"))]
-        for index, retry_rule in enumerate(retry.rules):
-            lists.append((f"retry.rules[{index}].on", ctx.expand(retry_rule.on), ("retry", "rules")))
-        for label, refs, field in lists:
+        lists: list[tuple[str, tuple[str, ...], int | None]] = [("retry.on", ctx.expand(retry.on), None)]
+        for number, retry_rule in enumerate(retry.rules):
+            lists.append((f"retry.rules[{number}].on", ctx.expand(retry_rule.on), number))
+        for label, refs, index in lists:
             caught = [ref for ref in refs if ref in CATCH_ALL]
             if not caught:
                 continue
-            layer, path = view.blame(field)
-            if field == ("retry", "rules"):
-                path = (*layer.prefix, "retry", "rules", int(label.split("[")[1].split("]")[0]), "on")
+            if index is None:
+                _, path = view.blame(("retry", "on"))
+            else:
+                path = (*view.blame(("retry", "rules"))[0].prefix, "retry", "rules", index, "on")
             message = f"{label} retries {caught[0].removeprefix('builtins.')}: every error, bugs included, is retried"
             hint = "list the transient errors you expect (timeouts, connection errors); let bugs fail fast"
             yield Diagnostic("CP203", message, ctx.key_locate(path), hint, path=render_path(path))
@@ -228,19 +231,18 @@ def visibility_timeout(ctx: LintContext) -> Iterator[Diagnostic]:
                 worst = base_delay(backoff, max(budget.retries - 1, 0))
             if worst < limit:
                 continue
-            _, path = view.blame(
-                (*budget.field, "max") if budget.field == ("retry", "backoff") else budget.field,
-                (*budget.field, "initial") if budget.field == ("retry", "backoff") else budget.field,
-                ("retry", "backoff"),
-            )
-            if view.owner(("retry", "backoff")) < 0 and budget.field == ("retry", "backoff"):
+            if budget.rule_index is not None:
+                path = budget.rule_path(view.blame(("retry", "rules"))[0])
+            elif view.owner(("retry", "backoff")) < 0:  # built-in backoff: the visibility timeout is what is short
                 path = ("worker", "visibility_timeout")
+            else:
+                _, path = view.blame(("retry", "backoff", "max"), ("retry", "backoff"))
             message = f"{budget.label} can wait {_d(worst)} before a retry, not below the broker's {where}"
             yield Diagnostic("CP205", message, ctx.key_locate(path), hint, path=render_path(path))
         policy = view.policy
         hard = policy.timeout.hard if policy.timeout.hard is not None else policy.timeout.soft
         if policy.ack.late and hard is not None and hard >= limit:
-            _layer, path = view.blame(_HARD if policy.timeout.hard is not None else _SOFT, ("ack", "late"))
+            _, path = view.blame(_HARD if policy.timeout.hard is not None else _SOFT, ("ack", "late"))
             message = f"a late-acked task may run {_d(hard)}, not below the broker's {where}"
             yield Diagnostic("CP205", message, ctx.key_locate(path), hint, path=render_path(path))
 
@@ -265,7 +267,7 @@ def no_time_limit(ctx: LintContext) -> Iterator[Diagnostic]:
             continue
         if view.kind != "defaults" and not (view.sets(_SOFT) or view.sets(_HARD)):
             continue
-        layer, path = view.blame(_HARD, _SOFT)
+        layer, path = view.blame(_SOFT, _HARD)
         if view.kind == "defaults" and view.owner(_HARD) < 0 and view.owner(_SOFT) < 0:
             path = ("defaults",) if "defaults" in ctx.document.model_fields_set else ()
             subject = "tasks without a timeout of their own"

@@ -72,6 +72,9 @@ def run_check(
     except _UsageProblem as exc:
         click.echo(f"celery-policy check: error: {exc}", err=True)
         return USAGE
+    except Exception as exc:  # the last guard: a message, never a traceback
+        click.echo(f"celery-policy check: internal error: {type(exc).__name__}: {exc} (please report this)", err=True)
+        return USAGE
     color = fmt == "text" and use_color()
     click.echo(render(report, fmt, color=color), nl=False, color=color)
     return report.exit_code

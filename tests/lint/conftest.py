@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ from celery_policy.cli import main
 
 
 @pytest.fixture
-def in_apps_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def in_apps_dir(monkeypatch: pytest.MonkeyPatch) -> Path:
     """Run from tests/lint/apps, as `celery -A` would from a project root."""
     monkeypatch.chdir(APPS)
     monkeypatch.delenv("NO_COLOR", raising=False)

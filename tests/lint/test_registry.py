@@ -35,7 +35,8 @@ def test_rule_docstring_has_every_heading_and_a_bad_and_good_example(code: str) 
     example = entry.section("Example:")
     assert "bad:" in example
     assert "good:" in example
-    assert entry.summary and not entry.summary.endswith(".")
+    assert entry.summary
+    assert not entry.summary.endswith(".")
 
 
 @pytest.mark.parametrize("code", CODES)
@@ -66,7 +67,8 @@ def test_a_code_cannot_be_registered_twice() -> None:
         rule("X103", "whatever")(again)
     with pytest.raises(ValueError, match="kebab-case"):
         rule("CP198", "Not_Kebab")(again)
-    assert "CP198" not in RULES and "CP199" not in RULES
+    assert "CP198" not in RULES
+    assert "CP199" not in RULES
 
 
 def test_rules_are_found_by_code_name_or_alias_in_any_case() -> None:

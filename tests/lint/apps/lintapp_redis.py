@@ -1,3 +1,5 @@
+# mypy: ignore-errors
+# (Celery and kombu ship no type information; these modules only exist to be imported by --app.)
 """A Celery app on a Redis broker for the lint cross-checks (imported and finalized, never run).
 
 Tasks use `shared=False`: several test apps live in one process, and a shared task would be
