@@ -286,8 +286,6 @@ def _apply_merges(frame: _Frame, result: ParsedYaml, fail: Any) -> None:
                     span = result.spans.get((*base, key))
                     if span is not None:
                         result.spans[(*frame.path, key)] = span
-    for stale in [p for p in result.spans if p[: len(merge_path)] == merge_path]:
-        del result.spans[stale]
 
 
 _SIMPLE_KEY = re.compile(r"^[A-Za-z_][\w-]*$")
