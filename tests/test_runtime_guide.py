@@ -23,7 +23,10 @@ from runtime_apps.harness import POLICIES, Journal, make_worker, producer, runni
 
 pytestmark = pytest.mark.worker
 
-APPS = {"decorated": ("tests.runtime_apps.guide_decorated", None, 7), "policy": ("tests.runtime_apps.guide_policy", POLICIES / "guide.yaml", 8)}
+APPS = {
+    "decorated": ("tests.runtime_apps.guide_decorated", None, 7),
+    "policy": ("tests.runtime_apps.guide_policy", POLICIES / "guide.yaml", 8),
+}
 MAX_RETRIES = 8
 
 

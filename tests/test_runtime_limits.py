@@ -57,7 +57,12 @@ def env(
     client_redis.flushdb()
     url = redis_server.url_for(DB)
     worker = make_worker(
-        tmp_path_factory.mktemp("rt-limits"), broker_url=url, policy=POLICY, pool="prefork", concurrency=2, name="limits"
+        tmp_path_factory.mktemp("rt-limits"),
+        broker_url=url,
+        policy=POLICY,
+        pool="prefork",
+        concurrency=2,
+        name="limits",
     )
     client = producer(url)
     with running_worker(worker, request.session):

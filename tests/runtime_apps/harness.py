@@ -8,6 +8,7 @@ the tasks of ``rtapp`` write on every execution, and the worker's log.
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import time
@@ -124,7 +125,9 @@ def task_meta(client: redis.Redis, task_id: str) -> dict[str, Any] | None:
     return None if raw is None else dict(json.loads(raw))
 
 
-def wait_final(client: redis.Redis, task_id: str, timeout: float = 30.0, states: frozenset[str] = FINAL_STATES) -> dict[str, Any]:
+def wait_final(
+    client: redis.Redis, task_id: str, timeout: float = 30.0, states: frozenset[str] = FINAL_STATES
+) -> dict[str, Any]:
     """The stored result once its state is one of ``states`` (read from Redis each time, never cached)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -153,7 +156,9 @@ def log_events(log_text: str, event: str, **match: Any) -> list[dict[str, Any]]:
     return found
 
 
-def wait_events(worker: WorkerProcess, event: str, count: int = 1, timeout: float = 20.0, **match: Any) -> list[dict[str, Any]]:
+def wait_events(
+    worker: WorkerProcess, event: str, count: int = 1, timeout: float = 20.0, **match: Any
+) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout
     while True:
         found = log_events(worker.log_text(), event, **match)
@@ -165,4 +170,4 @@ def wait_events(worker: WorkerProcess, event: str, count: int = 1, timeout: floa
 def gaps(entries: Sequence[Mapping[str, Any]]) -> list[float]:
     """Seconds between consecutive executions."""
     times = [float(e["t"]) for e in entries]
-    return [later - earlier for earlier, later in zip(times, times[1:])]
+    return [later - earlier for earlier, later in itertools.pairwise(times)]

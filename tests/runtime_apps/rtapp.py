@@ -57,7 +57,14 @@ class Flaky(RuntimeError):
 
 def _record(task: Task, key: str, **extra: object) -> int:
     """Append one execution to ``rt:journal:<key>``; returns how many executions there were so far."""
-    entry = {"task": task.name, "key": key, "t": time.time(), "pid": os.getpid(), "retries": task.request.retries, **extra}
+    entry = {
+        "task": task.name,
+        "key": key,
+        "t": time.time(),
+        "pid": os.getpid(),
+        "retries": task.request.retries,
+        **extra,
+    }
     return int(_journal.rpush(f"rt:journal:{key}", json.dumps(entry)))
 
 
@@ -144,7 +151,7 @@ def ok(self: Task, x: int) -> int:
 
 @_task("rt.soft.retry", "rt.soft.never", "rt.hard.requeue", "rt.hard.default", "rt.blocker")
 def sleeper(self: Task, key: str, seconds: float, slow_times: int = 1) -> str:
-    """Sleeps ``seconds`` on the first ``slow_times`` executions (cleaning up on a soft time limit), then returns at once."""
+    """Sleeps ``seconds`` on the first ``slow_times`` executions (cleans up on a soft time limit); later ones return."""
     n = _record(self, key, phase="start")
     if n > slow_times:
         return f"fast on execution {n}"
