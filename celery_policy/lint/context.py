@@ -12,7 +12,6 @@ when several views inherit the same problem.
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +23,7 @@ from celery_policy.errors import Diagnostic, Location
 from celery_policy.lint.appsnapshot import AppSnapshot
 from celery_policy.loader import RawPolicy, SourceMap, lookup_origin
 from celery_policy.model import PolicyDocument, TaskPolicy, dump_set
-from celery_policy.patterns import is_glob, specificity
+from celery_policy.patterns import PatternIndex, is_glob, specificity
 from celery_policy.references import check_references, expand_refs
 
 
@@ -92,6 +91,10 @@ class LintContext:
     app: AppSnapshot | None = None
     _views: list[View] | None = field(default=None, repr=False)
     _references: list[Diagnostic] | None = field(default=None, repr=False)
+    _layers: dict[str, Layer] | None = field(default=None, repr=False)
+    _globs: list[str] | None = field(default=None, repr=False)
+    _index: PatternIndex | None = field(default=None, repr=False)
+    _rank: dict[str, int] = field(default_factory=dict, repr=False)
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -134,21 +137,30 @@ class LintContext:
         return Layer("defaults", ("defaults",), flatten(dump_set(self.document.defaults)))
 
     def task_layers(self) -> dict[str, Layer]:
-        return {
-            name: Layer(render_path(("tasks", name)), ("tasks", name), flatten(dump_set(section)))
-            for name, section in self.document.tasks.items()
-        }
+        """One layer per entry of ``tasks`` (built once)."""
+        if self._layers is None:
+            self._layers = {
+                name: Layer(render_path(("tasks", name)), ("tasks", name), flatten(dump_set(section)))
+                for name, section in self.document.tasks.items()
+            }
+        return self._layers
 
     def globs(self) -> list[str]:
         """The glob patterns of ``tasks``, weakest first (more wildcards, then shorter literal prefix)."""
-        patterns = [name for name in self.document.tasks if is_glob(name)]
-        return sorted(patterns, key=lambda p: specificity(p).sort_key())
+        if self._globs is None:
+            patterns = [name for name in self.document.tasks if is_glob(name)]
+            self._globs = sorted(patterns, key=lambda p: specificity(p).sort_key())
+        return self._globs
 
     def layers_for(self, task: str) -> list[Layer]:
         """The layers that apply to a task name, weakest first (as the resolver orders them)."""
         layers = self.task_layers()
-        found = [self.defaults_layer()]
-        found.extend(layers[p] for p in self.globs() if fnmatch.fnmatchcase(task, p))
+        globs = self.globs()
+        if self._index is None:
+            self._index = PatternIndex(globs)
+            self._rank = {pattern: index for index, pattern in enumerate(globs)}
+        matched = sorted(self._index.matches(task), key=self._rank.__getitem__)
+        found = [self.defaults_layer(), *(layers[p] for p in matched)]
         if task in layers and not is_glob(task):
             found.append(layers[task])
         return found

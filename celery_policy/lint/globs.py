@@ -16,6 +16,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 _MAX_CODEPOINT = 0x10FFFF
@@ -115,11 +116,49 @@ def _step(atoms: list[_Atom], states: frozenset[int], ch: str) -> frozenset[int]
     return frozenset(after)
 
 
+def _literal_ends(pattern: str) -> tuple[str, str]:
+    """The literal text before the first and after the last wildcard character (a safe under-estimate)."""
+    first = min((pattern.find(ch) for ch in "*?[" if ch in pattern), default=len(pattern))
+    last = max((pattern.rfind(ch) for ch in "*?[]" if ch in pattern), default=-1)
+    return pattern[:first], pattern[last + 1 :] if first < len(pattern) else ""
+
+
+def may_overlap(first: str, second: str) -> bool:
+    """A cheap necessary condition: the literal prefixes (and suffixes) of both globs agree."""
+    head_a, tail_a = _literal_ends(first)
+    head_b, tail_b = _literal_ends(second)
+    heads_agree = head_a.startswith(head_b) or head_b.startswith(head_a)
+    tails_agree = tail_a.endswith(tail_b) or tail_b.endswith(tail_a)
+    return heads_agree and tails_agree
+
+
+def candidate_pairs(patterns: Sequence[str]) -> Iterator[tuple[str, str]]:
+    """Pairs (in the given order) whose literal prefixes agree: the only ones that can overlap.
+
+    Patterns are bucketed by literal prefix, so 1,000 globs with distinct prefixes
+    cost a few look-ups each instead of half a million pair checks.
+    """
+    order = {pattern: index for index, pattern in enumerate(patterns)}
+    by_head: dict[str, list[str]] = {}
+    for pattern in patterns:
+        by_head.setdefault(_literal_ends(pattern)[0], []).append(pattern)
+    for head, members in by_head.items():
+        for index, first in enumerate(members):
+            for second in members[index + 1 :]:
+                yield first, second
+        for cut in range(len(head)):
+            for shorter in by_head.get(head[:cut], ()):
+                for member in members:
+                    yield (shorter, member) if order[shorter] < order[member] else (member, shorter)
+
+
 def common_match(first: str, second: str, *, max_states: int = 100_000) -> str | None:
     """The shortest non-empty name both globs match, or None when there is none.
 
     Matching is :func:`fnmatch.fnmatchcase` (case-sensitive, ``*`` crosses dots).
     """
+    if not may_overlap(first, second):
+        return None
     a, b = _atoms(first), _atoms(second)
     alphabet = _alphabet(first, second)
     start = (_closure(a, 0), _closure(b, 0))

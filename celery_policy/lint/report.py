@@ -110,7 +110,10 @@ def summary_line(report: CheckReport) -> str:
         scope += f" (env {report.envs[0]})"
     elif report.env_mode == "all":
         names = [e for e in report.envs if e is not None]
-        scope += f" (base and {_plural(len(names), 'environment')}{': ' + ', '.join(names) if names else ''})"
+        if names:
+            scope += f" (base and {_plural(len(names), 'environment')}: {', '.join(names)})"
+        else:
+            scope += " (base only: the files define no environments)"
     if not report.findings:
         return f"no problems in {scope}"
     return f"{_plural(report.errors, 'error')}, {_plural(report.warnings, 'warning')} in {scope}"

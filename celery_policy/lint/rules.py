@@ -15,10 +15,10 @@ from celery_policy.durations import format_duration
 from celery_policy.errors import Diagnostic, PolicyError, trim
 from celery_policy.lint import rules_app, rules_reliability  # noqa: F401  (importing registers the CP2xx/CP3xx rules)
 from celery_policy.lint.context import LintContext
-from celery_policy.lint.globs import common_match
+from celery_policy.lint.globs import candidate_pairs, common_match
 from celery_policy.lint.registry import rule
 from celery_policy.loader import RawPolicy
-from celery_policy.patterns import glob_problem, is_glob, specificity
+from celery_policy.patterns import Specificity, glob_problem, is_glob, specificity
 from celery_policy.resolve import Policy
 
 __all__ = ["LintContext"]
@@ -275,10 +275,11 @@ def pattern_conflict(ctx: LintContext) -> Iterator[Diagnostic]:
         return
     layers = ctx.task_layers()
     globs = [name for name in ctx.document.tasks if is_glob(name) and glob_problem(name) is None]
-    for index, first in enumerate(globs):
-        for second in globs[index + 1 :]:
-            if specificity(first) != specificity(second):
-                continue
+    by_rank: dict[Specificity, list[str]] = {}
+    for name in globs:
+        by_rank.setdefault(specificity(name), []).append(name)
+    for group in by_rank.values():
+        for first, second in candidate_pairs(group):
             a, b = layers[first].leaves, layers[second].leaves
             fields = [p for p in a if p in b and a[p] != b[p]]
             if not fields:
@@ -289,8 +290,9 @@ def pattern_conflict(ctx: LintContext) -> Iterator[Diagnostic]:
             for field in sorted(fields, key=str):
                 dotted = ".".join(str(p) for p in field)
                 message = (
-                    f"patterns '{trim(first)}' and '{trim(second)}' are equally specific and set {dotted} differently "
-                    f"({trim(a[field], 20)} vs {trim(b[field], 20)}) for tasks both match, e.g. '{trim(witness)}'"
+                    f"patterns '{trim(first)}' and '{trim(second)}' are equally specific and set {dotted} "
+                    f"differently ({trim(a[field], 20)} vs {trim(b[field], 20)}) for tasks both match, "
+                    f"e.g. '{trim(witness)}'"
                 )
                 where = ctx.key_locate(("tasks", first, *field))
                 hint = (

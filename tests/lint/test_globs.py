@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from celery_policy.lint.globs import common_match
+from celery_policy.lint.globs import candidate_pairs, common_match
 
 ATOMS = ["a", "b", ".", "*", "?", "[ab]", "[!a]", "[a-c]", "[", "]", "!", "-"]
 patterns = st.lists(st.sampled_from(ATOMS), min_size=1, max_size=6).map("".join)
@@ -44,3 +44,13 @@ def test_witness_matches_both_and_none_means_no_short_name_matches_both(first: s
         for chars in itertools.product("abc.[]!-z", repeat=size):
             name = "".join(chars)
             assert not (fnmatch.fnmatchcase(name, first) and fnmatch.fnmatchcase(name, second)), name
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(patterns, min_size=2, max_size=8, unique=True))
+def test_candidate_pairs_never_drop_an_overlapping_pair(globs: list[str]) -> None:
+    candidates = {frozenset(pair) for pair in candidate_pairs(globs)}
+    for index, first in enumerate(globs):
+        for second in globs[index + 1 :]:
+            if common_match(first, second) is not None:
+                assert frozenset((first, second)) in candidates, (first, second)
