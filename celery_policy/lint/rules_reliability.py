@@ -195,7 +195,10 @@ def _visibility(ctx: LintContext) -> tuple[float, str] | None:
         return configured, "worker.visibility_timeout"
     if ctx.app is not None and ctx.app.visibility_timeout_s is not None:
         explicit = "visibility_timeout" in ctx.app.broker_transport_options
-        return ctx.app.visibility_timeout_s, "the app's" if explicit else f"the {ctx.app.broker_scheme} default"
+        return (
+            ctx.app.visibility_timeout_s,
+            "the app's broker_transport_options" if explicit else f"the {ctx.app.broker_scheme} default",
+        )
     return 3600.0, "Celery's Redis default"
 
 
