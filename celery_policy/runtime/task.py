@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
 from typing import Any
 
+import redis
 from celery import Task
 from celery.exceptions import Reject, TaskPredicate, TimeLimitExceeded
 
@@ -260,7 +261,13 @@ class TaskRuntime:
         pipe = self.counter_client.pipeline()
         pipe.incr(key)
         pipe.expire(key, 7 * 86400)
-        count = int(pipe.execute()[0])
+        try:
+            count = int(pipe.execute()[0])
+        except redis.RedisError as counter_exc:
+            # The counter lives in the dead-letter store. Raising here would fail (and ack) the message, so a
+            # store outage would drop it: run it uncounted instead, the cap applies again once the store is back.
+            logger.error("redelivery_counter_unavailable", task=self.name, task_id=request.id, error=str(counter_exc))
+            return
         assert self.max_redeliveries is not None
         if count <= self.max_redeliveries:
             return
