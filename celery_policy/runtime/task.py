@@ -7,6 +7,7 @@ wrapper's ``try``), and tasks whose policy needs no wrapper get none.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import socket
 import sys
@@ -18,7 +19,7 @@ from typing import Any
 
 import redis
 from celery import Task
-from celery.exceptions import Reject, TaskPredicate, TimeLimitExceeded
+from celery.exceptions import Ignore, Reject, TaskPredicate, TimeLimitExceeded
 
 from celery_policy.backoff import draw_delay
 from celery_policy.deadletter.record import DeadLetter
@@ -30,6 +31,9 @@ from celery_policy.runtime.classify import Action, Classifier, Outcome
 from celery_policy.runtime.idempotency import Entry, IdempotencyGuard
 from celery_policy.runtime.events import ArgRenderer, Decision, call_hook, log_decision, logger
 
+# Delay before a message whose dead letter could not be written runs again: the first, doubling up to the
+# last while the store stays down. Without it a requeued message comes straight back and re-runs in a hot loop.
+STORE_DOWN_PAUSE_S = (0.5, 10.0)
 HEADER = "celery_policy"  # {"n": {counter: retries used}, "t0": first failure epoch seconds}
 _WRAPPED = "__celery_policy_runtime__"
 
@@ -76,6 +80,7 @@ class TaskRuntime:
         self.store: DeadLetterStore | None = None  # set by install() when dead letters or the redelivery cap need it
         self.counter_client: Any = None  # redis client for redelivery counters and idempotency keys
         self.idempotency: IdempotencyGuard | None = None  # set by bind_redis()
+        self._store_failures = 0  # consecutive failed dead-letter writes in this process (paces requeues)
         self.needs_wrapper = (
             self.classifier.retries_anything
             or self.return_error
@@ -194,7 +199,10 @@ class TaskRuntime:
         decision = self._decision(action, task, request, attempt, outcome, None, exc, reason)
         rendered = self.args.render(args, kwargs)
         if action == "dead_letter":
-            self.write_dead_letter(request, exc, args, kwargs, rendered, attempt, reason, decision)
+            republish_with = None if task.acks_late else task  # early ack: the message is already gone
+            self.write_dead_letter(
+                request, exc, args, kwargs, rendered, attempt, reason, decision, republish_with=republish_with
+            )
         log_decision(decision, rendered, exc)
         call_hook(self.hooks["on_failure"], "on_failure", request, exc, decision)
         if action == "dead_letter":
@@ -213,9 +221,19 @@ class TaskRuntime:
         attempt: int,
         reason: str,
         decision: Decision,
+        *,
+        republish_with: Task | None = None,
     ) -> None:
-        """One record in the store before the message is acked; if the store is down the message is
-        requeued (``Reject(requeue=True)``), so a dead letter is never silently dropped."""
+        """One record in the store before the message is acked; if the store is down the message runs
+        again later (a dead letter is never silently dropped) after a delay of ``STORE_DOWN_PAUSE_S``,
+        doubling per consecutive failure in this process:
+
+        - an unacked message (``ack.late``): pause, then ``Reject(requeue=True)``;
+        - a message already acked (early ack, or a hard time limit in the worker's main process, where
+          Celery acks before ``on_failure``): ``republish_with`` publishes it again (same id, retry number
+          and headers) with that countdown, then ``Ignore`` is raised; if even that fails,
+          ``dead_letter_lost`` is logged and this returns.
+        """
         if self.store is None:
             return
         now = time.time()
@@ -244,8 +262,24 @@ class TaskRuntime:
         try:
             self.store.add(record)
         except StoreUnavailableError as store_exc:
-            logger.error("dead_letter_store_unavailable", task=self.name, task_id=record.task_id, error=str(store_exc))
-            raise Reject(f"dead-letter store unavailable: {store_exc}", requeue=True) from store_exc
+            self._store_failures += 1
+            first_s, max_s = STORE_DOWN_PAUSE_S
+            delay_s = min(max_s, first_s * 2 ** (self._store_failures - 1))
+            logger.error(
+                "dead_letter_store_unavailable",
+                task=self.name,
+                task_id=record.task_id,
+                reason=reason,
+                again_in_s=delay_s,
+                error=str(store_exc),
+            )
+            if republish_with is None:
+                time.sleep(delay_s)
+                raise Reject(f"dead-letter store unavailable: {store_exc}", requeue=True) from store_exc
+            if _publish_again(republish_with, request, args, kwargs, delay_s):
+                raise Ignore() from store_exc
+            return
+        self._store_failures = 0
 
     def check_redelivery(self, task: Task, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
         """Poison-pill cap: count broker redeliveries of this (task id, retry) and dead-letter past the cap.
@@ -470,12 +504,19 @@ class PolicyTask(Task):  # type: ignore[misc]  # celery is untyped
             )
             rendered = runtime.args.render(args or (), kwargs or {})
             if runtime.dead_letter:
-                try:
+                # Celery acked the message before calling this: if the store is down, it is published again
+                with contextlib.suppress(Ignore):
                     runtime.write_dead_letter(
-                        request, exc, args or (), kwargs or {}, rendered, attempt, "time_limit", decision
+                        request,
+                        exc,
+                        args or (),
+                        kwargs or {},
+                        rendered,
+                        attempt,
+                        "time_limit",
+                        decision,
+                        republish_with=self,
                     )
-                except Reject:
-                    pass  # logged; in the parent there is nothing to requeue from here
             log_decision(decision, rendered, exc)
             call_hook(runtime.hooks["on_failure"], "on_failure", request, exc, decision)
             if runtime.dead_letter:
@@ -519,6 +560,30 @@ class _ParentRequest:
             self.headers = dict(getattr(context, "headers", None) or {})
             self.delivery_info = dict(getattr(context, "delivery_info", None) or {})
             self.hostname = getattr(context, "hostname", None)
+
+
+def _publish_again(
+    task: Task, request: Any, args: Sequence[Any], kwargs: Mapping[str, Any], countdown_s: float
+) -> bool:
+    """Publish an already acked message again (same task id, retry number, headers and queue) after
+    ``countdown_s``; False, with ``dead_letter_lost`` logged, when even that fails."""
+    headers = {k: v for k, v in (getattr(request, "headers", None) or {}).items() if k != "redelivered"}
+    queue = (getattr(request, "delivery_info", None) or {}).get("routing_key")
+    options: dict[str, Any] = {"queue": queue} if queue else {}
+    try:
+        task.apply_async(
+            list(args),
+            dict(kwargs),
+            task_id=request.id,
+            retries=int(request.retries or 0),
+            headers=headers,
+            countdown=countdown_s,
+            **options,
+        )
+    except Exception as exc:  # the broker is down too: nothing is left to keep the message
+        logger.error("dead_letter_lost", task=task.name, task_id=request.id, error=f"{type(exc).__name__}: {exc}")
+        return False
+    return True
 
 
 def _calling_request_context(task_id: str, depth: int = 8) -> Any:
