@@ -76,14 +76,17 @@ def unknown(self: Task, key: str) -> None:
     raise Flaky("who knows")
 
 
-@app.task(name="dl.slow", bind=True)
-def slow(self: Task, key: str, seconds: float, fail_runs: int = 0) -> str:
+def _slow(self: Task, key: str, seconds: float, fail_runs: int = 0) -> str:
     """Raises Transient on the first ``fail_runs`` runs, then sleeps ``seconds`` (past the hard limit)."""
     n = _run(self, key)
     if n <= fail_runs:
         raise Transient(f"gateway timeout on run {n}")
     time.sleep(seconds)
     return "slept"
+
+
+slow = app.task(name="dl.slow", bind=True)(_slow)  # early ack
+slow_late = app.task(name="dl.slow_late", bind=True)(_slow)  # ack.late
 
 
 @app.task(name="dl.crash", bind=True)
