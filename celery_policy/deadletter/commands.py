@@ -32,9 +32,9 @@ def _open_store(url: str | None, files: tuple[str, ...], app: str | None, stream
 
         try:
             settings = load(list(files) or None, check_imports=False).document.dead_letter_store
-        except PolicyError:
-            if files:
-                raise
+        except PolicyError as exc:
+            if files:  # an unreadable or invalid --file is a usage error (exit 2), not a traceback
+                raise click.UsageError(str(exc)) from exc
     broker = None
     if app:
         broker = _load_app(app).conf.broker_url
