@@ -138,6 +138,8 @@ def run_replay(
         click.echo(f"skipped {entry}: {why}")
     for entry, why in report.failed:
         click.echo(f"failed {entry}: {why}", err=True)
+    if report.stopped:
+        click.echo(f"stopped: {report.stopped}", err=True)
     click.echo(f"{len(report.replayed)} {verb}, {len(report.skipped)} skipped, {len(report.failed)} failed")
     return CONNECT if report.failed else OK
 

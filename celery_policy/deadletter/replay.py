@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from celery_policy.deadletter.record import DeadLetter
-from celery_policy.deadletter.store import DeadLetterStore, Filter
+from celery_policy.deadletter.store import DeadLetterStore, Filter, StoreUnavailableError
 
 
 @dataclass
@@ -16,6 +16,7 @@ class ReplayReport:
     replayed: list[tuple[str, str]] = field(default_factory=list)  # (entry id, new task id)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (entry id, why)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (entry id, error)
+    stopped: str | None = None  # why the run ended before the last record
 
 
 Publisher = Callable[[DeadLetter, str], None]
@@ -45,6 +46,9 @@ def replay(
     A record is deleted only after its publish returned; if publishing fails
     the record stays, and if deleting fails after a publish the report says so
     (the task then runs once and its record remains: a duplicate, never a loss).
+    When the store is unreachable for that delete, the run stops there: going on
+    would publish every remaining record without being able to delete it, so a
+    later replay would run them all twice. At most the in-flight record is duplicated.
     """
     report = ReplayReport()
     for record in records:
@@ -65,6 +69,9 @@ def replay(
             store.delete(entry)
         except Exception as exc:
             report.failed.append((entry, f"published as {new_id} but not deleted: {exc}"))
+            if isinstance(exc, StoreUnavailableError):
+                report.stopped = "the dead-letter store is unreachable; the remaining records were not replayed"
+                break
             continue
         report.replayed.append((entry, new_id))
     return report
