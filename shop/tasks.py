@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from shop.celery import app
+from shop.outages import is_down
 from shop.errors import (
     GatewayUnavailable,
     OrderNotFound,
@@ -97,7 +98,7 @@ def ingest(record_id: str) -> dict[str, str]:
     """
     if record_id.startswith("missing-"):
         raise PermanentError(f"record not found: {record_id}")
-    if record_id.startswith("slow-"):
+    if record_id.startswith("slow-") or is_down("supplier-feed"):
         raise TimeoutError(f"supplier feed timed out fetching {record_id}")
     return {"status": "ok", "record_id": record_id}
 

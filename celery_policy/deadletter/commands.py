@@ -68,6 +68,7 @@ def _line(record: DeadLetter) -> str:
     return (
         f"{record.id}  {_when(record.last_failure)}  {record.task}  {record.reason}  "
         f"{record.exc_type.rsplit('.', 1)[-1]}: {message}  attempts={record.attempts}"
+        + ("" if record.replayable else "  (redacted: not replayable)")
     )
 
 
