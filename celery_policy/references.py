@@ -63,13 +63,19 @@ def import_exception(path: str) -> type[BaseException]:
     """Import an exception class; raise ImportError/TypeError with a readable message."""
     try:
         obj = import_object(path)
-    except (ImportError, AttributeError) as exc:
-        msg = f"cannot import '{path}': {exc}"
+    except Exception as exc:  # a module may raise anything while it imports (a missing env var, say)
+        msg = f"cannot import '{path}': {_describe(exc)}"
         raise ImportError(msg) from exc
     if not (isinstance(obj, type) and issubclass(obj, BaseException)):
         msg = f"'{path}' is not an exception class (it is {type(obj).__name__})"
         raise TypeError(msg)
     return obj
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, (ImportError, AttributeError)):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
 
 
 def ensure_import_root(root: str | None) -> None:
@@ -149,8 +155,8 @@ def check_references(
                 path = (*prefix, "hooks", hook)
                 try:
                     obj = import_object(target)
-                except (ImportError, AttributeError) as exc:
-                    msg = f"cannot import hook '{target}': {exc}"
+                except Exception as exc:  # anything the hook's module raises while importing
+                    msg = f"cannot import hook '{target}': {_describe(exc)}"
                     found.append(Diagnostic("CP116", msg, locate(path), "check the dotted path", path=render_path(path)))
                     continue
                 if not callable(obj):

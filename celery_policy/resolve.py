@@ -101,7 +101,7 @@ class Policy:
         self._exact = {name: layer for name, layer in self._layers.items() if not is_glob(name)}
         self._globs = {name: layer for name, layer in self._layers.items() if is_glob(name)}
         self._index = PatternIndex(self._globs)
-        self._defaults = _Layer("defaults", ("defaults",), _flatten(dump_set(self.document.defaults)), (0, 0, 0))
+        self._defaults = _Layer("defaults", ("defaults",), flatten(dump_set(self.document.defaults)), (0, 0, 0))
         self._cache: dict[tuple[str, ...], tuple[TaskPolicy, Mapping[str, Provenance]]] = {}
 
     @property
@@ -137,7 +137,7 @@ class Policy:
             else:
                 rank = (2, 0, 0)
             label = render_path(("tasks", name))
-            layers[name] = _Layer(label, ("tasks", name), _flatten(dump_set(section)), rank)
+            layers[name] = _Layer(label, ("tasks", name), flatten(dump_set(section)), rank)
         return layers
 
     def matching_layers(self, task: str) -> list[_Layer]:
@@ -165,18 +165,11 @@ class Policy:
         return ResolvedPolicy(task, self.env, policy, provenance, key, self.document.errors)
 
     def _merge(self, layers: Sequence[_Layer]) -> tuple[TaskPolicy, Mapping[str, Provenance]]:
-        merged: dict[Path, Any] = {}
-        owner: dict[Path, _Layer] = {}
-        for layer in layers:
-            for path, value in layer.leaves.items():
-                for other in [p for p in merged if _related(p, path)]:
-                    del merged[other]
-                    del owner[other]
-                merged[path] = value
-                owner[path] = layer
-        policy = TaskPolicy.model_validate(_unflatten(merged))
+        merged, owners = merge_leaves([layer.leaves for layer in layers])
+        policy = TaskPolicy.model_validate(unflatten(merged))
         provenance: dict[str, Provenance] = {}
-        for path, layer in owner.items():
+        for path, index in owners.items():
+            layer = layers[index]
             origin = lookup_origin(self.source, (*layer.prefix, *path))
             provenance[_dotted(path)] = Provenance(
                 layer.label,
@@ -186,26 +179,44 @@ class Policy:
         return policy, MappingProxyType(provenance)
 
 
-def _related(a: Path, b: Path) -> bool:
-    """One path is the other or an ancestor of it (setting one replaces the other)."""
-    size = min(len(a), len(b))
-    return a[:size] == b[:size]
+def merge_leaves(layers: Sequence[Mapping[Path, Any]]) -> tuple[dict[Path, Any], dict[Path, int]]:
+    """Per-field merge, weakest layer first: the merged leaves and the index of the layer that set each.
+
+    Setting a path replaces its ancestors (``route: null`` then ``route.queue``) and its
+    descendants (``route.queue`` then ``route: null``); lists are leaves and replace whole.
+    """
+    merged: dict[Path, Any] = {}
+    owners: dict[Path, int] = {}
+    for index, leaves in enumerate(layers):
+        for path, value in leaves.items():
+            if path not in merged:
+                for size in range(1, len(path)):
+                    ancestor = path[:size]
+                    if ancestor in merged:
+                        del merged[ancestor], owners[ancestor]
+                size = len(path)
+                for other in [p for p in merged if len(p) > size and p[:size] == path]:
+                    del merged[other], owners[other]
+            merged[path] = value
+            owners[path] = index
+    return merged, owners
 
 
-def _flatten(data: Mapping[str, Any], prefix: Path = ()) -> dict[Path, Any]:
+def flatten(data: Mapping[str, Any], prefix: Path = ()) -> dict[Path, Any]:
+    """Nested set fields -> ``{("timeout", "soft"): 360.0}``; lists and scalars are leaves."""
     leaves: dict[Path, Any] = {}
     for key, value in data.items():
         path = (*prefix, key)
         if isinstance(value, dict):
             # An empty mapping (``timeout: {}``) sets no field; as a leaf it would
             # wipe out what weaker layers set below it.
-            leaves.update(_flatten(value, path))
+            leaves.update(flatten(value, path))
         else:
             leaves[path] = value
     return leaves
 
 
-def _unflatten(leaves: Mapping[Path, Any]) -> dict[str, Any]:
+def unflatten(leaves: Mapping[Path, Any]) -> dict[str, Any]:
     root: dict[str, Any] = {}
     for path, value in leaves.items():
         node = root

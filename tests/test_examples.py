@@ -6,6 +6,8 @@ Exception classes and hooks in the examples import from the repository root
 
 from __future__ import annotations
 
+import os
+
 import ast
 import importlib.util
 import json
@@ -218,10 +220,14 @@ def _readme_yaml_blocks() -> list[str]:
     return re.findall(r"```yaml\n(.*?)```", readme.read_text(), re.DOTALL) if readme.exists() else []
 
 
-def test_readme_has_the_two_setup_commands() -> None:
+def test_readme_starts_with_the_two_setup_commands_and_ci_runs_the_second() -> None:
     text = (REPO_ROOT / "README.md").read_text()
-    assert "./scripts/test.sh" in text
-    assert "./scripts/bootstrap.sh" in text
+    first_block = text.split("```console\n", 1)[1].split("```", 1)[0]
+    assert first_block.splitlines() == ["./scripts/demo.sh", "./scripts/test.sh"]
+    ci = [line for line in (REPO_ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
+    assert ci[-1] == "./scripts/test.sh"
+    for script in ("demo.sh", "test.sh", "bootstrap.sh"):
+        assert os.access(REPO_ROOT / "scripts" / script, os.X_OK), script
 
 
 @pytest.mark.parametrize("index", range(len(_readme_yaml_blocks())))

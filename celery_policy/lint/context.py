@@ -25,6 +25,7 @@ from celery_policy.loader import RawPolicy, SourceMap, lookup_origin
 from celery_policy.model import PolicyDocument, TaskPolicy, dump_set
 from celery_policy.patterns import PatternIndex, is_glob, specificity
 from celery_policy.references import check_references, expand_refs
+from celery_policy.resolve import flatten, merge_leaves, unflatten
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,37 +200,11 @@ class LintContext:
                 yield task, view
 
 
-def flatten(data: Mapping[str, Any], prefix: Path = ()) -> dict[Path, Any]:
-    """Nested set fields -> ``{("timeout", "soft"): 360.0}``; empty mappings, lists and scalars are leaves."""
-    leaves: dict[Path, Any] = {}
-    for key, value in data.items():
-        path = (*prefix, key)
-        if isinstance(value, dict) and value:
-            leaves.update(flatten(value, path))
-        else:
-            leaves[path] = value
-    return leaves
-
-
 def _merge(subject: str, kind: str, layers: Sequence[Layer]) -> View | None:
     """Per-field merge exactly as the resolver does: setting a path replaces its ancestors and descendants."""
-    merged: dict[Path, Any] = {}
-    owners: dict[Path, int] = {}
-    for index, layer in enumerate(layers):
-        for path, value in layer.leaves.items():
-            for other in [p for p in merged if p[: len(path)] == path or path[: len(p)] == p]:
-                del merged[other]
-                del owners[other]
-            merged[path] = value
-            owners[path] = index
-    root: dict[str, Any] = {}
-    for path, value in merged.items():
-        node = root
-        for part in path[:-1]:
-            node = node.setdefault(str(part), {})
-        node[str(path[-1])] = value
+    merged, owners = merge_leaves([layer.leaves for layer in layers])
     try:
-        policy = TaskPolicy.model_validate(root)
+        policy = TaskPolicy.model_validate(unflatten(merged))
     except ValidationError:  # each layer validated on its own; a merge that does not is reported by the resolver
         return None
     return View(subject, kind, tuple(layers), policy, owners)
