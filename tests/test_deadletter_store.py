@@ -192,7 +192,8 @@ def _write(runtime: TaskRuntime, args: tuple[Any, ...], kwargs: dict[str, Any]) 
 
 
 def _raw_stream(store: RedisStreamStore) -> bytes:
-    return b"".join(fields[b"record"] for _, fields in store.client.xrange(store.stream))
+    rows: list[tuple[bytes, dict[bytes, bytes]]] = store.client.xrange(store.stream)  # type: ignore[assignment]
+    return b"".join(fields[b"record"] for _, fields in rows)
 
 
 @pytest.mark.parametrize(

@@ -162,4 +162,4 @@ def test_a_hard_time_limit_while_the_store_is_down_is_published_again_and_writte
         assert wait_final(client, task_id)["status"] == "FAILURE"
     assert log_events(worker.log_text(), "dead_letter_lost") == []
     wait_for("every message to be acked", lambda: broker_is_drained(client, QUEUE), 10)
-    assert sorted(r.task_id for r in store.iter(Filter())) == sorted(task_id for _, task_id in sent.values())
+    assert sorted(str(r.task_id) for r in store.iter(Filter())) == sorted(task_id for _, task_id in sent.values())

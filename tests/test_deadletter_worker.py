@@ -189,7 +189,8 @@ def test_redacted_secrets_never_reach_the_store_from_a_worker(
 
     assert record.kwargs == {"password": "***", "profile": {"name": "ann", "token": "***"}}
     assert record.replayable is False
-    raw = b"".join(b"".join(fields.values()) for _, fields in client.xrange(STREAM))
+    rows: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(STREAM)  # type: ignore[assignment]
+    raw = b"".join(b"".join(fields.values()) for _, fields in rows)
     assert password.encode() not in raw
     assert token.encode() not in raw
     log = solo.log_text()  # the decision log is redacted the same way
@@ -229,7 +230,7 @@ def test_a_hard_time_limit_on_a_retry_counts_the_attempts_and_keeps_the_first_fa
     assert [e["retries"] for e in executions] == [0, 1]
     assert (record.reason, record.attempts) == ("time_limit", 2)
     assert record.first_failure == pytest.approx(executions[0]["t"], abs=0.5)
-    assert record.last_failure >= executions[1]["t"] + 1.0  # killed one hard limit after the second run started
+    assert record.last_failure >= executions[1]["t"] + 0.9  # killed about one hard limit (1 s) after the run started
     assert_common_fields(record, prefork, PREFORK, task_id)
 
 
