@@ -368,7 +368,9 @@ def retry_limits(ctx: LintContext) -> Iterator[Diagnostic]:
     """
     for view in ctx.views():
         retry = view.policy.retry
-        unknown_max = retry.unknown_max_retries
+        # Only the layer that sets unknown_max_retries is blamed: a task that sets `unknown: fail`
+        # or a lower max_retries over inherited defaults is overriding them on purpose.
+        unknown_max = retry.unknown_max_retries if view.sets(("retry", "unknown_max_retries")) else None
         if unknown_max is not None and retry.unknown == "fail":
             layer, path = view.blame(("retry", "unknown_max_retries"), ("retry", "unknown"))
             message = f"retry.unknown_max_retries {unknown_max} has no effect while retry.unknown is fail"
