@@ -65,6 +65,7 @@ class AppSnapshot:
     broker_url: str
     broker_transport_options: Mapping[str, Any] = field(default_factory=dict)
     prefetch_multiplier: int = 4
+    decorator_options: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # task -> option -> repr
 
     @property
     def broker_scheme(self) -> str:
@@ -148,7 +149,24 @@ def _snapshot(app: Any, spec: str, root: str) -> AppSnapshot:
         broker_url=str(conf.broker_url or "amqp://"),
         broker_transport_options=dict(options) if isinstance(options, Mapping) else {},
         prefetch_multiplier=int(prefetch) if isinstance(prefetch, int) else 4,
+        decorator_options=_decorator_options(app),
     )
+
+
+def _decorator_options(app: Any) -> dict[str, dict[str, str]]:
+    """Options the tasks' decorators set that a policy can also set.
+
+    When the app called ``celery_policy.install``, the runtime recorded them while binding
+    (before the policy's values replaced them); otherwise they are still on the task classes.
+    """
+    from celery_policy.runtime.install import declared_options, runtime_for
+
+    runtime = runtime_for(app)
+    if runtime is not None:
+        recorded: dict[str, dict[str, Any]] = runtime.decorator_options
+    else:
+        recorded = {str(name): declared_options(type(task), app) for name, task in dict(app.tasks).items()}
+    return {name: {k: repr(v) for k, v in options.items()} for name, options in recorded.items() if options}
 
 
 def _signature(task: Any) -> TaskSignature | None:

@@ -6,7 +6,7 @@ import difflib
 import fnmatch
 from collections.abc import Iterator
 
-from celery_policy._yaml import Path
+from celery_policy._yaml import Path, render_path
 from celery_policy.durations import format_duration
 from celery_policy.errors import Diagnostic, trim
 from celery_policy.lint.context import LintContext
@@ -125,3 +125,55 @@ def pool_ignores_time_limits(ctx: LintContext) -> Iterator[Diagnostic]:
             message = f"the {pool} pool ignores time limits: timeout.{name} {_d(value)} never fires"
             hint = "use the prefork pool (or gevent for hard limits), or drop the limit"
             yield ctx.diagnostic("CP303", message, path, hint)
+
+
+_OPTION_FIELDS: dict[str, Path] = {
+    "time_limit": ("timeout", "hard"),
+    "soft_time_limit": ("timeout", "soft"),
+    "expires": ("timeout", "expires"),
+    "acks_late": ("ack", "late"),
+    "reject_on_worker_lost": ("ack", "reject_on_worker_lost"),
+    "acks_on_failure_or_timeout": ("ack", "on_failure_or_timeout"),
+    "max_retries": ("retry", "max_retries"),
+    "rate_limit": ("rate_limit",),
+}
+_RETRY_OPTIONS = {"autoretry_for", "dont_autoretry_for", "retry_kwargs", "retry_backoff", "retry_backoff_max", "retry_jitter", "default_retry_delay"}
+
+
+@rule("CP304", "decorator-overridden", severity="warning", needs_app=True)
+def decorator_overridden(ctx: LintContext) -> Iterator[Diagnostic]:
+    """What it does: reports task decorator options that the policy overrides.
+
+    Where the policy sets a field, its value wins over the decorator's
+    (`time_limit`, `acks_late`, `max_retries`, ...), and the policy's retry
+    handling replaces the decorator's `autoretry_for`/`retry_backoff`.
+
+    Why: two places that seem to configure one task drift apart; readers of
+    the task code believe the decorator.
+
+    Example:
+        bad:  @app.task(time_limit=60) with tasks: {orders.charge: {timeout: {hard: 2m}}}
+        good: @app.task with the limit only in the policy
+    """
+    app = ctx.app
+    if app is None:
+        return
+    for task, view in ctx.task_views():
+        options = app.decorator_options.get(task)
+        if not options:
+            continue
+        for option, shown in sorted(options.items()):
+            if option in _RETRY_OPTIONS:
+                path: Path = ("retry",)
+            elif option in _OPTION_FIELDS:
+                path = _OPTION_FIELDS[option]
+            else:
+                continue
+            index = view.owner(path)
+            if index < 0:
+                continue
+            layer = view.layers[index]
+            where = f"{render_path((*layer.prefix, *path))}"
+            message = f"task '{trim(task)}' sets {option}={trim(shown, 30)} in its decorator; the policy's {where} wins"
+            hint = "remove the option from the decorator so the policy is the one place to read"
+            yield ctx.diagnostic("CP304", message, (*layer.prefix, *path), hint)

@@ -29,6 +29,13 @@ from celery_policy.runtime.task import TaskRuntime, wrap_run
 
 _APP_ATTR = "_celery_policy_runtime"
 
+# Decorator options celery-policy takes over; where the policy sets the same field, the policy wins.
+DECORATOR_OPTIONS = (
+    "time_limit", "soft_time_limit", "expires", "acks_late", "reject_on_worker_lost",
+    "acks_on_failure_or_timeout", "max_retries", "default_retry_delay", "rate_limit",
+    "autoretry_for", "dont_autoretry_for", "retry_kwargs", "retry_backoff", "retry_backoff_max", "retry_jitter",
+)  # fmt: skip
+
 
 class AppRuntime:
     """The policy applied to one app: compiled task runtimes, annotator and router."""
@@ -42,6 +49,7 @@ class AppRuntime:
         self._verified = False
         self._store: RedisStreamStore | None = None
         self._compiled: dict[int, Any] = {}
+        self.decorator_options: dict[str, dict[str, Any]] = {}  # what task decorators set, seen at binding
 
     def verify_references(self) -> None:
         """Import every exception class and hook the policy names; raise PolicyError listing all failures.
@@ -91,6 +99,9 @@ class AppRuntime:
         """Attributes for a task class; installs the run wrapper on its instance."""
         if not self.governs(task_cls.name):
             return {}
+        declared = declared_options(task_cls, self.app)
+        if declared:
+            self.decorator_options[task_cls.name] = declared
         runtime = self.compile(task_cls.name, instance)
         task_cls._celery_policy = runtime
         if instance is not None and runtime.needs_wrapper:
@@ -185,6 +196,25 @@ def _rewrap_at_worker_init(sender: Any = None, **kwargs: Any) -> None:
     app = getattr(sender, "app", None)
     if app is not None and getattr(app, _APP_ATTR, None) is not None:
         _after_finalize(app)
+
+
+def declared_options(task_cls: type[Task], app: Celery) -> dict[str, Any]:
+    """The failure-handling options a task's decorator (or class body) set.
+
+    ``Task.bind`` copies app settings onto the class for unset attributes
+    (``Task.from_config``); values equal to those settings, and None, are not
+    counted as declared.
+    """
+    from_config = dict(getattr(task_cls, "from_config", ()))
+    declared: dict[str, Any] = {}
+    for key, value in vars(task_cls).items():
+        if key not in DECORATOR_OPTIONS or value is None:
+            continue
+        setting = from_config.get(key)
+        if setting is not None and app.conf.get(setting) == value:
+            continue
+        declared[key] = value
+    return declared
 
 
 def runtime_for(app: Celery) -> AppRuntime | None:
