@@ -17,14 +17,14 @@ celery_policy.install(app)
 journal = redis.Redis.from_url(BROKER)
 
 
-@app.task(name="idem.charge")
+@app.task(name="idem.charge", shared=False)
 def charge(order_id: str, amount: int, sleep_s: float = 0.3) -> dict[str, int]:
     journal.incr(f"runs:{order_id}")
     time.sleep(sleep_s)
     return {"charged": amount}
 
 
-@app.task(name="idem.notify")
+@app.task(name="idem.notify", shared=False)
 def notify(user: str) -> str:
     journal.incr(f"runs:{user}")
     return f"sent to {user}"
