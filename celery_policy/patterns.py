@@ -8,6 +8,7 @@ fewer wildcards first, then a longer literal prefix.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from collections import defaultdict
 from collections.abc import Iterable
@@ -46,6 +47,13 @@ def literal_prefix(pattern: str) -> str:
     return pattern
 
 
+@functools.cache
+def compile_glob(pattern: str) -> re.Pattern[str]:
+    """The compiled regex of a glob; cached because ``re``'s own cache holds only 512 and a big policy has more."""
+    return re.compile(fnmatch.translate(pattern))
+
+
+@functools.cache
 def glob_problem(pattern: str) -> str | None:
     """Why a glob can never match a task name, or None when it is fine."""
     if not pattern.strip():
@@ -73,7 +81,7 @@ def glob_problem(pattern: str) -> str | None:
             continue
         index += 1
     try:
-        re.compile(fnmatch.translate(pattern))
+        compile_glob(pattern)
     except re.error as exc:
         return f"not a valid pattern: {exc}"
     return None
@@ -90,7 +98,7 @@ class PatternIndex:
     def __init__(self, patterns: Iterable[str]) -> None:
         self._buckets: dict[str, list[tuple[str, re.Pattern[str]]]] = defaultdict(list)
         for pattern in patterns:
-            regex = re.compile(fnmatch.translate(pattern))
+            regex = compile_glob(pattern)
             self._buckets[literal_prefix(pattern)].append((pattern, regex))
         self._prefix_lengths = sorted({len(p) for p in self._buckets})
 
