@@ -13,7 +13,7 @@ LINT_FAILED = 1  # findings of error severity (or warnings with --strict)
 USAGE = 2  # bad arguments or an unreadable file
 CONNECT = 3  # a broker or store could not be reached
 
-FORMATS = ["text", "json", "github"]
+FORMATS = ["text", "json", "github", "sarif"]  # sarif: SARIF 2.1.0 for code-scanning dashboards
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,7 +27,8 @@ def _rule_list(value: str | None) -> list[str]:
 
 
 @cli.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+# FILES may be omitted: then [tool.celery-policy] files in pyproject.toml, else $CELERY_POLICY_FILE or the default path.
+@click.argument("files", nargs=-1, required=False, type=click.Path(dir_okay=False))
 @click.option("--env", "env", help="check the file as seen in this environment")
 @click.option("--all-envs", is_flag=True, help="check the base file and every environment")
 @click.option("--app", "app", help="Celery app module (e.g. proj.celery) for the CP3xx cross-checks")
@@ -45,7 +46,7 @@ def check(
     select: str | None,
     ignore: str | None,
 ) -> int:
-    """Validate policy FILES (merged in order) and lint them for reliability problems."""
+    """Validate policy FILES (merged in order; default: pyproject.toml [tool.celery-policy] files) and lint them."""
     from celery_policy.lint.runner import run_check
 
     if env and all_envs:

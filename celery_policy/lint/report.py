@@ -1,4 +1,4 @@
-"""Rendering ``check`` findings: compiler-style text, JSON and GitHub annotations.
+"""Rendering ``check`` findings: compiler-style text, JSON, GitHub annotations and SARIF.
 
 Text (colour only on a TTY, never with ``NO_COLOR`` set)::
 
@@ -25,6 +25,10 @@ JSON (``--format json``), version 1::
       "summary": {"errors": 1, "warnings": 0, "files": 1, "exit_code": 1}
     }
 
+When ``# celery-policy: ignore[...]`` comments silenced findings, a top-level
+``"suppressed"`` list (findings in the same shape) and ``summary.suppressed``
+(their count) are added; without any, the two keys are absent.
+
 ``env`` is null for a finding of the base file; with ``--env NAME`` it is
 NAME; with ``--all-envs`` it names the environments a finding is limited to.
 Fields are only ever added within a version.
@@ -32,6 +36,11 @@ Fields are only ever added within a version.
 GitHub (``--format github``): one workflow command per finding,
 ``::error file=F,line=L,col=C,title=CP103::message (path)``; warnings use
 ``::warning``.
+
+SARIF (``--format sarif``): one SARIF 2.1.0 log with one run; the rules that
+fired are in ``tool.driver.rules`` with their documentation, and suppressed
+findings are results with an ``inSource`` suppression, as code-scanning
+dashboards expect. ``docs/output-formats.md`` describes every format.
 """
 
 from __future__ import annotations
@@ -39,13 +48,18 @@ from __future__ import annotations
 import json
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 
 from celery_policy.errors import Diagnostic
+
+if TYPE_CHECKING:
+    from celery_policy.lint.registry import Rule
 
 JSON_VERSION = 1
 
@@ -70,6 +84,8 @@ class CheckReport:
     envs: tuple[str | None, ...]  # what was checked: None = the base file
     exit_code: int
     env_mode: str = "base"  # "base", "env" (--env NAME) or "all" (--all-envs)
+    suppressed: tuple[Finding, ...] = ()  # findings silenced by `# celery-policy: ignore[...]` comments
+    notes: tuple[str, ...] = ()  # warnings about the run itself (e.g. a suppression naming no rule)
 
     @property
     def errors(self) -> int:
@@ -92,7 +108,9 @@ def use_color(stream: IO[str] | None = None) -> bool:
 
 
 def render(report: CheckReport, fmt: str, *, color: bool = False) -> str:
-    """The whole output of ``check`` in one of ``text``, ``json``, ``github``."""
+    """The whole output of ``check`` in one of ``text``, ``json``, ``github``, ``sarif``."""
+    if fmt == "sarif":
+        return render_sarif(report)
     if fmt == "json":
         return render_json(report)
     if fmt == "github":
@@ -114,9 +132,10 @@ def summary_line(report: CheckReport) -> str:
             scope += f" (base and {_plural(len(names), 'environment')}: {', '.join(names)})"
         else:
             scope += " (base only: the files define no environments)"
+    quiet = f" ({len(report.suppressed)} suppressed)" if report.suppressed else ""
     if not report.findings:
-        return f"no problems in {scope}"
-    return f"{_plural(report.errors, 'error')}, {_plural(report.warnings, 'warning')} in {scope}"
+        return f"no problems in {scope}{quiet}"
+    return f"{_plural(report.errors, 'error')}, {_plural(report.warnings, 'warning')} in {scope}{quiet}"
 
 
 def _suffix(finding: Finding, report: CheckReport) -> str:
@@ -162,7 +181,7 @@ def finding_json(finding: Finding, report: CheckReport) -> dict[str, Any]:
 
 
 def render_json(report: CheckReport) -> str:
-    data = {
+    data: dict[str, Any] = {
         "version": JSON_VERSION,
         "files": list(report.files),
         "envs": list(report.envs),
@@ -174,6 +193,9 @@ def render_json(report: CheckReport) -> str:
             "exit_code": report.exit_code,
         },
     }
+    if report.suppressed:  # added in 0.2 (still version 1): present only when a comment silenced a finding
+        data["suppressed"] = [finding_json(f, report) for f in report.suppressed]
+        data["summary"]["suppressed"] = len(report.suppressed)
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 
@@ -202,6 +224,124 @@ def render_github(report: CheckReport) -> str:
             message += f"\nhelp: {d.hint}"
         lines.append(f"::{d.severity} {','.join(props)}::{_escape_data(message)}")
     return "".join(line + "\n" for line in lines)
+
+
+SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
+
+
+def render_sarif(report: CheckReport) -> str:
+    """A SARIF 2.1.0 log for code-scanning dashboards (GitHub code scanning, GitLab, Azure DevOps)."""
+    from celery_policy import __version__
+    from celery_policy.lint.registry import RULES
+
+    everything = [(f, False) for f in report.findings] + [(f, True) for f in report.suppressed]
+    codes = sorted({f.diagnostic.code for f, _ in everything})
+    index = {code: i for i, code in enumerate(codes)}
+    rules: list[dict[str, Any]] = []
+    for code in codes:
+        entry = RULES.get(code)
+        described: dict[str, Any] = {"id": code}
+        if entry is not None:
+            described |= {
+                "name": entry.name,
+                "shortDescription": {"text": entry.summary},
+                "fullDescription": {"text": entry.section("What it does:") or entry.summary},
+                "help": {"text": entry.doc, "markdown": rule_markdown(entry)},
+                "defaultConfiguration": {"level": entry.severity},
+            }
+        rules.append(described)
+    results = [_sarif_result(f, report, index[f.diagnostic.code], silenced) for f, silenced in everything]
+    log = {
+        "$schema": SARIF_SCHEMA,
+        "version": "2.1.0",
+        "runs": [
+            {
+                "tool": {
+                    "driver": {
+                        "name": "celery-policy",
+                        "version": __version__,
+                        "semanticVersion": __version__,
+                        "rules": rules,
+                    }
+                },
+                "originalUriBaseIds": {"%SRCROOT%": {"uri": Path.cwd().as_uri() + "/"}},
+                "results": results,
+                "invocations": [{"executionSuccessful": True, "exitCode": report.exit_code}],
+            }
+        ],
+    }
+    return json.dumps(log, indent=2, ensure_ascii=False) + "\n"
+
+
+def _sarif_result(finding: Finding, report: CheckReport, rule_index: int, silenced: bool) -> dict[str, Any]:
+    d = finding.diagnostic
+    text = f"{d.message}{_suffix(finding, report)}"
+    if d.hint:
+        text += f"\nhelp: {d.hint}"
+    result: dict[str, Any] = {
+        "ruleId": d.code,
+        "ruleIndex": rule_index,
+        "level": d.severity,
+        "message": {"text": text},
+    }
+    if d.location is not None:
+        result["locations"] = [
+            {
+                "physicalLocation": {
+                    "artifactLocation": _sarif_artifact(d.location.file),
+                    "region": {"startLine": d.location.line, "startColumn": d.location.column},
+                }
+            }
+        ]
+    if d.path:
+        result["properties"] = {"path": d.path}
+    if silenced:
+        result["suppressions"] = [{"kind": "inSource", "justification": "# celery-policy: ignore[...] comment"}]
+    return result
+
+
+def _sarif_artifact(file: str) -> dict[str, Any]:
+    """Paths below the working directory are relative to %SRCROOT% (what code scanning maps to the repository)."""
+    path = Path(file).absolute()
+    try:
+        return {"uri": path.relative_to(Path.cwd()).as_posix(), "uriBaseId": "%SRCROOT%"}
+    except ValueError:
+        return {"uri": path.as_uri()}
+
+
+def rule_markdown(entry: Rule) -> str:
+    """A rule's documentation page (``docs/rules/CODE.md``), from the same docstring ``rules CODE`` prints."""
+    facts = [f"Severity: **{entry.severity}**."]
+    if entry.needs_app:
+        facts.append("Runs only with `--app` (or as `celery -A proj policy check`).")
+    if entry.emitted_by == "loader":
+        facts.append("Reported while the file is read and validated.")
+    if entry.aliases:
+        facts.append(f"Formerly {', '.join(entry.aliases)}.")
+    from celery_policy.lint.registry import HEADINGS
+
+    out = [f"# {entry.code} {entry.name}", "", " ".join(facts), ""]
+    for heading in HEADINGS:
+        body = entry.section(heading)
+        if not body:
+            continue
+        out += [f"## {heading.rstrip(':')}", ""]
+        if heading == "Example:":
+            out += ["```yaml", textwrap.dedent(body).strip("\n"), "```", ""]
+        else:
+            out += [body, ""]
+    out += [
+        "## Silencing it",
+        "",
+        f"- one place: `# celery-policy: ignore[{entry.code}]` at the end of the reported line,"
+        " or on a line of its own just above it;",
+        f"- one run: `celery-policy check --ignore {entry.code}`;",
+        f'- the project: `ignore = ["{entry.code}"]` under `[tool.celery-policy]` in `pyproject.toml`.',
+        "",
+        f"`celery-policy rules {entry.code}` prints this page's text.",
+        "",
+    ]
+    return "\n".join(out)
 
 
 def render_rule_list(rows: Sequence[tuple[str, str, str, str]]) -> str:

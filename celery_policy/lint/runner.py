@@ -10,7 +10,14 @@ The pipeline for ``check``:
    (``--all-envs``): apply the overlays, validate, run the lint rules.
 5. Keep each finding once (the first place it shows; with ``--all-envs`` a
    finding that never shows in the base file names its environments), filter
-   by ``--select/--ignore``, render, and return the exit code.
+   by ``--select/--ignore``, set aside the findings that a
+   ``# celery-policy: ignore[CODE]`` comment suppresses, render, and return
+   the exit code.
+
+Project settings come from the ``[tool.celery-policy]`` table of the nearest
+``pyproject.toml`` that has one, found by walking up from the working
+directory (as ruff does); see :class:`ProjectConfig`. Command-line arguments
+win over it.
 
 Nothing raises out of :func:`run_check`: unexpected input becomes findings,
 and a rule that crashes becomes a finding of its own code.
@@ -19,8 +26,18 @@ and a rule that crashes becomes a finding of its own code.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Sequence
+import os
+import re
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 import click
 from pydantic import ValidationError
@@ -29,12 +46,13 @@ import celery_policy.lint.rules  # noqa: F401  (registers the rules)
 from celery_policy.errors import Diagnostic, Location, PolicyError
 from celery_policy.lint.appsnapshot import AppLoadError, AppSnapshot, load_app
 from celery_policy.lint.context import LintContext
-from celery_policy.lint.registry import RULES, Rule, find_rule, is_selected, unknown_selectors
+from celery_policy.lint.registry import RULES, Rule, find_rule, is_selected, matches_selector, unknown_selectors
 from celery_policy.lint.report import CheckReport, Finding, render, render_rule_list, use_color
 from celery_policy.loader import (
     RawPolicy,
     UnreadableFileError,
     apply_environment,
+    default_policy_paths,
     environment_chain,
     merge_raw,
     read_policy_file,
@@ -65,9 +83,23 @@ def run_check(
     strict: bool = False,
     select: Sequence[str] = (),
     ignore: Sequence[str] = (),
+    project: ProjectConfig | bool | None = True,
 ) -> int:
-    """Check policy ``files`` and print the report; return the exit code (0 clean, 1 findings, 2 usage)."""
+    """Check policy ``files`` and print the report; return the exit code (0 clean, 1 findings, 2 usage).
+
+    ``project=True`` reads ``[tool.celery-policy]`` from the nearest ``pyproject.toml``
+    (see :func:`find_project_config`); pass a :class:`ProjectConfig`, or False/None for none.
+    Explicit arguments win: ``files``, ``env``/``all_envs``, ``app`` and ``select`` replace
+    the configured values, ``ignore`` adds to them, and ``strict`` turns strictness on.
+    """
     try:
+        config = find_project_config() if project is True else project or None
+        if config is not None:
+            files, env, all_envs, app, strict, select, ignore = config.apply(
+                files, env=env, all_envs=all_envs, app=app, strict=strict, select=select, ignore=ignore
+            )
+        if not files:
+            files = default_policy_paths()
         report = check(files, env=env, all_envs=all_envs, app=app, strict=strict, select=select, ignore=ignore)
     except _UsageProblem as exc:
         click.echo(f"celery-policy check: error: {exc}", err=True)
@@ -75,6 +107,8 @@ def run_check(
     except Exception as exc:  # the last guard: a message, never a traceback
         click.echo(f"celery-policy check: internal error: {type(exc).__name__}: {exc} (please report this)", err=True)
         return USAGE
+    for warning in report.notes:
+        click.echo(f"celery-policy check: warning: {warning}", err=True)
     color = fmt == "text" and use_color()
     click.echo(render(report, fmt, color=color), nl=False, color=color)
     return report.exit_code
@@ -116,10 +150,194 @@ def check(
     findings = _dedupe(tagged, mode)
     findings = [f for f in findings if is_selected(f.diagnostic.code, select, ignore)]
     findings.sort(key=lambda f: _order(f, files))
-    errors = any(f.diagnostic.is_error for f in findings)
-    warnings = any(not f.diagnostic.is_error for f in findings)
+    comments = read_suppressions(files)
+    kept = [f for f in findings if not comments.suppresses(f.diagnostic)]
+    suppressed = [f for f in findings if comments.suppresses(f.diagnostic)]
+    errors = any(f.diagnostic.is_error for f in kept)
+    warnings = any(not f.diagnostic.is_error for f in kept)
     exit_code = LINT_FAILED if errors or (strict and warnings) else OK
-    return CheckReport(tuple(files), tuple(findings), tuple(envs), exit_code, mode)
+    return CheckReport(
+        tuple(files), tuple(kept), tuple(envs), exit_code, mode, suppressed=tuple(suppressed), notes=comments.problems
+    )
+
+
+# --- suppression comments ------------------------------------------------------------------------
+
+_SUPPRESS = re.compile(r"#\s*celery-policy:\s*ignore\[([^\]]*)\]")
+
+
+@dataclass(frozen=True, slots=True)
+class Suppressions:
+    """``# celery-policy: ignore[CP201, CP205]`` comments: (file, line) -> the selectors they name.
+
+    A comment at the end of a line covers findings on that line; a comment on a
+    line of its own covers findings on the next line. Selectors are what
+    ``--ignore`` takes: codes, prefixes (``CP2``) or rule names. A comment that
+    names no known rule is reported in ``problems`` and suppresses nothing.
+    """
+
+    by_line: Mapping[tuple[str, int], tuple[str, ...]] = field(default_factory=dict)
+    problems: tuple[str, ...] = ()
+
+    def suppresses(self, diagnostic: Diagnostic) -> bool:
+        location = diagnostic.location
+        if location is None:
+            return False
+        selectors = self.by_line.get((location.file, location.line), ())
+        return any(matches_selector(diagnostic.code, s) for s in selectors)
+
+
+def read_suppressions(files: Sequence[str]) -> Suppressions:
+    """Scan ``files`` for suppression comments (unreadable files have none)."""
+    by_line: dict[tuple[str, int], tuple[str, ...]] = {}
+    problems: list[str] = []
+    for path in files:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        for number, line in enumerate(text.splitlines(), start=1):
+            found = _SUPPRESS.search(line)
+            if found is None:
+                continue
+            selectors = tuple(s.strip() for s in found.group(1).split(",") if s.strip())
+            unknown = unknown_selectors(selectors)
+            if unknown or not selectors:
+                names = ", ".join(repr(u) for u in unknown) if unknown else "no rule"
+                problems.append(f"{path}:{number}: suppression comment names {names}; it suppresses nothing")
+                continue
+            target = number + 1 if line.lstrip().startswith("#") else number
+            by_line[(path, target)] = by_line.get((path, target), ()) + selectors
+    return Suppressions(by_line, tuple(problems))
+
+
+# --- [tool.celery-policy] in pyproject.toml ------------------------------------------------------
+
+_CONFIG_KEYS = ("files", "env", "all-envs", "app", "select", "ignore", "strict")
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectConfig:
+    """``[tool.celery-policy]`` of a ``pyproject.toml``::
+
+    [tool.celery-policy]
+    files = ["policies/celery-policy.yaml"]   # relative to the pyproject.toml
+    env = "production"                        # or: all-envs = true
+    app = "proj.celery"
+    select = ["CP1", "CP2"]
+    ignore = ["CP206"]
+    strict = true
+    """
+
+    path: str
+    files: tuple[str, ...] = ()
+    env: str | None = None
+    all_envs: bool = False
+    app: str | None = None
+    select: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
+    strict: bool = False
+
+    def apply(
+        self,
+        files: Sequence[str],
+        *,
+        env: str | None,
+        all_envs: bool,
+        app: str | None,
+        strict: bool,
+        select: Sequence[str],
+        ignore: Sequence[str],
+    ) -> tuple[Sequence[str], str | None, bool, str | None, bool, Sequence[str], Sequence[str]]:
+        """Merge with command-line values (see :func:`run_check`)."""
+        if env is None and not all_envs:
+            env, all_envs = self.env, self.all_envs
+        return (
+            files or self.files,
+            env,
+            all_envs,
+            app or self.app,
+            strict or self.strict,
+            select or self.select,
+            (*self.ignore, *ignore),
+        )
+
+
+def find_project_config(start: str | os.PathLike[str] | None = None) -> ProjectConfig | None:
+    """The ``[tool.celery-policy]`` table of the nearest ``pyproject.toml`` at or above ``start`` that has one.
+
+    Raises :class:`_UsageProblem` (exit 2) for a file that is not TOML or a table with bad values.
+    """
+    directory = Path(start or os.getcwd()).resolve()
+    for folder in (directory, *directory.parents):
+        candidate = folder / "pyproject.toml"
+        if not candidate.is_file():
+            continue
+        try:
+            data = tomllib.loads(candidate.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise _UsageProblem(f"cannot read {candidate}: {exc}") from exc
+        table = data.get("tool", {}).get("celery-policy")
+        if table is not None:
+            return _project_config(candidate, table)
+    return None
+
+
+def _project_config(path: Path, table: Any) -> ProjectConfig:
+    where = f"{path} [tool.celery-policy]"
+    if not isinstance(table, dict):
+        raise _UsageProblem(f"{where} is not a table")
+    for key in table:
+        if key not in _CONFIG_KEYS:
+            close = difflib.get_close_matches(key.replace("_", "-"), _CONFIG_KEYS, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(_CONFIG_KEYS)}"
+            raise _UsageProblem(f"{where}: unknown key '{key}'{hint}")
+
+    def strings(key: str) -> tuple[str, ...]:
+        value = table.get(key, [])
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise _UsageProblem(f"{where}: '{key}' must be a list of strings")
+        return tuple(value)
+
+    def text(key: str) -> str | None:
+        value = table.get(key)
+        if value is not None and not isinstance(value, str):
+            raise _UsageProblem(f"{where}: '{key}' must be a string")
+        return value
+
+    def flag(key: str) -> bool:
+        value = table.get(key, False)
+        if not isinstance(value, bool):
+            raise _UsageProblem(f"{where}: '{key}' must be true or false")
+        return value
+
+    config = ProjectConfig(
+        str(path),
+        env=text("env"),
+        all_envs=flag("all-envs"),
+        app=text("app"),
+        select=tuple(s.upper() if s[:2].upper() == "CP" else s for s in strings("select")),
+        ignore=tuple(s.upper() if s[:2].upper() == "CP" else s for s in strings("ignore")),
+        strict=flag("strict"),
+    )
+    if config.env is not None and config.all_envs:
+        raise _UsageProblem(f"{where}: 'env' and 'all-envs' exclude each other")
+    bad = unknown_selectors([*config.select, *config.ignore])
+    if bad:
+        raise _UsageProblem(f"{where}: unknown rule or prefix {', '.join(repr(b) for b in bad)}")
+    base = path.parent
+    files = tuple(_display_path(base / f) for f in strings("files"))
+    return replace(config, files=files)
+
+
+def _display_path(path: Path) -> str:
+    """Relative to the working directory when below it (as findings show it), else absolute."""
+    try:
+        return os.path.relpath(path)
+    except ValueError:  # another drive (Windows)
+        return str(path)
 
 
 def _load_app(spec: str | None) -> AppSnapshot | None:
