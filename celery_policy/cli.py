@@ -157,6 +157,14 @@ def dlq_show(entry_id: str, **opts: Any) -> int:
 @_filter_options
 @click.option("--dry-run", is_flag=True, help="say what would be replayed, change nothing")
 @click.option("--broker", help="broker URL to publish to (default: the app's broker, else the store's Redis)")
+@click.option(
+    "--batch",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="delete records in batches of N after publishing them: faster, but if the store fails mid-batch "
+    "up to N records stay and may run twice on the next replay",
+)
 def dlq_replay(**opts: Any) -> int:
     """Re-publish matching dead letters with new task ids; each is deleted only after the broker took it."""
     from celery_policy.deadletter.commands import run_replay

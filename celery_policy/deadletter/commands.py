@@ -117,6 +117,7 @@ def run_show(entry_id: str, url: str | None, files: tuple[str, ...], app: str | 
 def run_replay(
     url: str | None, files: tuple[str, ...], app: str | None, stream: str | None,
     task: str | None, reason: str | None, since: str | None, ids: tuple[str, ...], dry_run: bool, broker: str | None,
+    batch: int = 1,
 ) -> int:
     store = _open_store(url, files, app, stream)
     flt = _filter(task, reason, since, ids)
@@ -128,7 +129,7 @@ def run_replay(
         celery_app = Celery("celery-policy-replay", broker=broker or store.url)
     try:
         records = list(store.iter(flt))
-        report = replay(store, records, celery_publisher(celery_app), dry_run=dry_run)
+        report = replay(store, records, celery_publisher(celery_app), dry_run=dry_run, batch=max(1, batch))
     except StoreUnavailableError as exc:
         click.echo(f"error: {exc}", err=True)
         return CONNECT

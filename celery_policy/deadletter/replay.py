@@ -22,16 +22,33 @@ class ReplayReport:
 Publisher = Callable[[DeadLetter, str], None]
 
 
-def celery_publisher(app: Any) -> Publisher:
-    """Publish through a Celery app (``send_task``), which returns only after the broker took the message."""
+class celery_publisher:  # noqa: N801 - used like a function: publish = celery_publisher(app)
+    """Publish through a Celery app (``send_task``), which returns only after the broker took the message.
 
-    def publish(record: DeadLetter, task_id: str) -> None:
+    One producer (one connection) is held for the whole replay instead of one
+    pool round trip per record; :meth:`close` gives it back.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self._producer: Any = None
+
+    def __call__(self, record: DeadLetter, task_id: str) -> None:
         options: dict[str, Any] = {"task_id": task_id}
         if record.queue:
             options["queue"] = record.queue
-        app.send_task(record.task, args=record.args, kwargs=record.kwargs, **options)
+        if self._producer is None:
+            self._producer = self.app.producer_pool.acquire(block=True)
+        try:
+            self.app.send_task(record.task, args=record.args, kwargs=record.kwargs, producer=self._producer, **options)
+        except Exception:
+            self.close()  # a broken connection must not be reused for the next record
+            raise
 
-    return publish
+    def close(self) -> None:
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            producer.release()
 
 
 def replay(
@@ -40,6 +57,7 @@ def replay(
     publish: Publisher,
     *,
     dry_run: bool = False,
+    batch: int = 1,
 ) -> ReplayReport:
     """Re-publish each record with a new task id, then delete it.
 
@@ -48,33 +66,65 @@ def replay(
     (the task then runs once and its record remains: a duplicate, never a loss).
     When the store is unreachable for that delete, the run stops there: going on
     would publish every remaining record without being able to delete it, so a
-    later replay would run them all twice. At most the in-flight record is duplicated.
+    later replay would run them all twice. Deletes go out in batches of ``batch``
+    records, all already published; at most that many are duplicated if the store
+    fails at that moment, never lost.
     """
     report = ReplayReport()
-    for record in records:
-        entry = record.id or "?"
-        if not record.replayable:
-            report.skipped.append((entry, "arguments were redacted when stored; replay it by hand"))
-            continue
-        new_id = str(uuid.uuid4())
-        if dry_run:
-            report.replayed.append((entry, new_id))
-            continue
-        try:
-            publish(record, new_id)
-        except Exception as exc:  # broker down: keep the record
-            report.failed.append((entry, f"publish failed: {exc}"))
-            continue
-        try:
-            store.delete(entry)
-        except Exception as exc:
-            report.failed.append((entry, f"published as {new_id} but not deleted: {exc}"))
-            if isinstance(exc, StoreUnavailableError):
-                report.stopped = "the dead-letter store is unreachable; the remaining records were not replayed"
-                break
-            continue
-        report.replayed.append((entry, new_id))
+    published: list[tuple[str, str]] = []
+    try:
+        for record in records:
+            entry = record.id or "?"
+            if not record.replayable:
+                report.skipped.append((entry, "arguments were redacted when stored; replay it by hand"))
+                continue
+            new_id = str(uuid.uuid4())
+            if dry_run:
+                report.replayed.append((entry, new_id))
+                continue
+            try:
+                publish(record, new_id)
+            except Exception as exc:  # broker down: keep the record
+                report.failed.append((entry, f"publish failed: {exc}"))
+                continue
+            published.append((entry, new_id))
+            if len(published) >= batch and not _delete_published(store, published, report):
+                return report
+        _delete_published(store, published, report)
+    finally:
+        close = getattr(publish, "close", None)
+        if close is not None:
+            close()
     return report
+
+
+def _delete_published(store: DeadLetterStore, published: list[tuple[str, str]], report: ReplayReport) -> bool:
+    """Delete the records already published; False (and ``report.stopped``) when the store is gone."""
+    if not published:
+        return True
+    entries = [entry for entry, _ in published]
+    try:
+        _delete_many(store, entries)
+    except Exception as exc:
+        for entry, new_id in published:
+            report.failed.append((entry, f"published as {new_id} but not deleted: {exc}"))
+        published.clear()
+        if isinstance(exc, StoreUnavailableError):
+            report.stopped = "the dead-letter store is unreachable; the remaining records were not replayed"
+            return False
+        return True
+    report.replayed.extend(published)
+    published.clear()
+    return True
+
+
+def _delete_many(store: DeadLetterStore, entries: list[str]) -> None:
+    delete_many = getattr(store, "delete_many", None)
+    if delete_many is not None:
+        delete_many(entries)
+        return
+    for entry in entries:
+        store.delete(entry)
 
 
 def purge(store: DeadLetterStore, flt: Filter) -> int:

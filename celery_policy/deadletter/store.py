@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import redis
 
 from celery_policy.deadletter.record import DeadLetter
+from celery_policy.redis_urls import RedisClient, client_from_url, safe_url
 
 _FIELD = "record"
 _ENTRY_ID = re.compile(r"\d+(-\d+)?")  # what XRANGE/XDEL accept; anything else is a typo, not an outage
@@ -53,12 +54,13 @@ class RedisStreamStore:
         self.url = url
         self.stream = stream
         self.max_length = max_length
-        self._client: redis.Redis | None = None
+        self._client: RedisClient | None = None
 
     @property
-    def client(self) -> redis.Redis:
+    def client(self) -> RedisClient:
+        """redis://, rediss://, unix://, redis+sentinel:// or redis+cluster:// (see celery_policy.redis_urls)."""
         if self._client is None:
-            self._client = redis.Redis.from_url(self.url, socket_connect_timeout=5, socket_timeout=10)
+            self._client = client_from_url(self.url, socket_connect_timeout=5, socket_timeout=10)
         return self._client
 
     def add(self, record: DeadLetter) -> str:
@@ -102,7 +104,7 @@ class RedisStreamStore:
 
     def _xrange(self, start: str, end: str, count: int) -> list[Any]:
         try:
-            return list(self.client.xrange(self.stream, min=start, max=end, count=count))
+            return list(self.client.xrange(self.stream, min=start, max=end, count=count) or ())
         except redis.RedisError as exc:
             msg = f"dead-letter store {self.describe()} unavailable: {exc}"
             raise StoreUnavailableError(msg) from exc
@@ -112,6 +114,14 @@ class RedisStreamStore:
             return False
         try:
             return bool(self.client.xdel(self.stream, entry_id))
+        except redis.RedisError as exc:
+            msg = f"dead-letter store {self.describe()} unavailable: {exc}"
+            raise StoreUnavailableError(msg) from exc
+
+    def delete_many(self, entry_ids: list[str]) -> int:
+        """Delete several records in one round trip; returns how many existed."""
+        try:
+            return int(self.client.xdel(self.stream, *entry_ids)) if entry_ids else 0
         except redis.RedisError as exc:
             msg = f"dead-letter store {self.describe()} unavailable: {exc}"
             raise StoreUnavailableError(msg) from exc
@@ -142,13 +152,7 @@ def _decode(raw_id: Any, fields: Any) -> DeadLetter | None:
 
 def _safe_url(url: str) -> str:
     """Hide a password in a URL shown to users."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
+    return safe_url(url)
 
 
 def store_url_for(configured: str | None, broker_url: str | None) -> str | None:
