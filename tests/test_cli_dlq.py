@@ -441,3 +441,16 @@ def test_purge_with_yes_deletes_only_the_matching_records(
     assert out == f"deleted 2 dead letters from {where(server)}\n"
     assert [r.id for r in store.iter(Filter())] == [charge.id, report.id]
     assert refund.id != ship.id
+
+
+def test_replay_in_batches_publishes_and_deletes_every_record(
+    dlq: Run, store: RedisStreamStore, client: redis.Redis
+) -> None:
+    records = [replayable(store) for _ in range(5)]
+
+    code, out, err = dlq("replay", "--batch", "2")
+
+    assert (code, err) == (0, "")
+    assert out.splitlines()[-1] == "5 replayed, 0 skipped, 0 failed"
+    assert store.count() == 0
+    assert sorted(body(m)[0][0] for m in queued(client)) == sorted(r.args[0] for r in records)
