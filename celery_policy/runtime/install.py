@@ -16,12 +16,14 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import redis
 from celery import Celery, Task, signals
 from celery.app.annotations import prepare as prepare_annotations
 from celery.app.annotations import resolve_all as resolve_all_annotations
 
 from celery_policy.deadletter.store import RedisStreamStore, store_url_for
 from celery_policy.errors import PolicyError
+from celery_policy.redis_urls import RedisUrlError
 from celery_policy.references import check_references, ensure_import_root
 from celery_policy.resolve import Policy, load
 from celery_policy.runtime.routing import PolicyRouter
@@ -88,7 +90,14 @@ class AppRuntime:
                     f"Redis; set dead_letter_store.url ({self.policy.location(('dead_letter_store',)) or self.policy.files[0]})"
                 )
                 raise PolicyError(msg)
-            self._store = RedisStreamStore(url, settings.stream, settings.max_length)
+            store = RedisStreamStore(url, settings.stream, settings.max_length)
+            try:  # parse the URL now (a Redis Cluster client also fetches its slot map here)
+                store.client  # noqa: B018
+            except (RedisUrlError, redis.RedisError) as exc:
+                where = self.policy.location(("dead_letter_store", "url")) or self.policy.files[0]
+                msg = f"dead-letter store {store.describe()}: {exc} ({where})"
+                raise PolicyError(msg) from exc
+            self._store = store
         return self._store
 
     def governs(self, name: str) -> bool:
@@ -167,6 +176,9 @@ def install(
     app.conf.task_annotations = (PolicyAnnotator(runtime, app.conf.task_annotations),)
     app.__dict__.pop("annotations", None)  # a cached_property: recompute from the new setting
     setattr(app, _APP_ATTR, runtime)
+    from celery_policy.runtime.control import announce  # also registers the policy_info control command
+
+    announce(app, runtime)  # logs policy_loaded (fingerprint, files) once the app's tasks are known
     if app.finalized:
         for task in registered.values():
             _apply_now(runtime, task)

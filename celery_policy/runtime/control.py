@@ -1,0 +1,142 @@
+"""The ``policy_info`` remote-control command and the ``policy_loaded`` boot event.
+
+Importing this module registers ``policy_info`` with Celery's worker control
+panel, so ``app.control.broadcast("policy_info", reply=True)`` (what
+``celery-policy status`` sends) and ``celery -A proj inspect policy_info``
+reach every worker of the app that installed a policy. The command runs in the
+worker's main process and answers from data computed once per process.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import socket
+import weakref
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from celery.worker.control import inspect_command
+
+from celery_policy.fleet import Snapshot, snapshot
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from celery_policy.runtime.install import AppRuntime
+
+logger = structlog.get_logger("celery_policy")
+
+
+def package_version() -> str:
+    try:
+        return version("celery-policy")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree without metadata
+        return "unknown"
+
+
+@dataclass(slots=True)
+class BootInfo:
+    """What a worker reports about its policy: computed at install, the snapshot once tasks are known."""
+
+    app: weakref.ref[Celery]
+    runtime: weakref.ref[AppRuntime]
+    loaded_at: str
+    files: list[dict[str, str]]
+    snapshot: Snapshot | None = None
+    task_names: list[str] = field(default_factory=list)
+
+    def current(self) -> Snapshot:
+        """The snapshot over the app's governed tasks; recomputed when tasks were registered since."""
+        app, runtime = self.app(), self.runtime()
+        if app is None or runtime is None:  # pragma: no cover - the app is gone
+            msg = "the app that installed the policy no longer exists"
+            raise RuntimeError(msg)
+        names = sorted(name for name in list(app.tasks.keys()) if runtime.governs(name))
+        if self.snapshot is None or names != self.task_names:
+            self.snapshot = snapshot(runtime.policy, names)
+            self.task_names = names
+        return self.snapshot
+
+
+_BOOTS: weakref.WeakKeyDictionary[Any, BootInfo] = weakref.WeakKeyDictionary()
+
+
+def announce(app: Celery, runtime: AppRuntime) -> None:
+    """Remember the policy files and load time; log ``policy_loaded`` once the app's tasks are known.
+
+    Called by ``install()``. When the app is finalized already the event is
+    logged now, else when Celery finalizes it (which a worker does at boot).
+    """
+    files = [{"path": str(path), "sha256": _file_sha256(path)} for path in runtime.policy.files]
+    info = BootInfo(weakref.ref(app), weakref.ref(runtime), _now(), files)
+    _BOOTS[app] = info
+    if app.finalized:
+        _log_loaded(info)
+    else:
+        app.on_after_finalize.connect(lambda sender=None, **kw: _log_loaded(info), weak=False)
+
+
+def _log_loaded(info: BootInfo) -> None:
+    current = info.current()
+    logger.info(
+        "policy_loaded",
+        fingerprint=current.fingerprint,
+        env=current.env,
+        files=info.files,
+        tasks=len(current.tasks),
+        version=package_version(),
+    )
+
+
+def boot_info(app: Celery) -> BootInfo | None:
+    return _BOOTS.get(app)
+
+
+def policy_report(app: Celery, hostname: str, *, detail: bool = False) -> dict[str, Any]:
+    """The ``policy_info`` reply: fingerprint, env, files with sha256, load time, version, hostname, tasks.
+
+    ``detail`` adds the whole snapshot (field values and sources), which
+    ``status --expect`` needs to name the fields that differ.
+    """
+    info = boot_info(app)
+    if info is None:
+        return {"hostname": hostname, "error": "celery-policy is not installed on this app"}
+    current = info.current()
+    reply: dict[str, Any] = {
+        "hostname": hostname,
+        "fingerprint": current.fingerprint,
+        "env": current.env,
+        "files": info.files,
+        "loaded_at": info.loaded_at,
+        "version": package_version(),
+        "tasks": sorted(current.tasks),
+    }
+    if detail:
+        reply["snapshot"] = current.to_json()
+    return reply
+
+
+@inspect_command(  # type: ignore[untyped-decorator]
+    args=[("detail", bool)],
+    signature="[detail=False]",
+)
+def policy_info(state: Any, detail: bool = False, **kwargs: Any) -> dict[str, Any]:
+    """celery-policy: fingerprint, env, files (sha256), load time and version of the worker's policy."""
+    consumer = state.consumer
+    hostname = getattr(consumer, "hostname", None) or socket.gethostname()
+    return policy_report(consumer.app, hostname, detail=bool(detail))
+
+
+def _file_sha256(path: str | Path) -> str:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return ""
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
