@@ -150,6 +150,21 @@ def main() -> None:
     b = statistics.median(bare)
     print(f"Celery finalize with no annotations (the floor): {b * 1000:.0f} ms median")
     print(f"ratio celery-policy / annotations = {p / c:.2f}; celery-policy adds {(p - b) * 1000:.0f} ms over the floor, annotations add {(c - b) * 1000:.0f} ms")
+    from benchmarks._results import save
+
+    save(
+        "boot",
+        {
+            "tasks": opts.tasks,
+            "globs": opts.globs,
+            "exact": opts.exact,
+            "policy_ms": p * 1000,
+            "annotations_ms": c * 1000,
+            "bare_finalize_ms": b * 1000,
+            "ratio": p / c,
+            "peak_mb": peak / 1e6,
+        },
+    )
 
 
 if __name__ == "__main__":

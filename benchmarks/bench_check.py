@@ -24,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._results import save  # noqa: E402
 from benchmarks.bench_boot import task_names, write_policy  # noqa: E402
 from celery_policy.cli import main as cli_main  # noqa: E402
 
@@ -31,11 +32,14 @@ from celery_policy.cli import main as cli_main  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--tasks", type=int, default=10_000)
+    parser.add_argument("--globs", type=int, default=1000)
+    parser.add_argument("--exact", type=int, default=1000)
     opts = parser.parse_args()
     cli = str(ROOT / ".venv" / "bin" / "celery-policy")
     with tempfile.TemporaryDirectory() as tmp:
         policy = Path(tmp) / "big.yaml"
-        write_policy(policy, task_names(10_000), 1000, 1000, envs=5)
+        write_policy(policy, task_names(opts.tasks), opts.globs, opts.exact, envs=5)
         process, inproc, startup = [], [], []
         code = None
         for _ in range(opts.rounds):
@@ -63,9 +67,7 @@ def main() -> None:
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores; {size_kb:.0f} KiB policy, 1000 globs + 1000 exact, 5 environments")
     print(f"check --all-envs, whole command: {result['process_s'] * 1000:.0f} ms median of {opts.rounds} (exit {code}, {findings} findings)")
     print(f"  of which lint work in-process: {result['in_process_s'] * 1000:.0f} ms; `celery-policy --version` start-up: {result['cli_startup_s'] * 1000:.0f} ms")
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "check.json").write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), **result}, indent=2) + "\n")
+    save("check", result)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ The baseline is what teams do by hand with plain Celery: a loop of `send_task` o
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._results import save  # noqa: E402
 from benchmarks.bench_e2e import start_redis  # noqa: E402
 from celery_policy.deadletter.record import DeadLetter  # noqa: E402
 from celery_policy.deadletter.replay import celery_publisher, replay  # noqa: E402
@@ -99,9 +99,7 @@ def main() -> None:
     print(f"dlq replay of {opts.records} records: {result['replay_per_s']:.0f} records/s (dlq replay --batch 200: publish each, then XDEL per 200)")
     print(f"plain Celery send_task loop, same payloads: {result['send_task_loop_per_s']:.0f} tasks/s; ratio {result['ratio']:.2f}")
     print(f"dlq list --task 'orders.*' on a {opts.stream}-record stream: {list_s:.2f} s ({len(found)} matches)")
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "dlq.json").write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), **result}, indent=2) + "\n")
+    save("dlq", result)
 
 
 if __name__ == "__main__":

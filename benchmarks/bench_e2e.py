@@ -11,7 +11,6 @@ retried at once. Reports median tasks/s, spread, and the ratio policy/plain.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -166,9 +165,9 @@ def main() -> None:
                 f"{pool + ' / ' + path:<28}{statistics.median(plain):>10.0f} ±{(max(plain) - min(plain)) / 2:<5.0f}"
                 f"{statistics.median(pol):>10.0f} ±{(max(pol) - min(pol)) / 2:<5.0f}{ratio:>8.3f}"
             )
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "e2e.json").write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), **summary}, indent=2) + "\n")
+    from benchmarks._results import save
+
+    save("e2e", {"tasks": opts.tasks, "rounds": opts.rounds, "results": summary})
 
 
 if __name__ == "__main__":

@@ -160,6 +160,22 @@ def main() -> None:
     b = statistics.median(bare)
     print(f"  reference: Celery with no failure options {b * 1e6:.3f} us/call; policy adds {(q - b) * 1e6:+.3f} us over it")
     print(f"classification (exception -> decision): policy {ours * 1e9:.0f} ns, autoretry isinstance {theirs * 1e9:.0f} ns")
+    from benchmarks._results import save
+
+    save(
+        "overhead",
+        {
+            "calls": opts.calls,
+            "rounds": opts.rounds,
+            "plain_us": p * 1e6,
+            "policy_us": q * 1e6,
+            "bare_us": b * 1e6,
+            "added_us": (q - p) * 1e6,
+            "ratio": p / q,
+            "classify_ns": ours * 1e9,
+            "autoretry_isinstance_ns": theirs * 1e9,
+        },
+    )
 
 
 if __name__ == "__main__":
