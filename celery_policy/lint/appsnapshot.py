@@ -10,6 +10,7 @@ connection is made.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import os
@@ -101,8 +102,11 @@ def load_app(spec: str, cwd: str | None = None) -> AppSnapshot:
         sys.path.insert(0, directory)
     celery: Any = importlib.import_module("celery")  # celery ships no type information
     find_app = importlib.import_module("celery.app.utils").find_app
+    # Whatever the app prints while it loads (its own prints, structlog's default
+    # stdout logger in install()) goes to stderr: stdout carries the report (json, sarif).
     try:
-        app = find_app(spec)
+        with contextlib.redirect_stdout(sys.stderr):
+            app = find_app(spec)
     except (Exception, SystemExit) as exc:
         msg = f"cannot import Celery app '{spec}': {type(exc).__name__}: {exc}"
         raise AppLoadError(msg) from exc
@@ -110,9 +114,10 @@ def load_app(spec: str, cwd: str | None = None) -> AppSnapshot:
         msg = f"'{spec}' is not a Celery app (it is {type(app).__name__})"
         raise AppLoadError(msg)
     try:
-        app.loader.import_default_modules()  # `include=`, `imports` and autodiscover_tasks, as a worker does
-        app.finalize(auto=True)
-        return _snapshot(app, spec, _import_root(spec, directory))
+        with contextlib.redirect_stdout(sys.stderr):
+            app.loader.import_default_modules()  # `include=`, `imports` and autodiscover_tasks, as a worker does
+            app.finalize(auto=True)
+            return _snapshot(app, spec, _import_root(spec, directory))
     except (Exception, SystemExit) as exc:
         msg = f"cannot load the tasks of Celery app '{spec}': {type(exc).__name__}: {exc}"
         raise AppLoadError(msg) from exc
@@ -159,13 +164,14 @@ def _decorator_options(app: Any) -> dict[str, dict[str, str]]:
     When the app called ``celery_policy.install``, the runtime recorded them while binding
     (before the policy's values replaced them); otherwise they are still on the task classes.
     """
-    from celery_policy.runtime.install import declared_options, runtime_for
+    from celery_policy.runtime.install import config_values, declared_options, runtime_for
 
     runtime = runtime_for(app)
     if runtime is not None:
         recorded: dict[str, dict[str, Any]] = runtime.decorator_options
     else:
-        recorded = {str(name): declared_options(type(task), app) for name, task in dict(app.tasks).items()}
+        settings = config_values(app)
+        recorded = {str(name): declared_options(type(task), app, settings) for name, task in dict(app.tasks).items()}
     return {name: {k: repr(v) for k, v in options.items()} for name, options in recorded.items() if options}
 
 

@@ -52,6 +52,7 @@ class AppRuntime:
         self._store: RedisStreamStore | None = None
         self._compiled: dict[int, Any] = {}
         self.decorator_options: dict[str, dict[str, Any]] = {}  # what task decorators set, seen at binding
+        self._settings: dict[str, Any] | None = None
 
     def verify_references(self) -> None:
         """Import every exception class and hook the policy names; raise PolicyError listing all failures.
@@ -108,7 +109,9 @@ class AppRuntime:
         """Attributes for a task class; installs the run wrapper on its instance."""
         if not self.governs(task_cls.name):
             return {}
-        declared = declared_options(task_cls, self.app)
+        if self._settings is None:
+            self._settings = config_values(self.app)
+        declared = declared_options(task_cls, self.app, self._settings)
         if declared:
             self.decorator_options[task_cls.name] = declared
         runtime = self.compile(task_cls.name, instance)
@@ -210,20 +213,26 @@ def _rewrap_at_worker_init(sender: Any = None, **kwargs: Any) -> None:
         _after_finalize(app)
 
 
-def declared_options(task_cls: type[Task], app: Celery) -> dict[str, Any]:
+def config_values(app: Celery) -> dict[str, Any]:
+    """The app settings ``Task.bind`` copies onto task classes (``Task.from_config``), by attribute name."""
+    return {attr: app.conf.get(setting) for attr, setting in Task.from_config if attr in DECORATOR_OPTIONS}
+
+
+def declared_options(task_cls: type[Task], app: Celery, settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """The failure-handling options a task's decorator (or class body) set.
 
     ``Task.bind`` copies app settings onto the class for unset attributes
     (``Task.from_config``); values equal to those settings, and None, are not
-    counted as declared.
+    counted as declared. Pass ``settings`` (:func:`config_values`) when calling
+    this for many tasks: reading ``app.conf`` is slow.
     """
-    from_config = dict(getattr(task_cls, "from_config", ()))
+    if settings is None:
+        settings = config_values(app)
+    attrs = vars(task_cls)
     declared: dict[str, Any] = {}
-    for key, value in vars(task_cls).items():
-        if key not in DECORATOR_OPTIONS or value is None:
-            continue
-        setting = from_config.get(key)
-        if setting is not None and app.conf.get(setting) == value:
+    for key in DECORATOR_OPTIONS:
+        value = attrs.get(key)
+        if value is None or (key in settings and settings[key] == value):
             continue
         declared[key] = value
     return declared
