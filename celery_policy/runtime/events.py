@@ -11,6 +11,7 @@ from typing import Any
 import structlog
 
 from celery_policy.model import LogPolicy
+from celery_policy.observability import record_decision
 
 logger = structlog.get_logger("celery_policy")
 REDACTED = "***"
@@ -109,6 +110,8 @@ def log_decision(decision: Decision, rendered_args: Mapping[str, Any], exc: Base
         policy_source=decision.policy_source,
         **rendered_args,
     )
+    # OpenTelemetry span event / Sentry breadcrumb when those libraries are installed (celery_policy.observability)
+    record_decision(decision, exc)
 
 
 def call_hook(hook: Callable[..., Any] | None, name: str, request: Any, exc: BaseException | None, decision: Decision) -> None:

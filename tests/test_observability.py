@@ -1,0 +1,181 @@
+"""celery_policy.observability: structlog set-up, OpenTelemetry span events and Sentry breadcrumbs on decisions.
+
+The tasks run through Celery's real execution path (``Task.apply``) with the policy installed;
+OpenTelemetry records into its in-memory span exporter and Sentry into a transport that keeps
+the envelopes it is given. structlog and Sentry configure process-wide state, so those cases
+run in a fresh interpreter.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery import Celery
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from celery_policy.observability import SPAN_EVENT
+
+POLICY = """\
+version: 1
+defaults:
+  retry:
+    on: [builtins.TimeoutError]
+    never: [builtins.ValueError]
+    max_retries: 2
+    backoff: {initial: 10ms, max: 10ms, jitter: none}
+"""
+
+APP = """\
+from celery import Celery
+import celery_policy
+
+app = Celery("obs", broker="memory://", task_cls=celery_policy.PolicyTask)
+
+@app.task(name="obs.boom", shared=False)
+def boom(kind):
+    if kind == "slow":
+        raise TimeoutError("upstream slow")
+    raise ValueError("bad input")
+
+celery_policy.install(app, {policy!r})
+"""
+
+
+def run_script(tmp_path: Path, body: str) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(body))
+    return subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Celery:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    namespace: dict[str, Any] = {"__name__": "obsapp_inline"}
+    exec(APP.format(policy=str(policy)), namespace)  # the same module text the subprocess cases import
+    app: Celery = namespace["app"]
+    return app
+
+
+def test_each_decision_is_an_event_on_the_current_span(app: Celery) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    with tracer.start_as_current_span("run/obs.boom"):
+        result = app.tasks["obs.boom"].apply(args=("slow",))
+    assert result.state == "FAILURE"
+    (span,) = exporter.get_finished_spans()
+    events = [e for e in span.events if e.name == SPAN_EVENT]
+    assert [e.attributes["celery_policy.decision"] for e in events] == ["retry", "retry", "fail"]  # type: ignore[index]
+    last = events[-1].attributes
+    assert last is not None
+    assert last["celery_policy.task"] == "obs.boom"
+    assert last["celery_policy.attempt"] == 3
+    assert last["celery_policy.reason"] == "exhausted"
+    assert last["exception.type"] == "builtins.TimeoutError"
+    assert last["exception.message"] == "upstream slow"
+    assert "celery_policy.countdown" not in last  # None values are left out (OTel attributes cannot be None)
+    assert events[0].attributes["celery_policy.countdown"] == pytest.approx(0.01)  # type: ignore[index]
+
+
+def test_no_span_no_event_and_the_task_outcome_is_unchanged(app: Celery) -> None:
+    result = app.tasks["obs.boom"].apply(args=("bad",))
+    assert result.state == "FAILURE"
+    assert isinstance(result.result, ValueError)
+
+
+def test_decisions_become_sentry_breadcrumbs(tmp_path: Path) -> None:
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    (tmp_path / "obsapp.py").write_text(APP.format(policy="policy.yaml"))
+    done = run_script(
+        tmp_path,
+        """
+        import json
+        import sentry_sdk
+        from sentry_sdk.transport import Transport
+
+        sent = []
+
+        class Recording(Transport):
+            def capture_envelope(self, envelope):
+                for item in envelope.items:
+                    if item.type == "event":
+                        sent.append(item.payload.json)
+
+        sentry_sdk.init(dsn="https://key@sentry.invalid/1", transport=Recording, default_integrations=False)
+        from obsapp import app
+        app.tasks["obs.boom"].apply(args=("slow",))
+        sentry_sdk.capture_message("after the task")
+        sentry_sdk.flush()
+        print(json.dumps(sent))
+        """,
+    )
+    assert done.returncode == 0, done.stderr
+    (event,) = json.loads(done.stdout.strip().splitlines()[-1])
+    crumbs = [c for c in event["breadcrumbs"]["values"] if c["category"] == "celery_policy"]
+    assert [c["data"]["celery_policy.decision"] for c in crumbs] == ["retry", "retry", "fail"]
+    assert [c["level"] for c in crumbs] == ["warning", "warning", "error"]
+    assert crumbs[0]["message"] == "obs.boom: retry in 0.01s after attempt 1 (builtins.TimeoutError)"
+    assert crumbs[-1]["data"]["celery_policy.reason"] == "exhausted"
+
+
+def test_configure_logging_renders_json_or_key_value_on_stderr(tmp_path: Path) -> None:
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    (tmp_path / "obsapp.py").write_text(APP.format(policy="policy.yaml"))
+    body = """
+        import sys
+        from celery_policy.observability import configure_logging
+        assert configure_logging({fmt!r}) is True
+        from obsapp import app
+        app.tasks["obs.boom"].apply(args=("bad",))
+        """
+    done = run_script(tmp_path, body.format(fmt="json"))
+    assert done.returncode == 0, done.stderr
+    events = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    decision = next(e for e in events if e["event"] == "policy_decision")
+    assert decision["level"] == "error"
+    assert decision["decision"] == "fail"
+    assert decision["reason"] == "permanent"
+    assert decision["timestamp"].endswith("Z")
+    assert "policy_decision" not in done.stdout  # stdout stays free for command output
+
+    done = run_script(tmp_path, body.format(fmt="kv"))
+    line = next(line for line in done.stderr.splitlines() if "policy_decision" in line)
+    assert line.startswith("timestamp=")
+    assert "level='error' event='policy_decision'" in line
+    assert "decision='fail'" in line
+
+    # no format given, stderr is a pipe (not a terminal): JSON; $CELERY_POLICY_LOG_FORMAT overrides
+    done = run_script(tmp_path, body.format(fmt=None))
+    assert any(line.startswith("{") and "policy_decision" in line for line in done.stderr.splitlines())
+
+
+def test_an_existing_structlog_configuration_is_kept(tmp_path: Path) -> None:
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    (tmp_path / "obsapp.py").write_text(APP.format(policy="policy.yaml"))
+    done = run_script(
+        tmp_path,
+        """
+        import structlog
+        structlog.configure(processors=[lambda _l, _m, event: "MINE " + event["event"]],
+                            logger_factory=structlog.PrintLoggerFactory())
+        from celery_policy.observability import configure_logging
+        print("configured:", configure_logging("json"))
+        from obsapp import app
+        app.tasks["obs.boom"].apply(args=("bad",))
+        """,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "configured: False" in done.stdout
+    assert "MINE policy_decision" in done.stdout
