@@ -132,6 +132,12 @@ class RoutePolicy(_Section):
     exchange: str | None = None
     routing_key: str | None = None
     priority: int | None = Field(None, ge=0, le=255, description="message priority (0-9 on Redis)")
+    # RabbitMQ (celery_policy/runtime/amqp.py): the type the queue is declared with
+    queue_type: Literal["classic", "quorum"] | None = Field(
+        None,
+        description="RabbitMQ queue type of the task's queue (default: Celery's task_default_queue_type); on quorum "
+        "queues with the amqp dead-letter store, ack.max_redeliveries becomes the broker's x-delivery-limit",
+    )
 
 
 class IdempotencyPolicy(_Section):
@@ -203,6 +209,12 @@ class DeadLetterStoreSettings(_Section):
     url: str | None = Field(None, description="Redis URL of the store (default: the broker URL when it is Redis)")
     stream: str = Field("celery-policy:dead", min_length=1)
     max_length: int = Field(100_000, ge=1, description="approximate cap on the stream length")
+    # RabbitMQ (celery_policy/deadletter/amqp.py)
+    backend: Literal["auto", "redis", "amqp"] = Field(
+        "auto",
+        description="redis = a Redis stream; amqp = a '<queue>.dead' queue per task queue on the RabbitMQ broker; "
+        "auto (default) = amqp when the broker is amqp:// and no url is set, else redis",
+    )
 
 
 ErrorGroups = dict[

@@ -6,7 +6,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Reason = Literal["exhausted", "permanent", "unknown", "unknown_exhausted", "deadline", "redelivery_limit", "time_limit"]
+Reason = Literal[
+    "exhausted", "permanent", "unknown", "unknown_exhausted", "deadline", "redelivery_limit", "time_limit",
+    "rejected",  # RabbitMQ: dead-lettered by the broker for another reason than its delivery limit (deadletter/amqp.py)
+]  # fmt: skip
 
 
 class DeadLetter(BaseModel):

@@ -26,6 +26,7 @@ from celery_policy.errors import PolicyError
 from celery_policy.redis_urls import RedisUrlError
 from celery_policy.references import check_references, ensure_import_root
 from celery_policy.resolve import Policy, load
+from celery_policy.runtime import amqp as _amqp
 from celery_policy.runtime.routing import PolicyRouter
 from celery_policy.runtime.task import TaskRuntime, wrap_run
 
@@ -83,6 +84,11 @@ class AppRuntime:
     def store(self) -> RedisStreamStore:
         """The dead-letter store, shared by all tasks; PolicyError when none can be derived."""
         if self._store is None:
+            # RabbitMQ: dead_letter_store.backend amqp (or auto with an AMQP broker) -> '<queue>.dead' queues
+            amqp_store = _amqp.amqp_store_for(self.app, self.policy)
+            if amqp_store is not None:
+                self._store = amqp_store
+                return amqp_store  # type: ignore[no-any-return]  # same protocol, used through .add only
             settings = self.policy.document.dead_letter_store
             url = store_url_for(settings.url, _broker_url(self.app))
             if url is None:
@@ -173,8 +179,10 @@ def install(
     for name, task in registered.items():  # compile everything first: fail before changing anything
         if runtime.governs(name):
             runtime.compile(name, task)
+    queue_plan = _amqp.plan_for(app, policy)  # RabbitMQ queue arguments (None for other brokers)
 
     _apply_conf(app, policy)
+    _amqp.apply_plan(app, policy, queue_plan)
     app.conf.task_routes = (runtime.router, *_as_routes(app.conf.task_routes))
     app.conf.task_annotations = (PolicyAnnotator(runtime, app.conf.task_annotations),)
     app.__dict__.pop("annotations", None)  # a cached_property: recompute from the new setting
