@@ -253,3 +253,10 @@ class PolicyDocument(_Section):
 def dump_set(model: BaseModel) -> dict[str, Any]:
     """The fields a layer really set, as plain data (nested)."""
     return model.model_dump(exclude_unset=True)
+    # Reliability (celery_policy/transport/): atomic take on the Redis broker
+    reliable_fetch: bool | None = Field(
+        None,
+        description="Redis broker: take each message atomically with its unacked record and recover the messages "
+        "of dead workers (celery_policy.transport.redis); unset = on when the broker is redis:// and any task has "
+        "ack.late",
+    )

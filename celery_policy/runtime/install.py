@@ -321,3 +321,7 @@ def _apply_conf(app: Celery, policy: Policy) -> None:
             "interval_step": publish.interval_step,
             "interval_max": publish.interval_max,
         }
+    # Reliability: atomic take on a Redis broker (worker.reliable_fetch; see celery_policy/transport/)
+    from celery_policy.transport import configure as _configure_reliable_fetch
+
+    _configure_reliable_fetch(app, policy)

@@ -1,0 +1,64 @@
+"""kombu transports installed by celery-policy (reliable fetch for the Redis broker).
+
+``celery_policy.transport.redis:Transport`` is kombu's Redis transport with
+the take made atomic: see that module's docstring. :func:`configure` is the
+switch ``celery_policy.install`` calls.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from celery_policy.resolve import Policy
+
+logger = logging.getLogger("celery_policy.transport")
+
+RELIABLE_TRANSPORT = "celery_policy.transport.redis:Transport"
+REDIS_SCHEMES = frozenset({"redis", "rediss"})
+
+
+def uses_late_ack(policy: Policy) -> bool:
+    """True when the defaults or any task entry of the (environment-merged) document set ``ack.late: true``."""
+    document = policy.document
+    return document.defaults.ack.late or any(task.ack.late for task in document.tasks.values())
+
+
+def broker_scheme(app: Any) -> str | None:
+    try:
+        url = app.conf.broker_url or app.conf.broker_read_url
+    except Exception:  # an unloadable config: no broker to judge
+        return None
+    if isinstance(url, (list, tuple)):
+        url = url[0] if url else None
+    if not url or "://" not in str(url):
+        return None
+    return str(url).split("://", 1)[0].lower()
+
+
+def reliable_fetch_wanted(app: Any, policy: Policy) -> bool:
+    """The decision: ``worker.reliable_fetch`` if set, else on for a redis:// broker when any task acks late."""
+    setting = policy.document.worker.reliable_fetch
+    if setting is False:
+        return False
+    if broker_scheme(app) not in REDIS_SCHEMES:
+        if setting:
+            logger.warning("worker.reliable_fetch is on but the broker is not redis:// or rediss://: left off")
+        return False
+    current = app.conf.broker_transport
+    if current not in (None, "", "redis", "rediss", RELIABLE_TRANSPORT):
+        logger.warning("worker.reliable_fetch: broker_transport is set to %r: left as it is", current)
+        return False
+    if (app.conf.broker_transport_options or {}).get("global_keyprefix"):
+        logger.warning("worker.reliable_fetch does not support broker_transport_options.global_keyprefix: left off")
+        return False
+    return bool(setting) or uses_late_ack(policy)
+
+
+def configure(app: Any, policy: Policy) -> bool:
+    """Switch the app's broker transport to reliable fetch when :func:`reliable_fetch_wanted`; return whether it did."""
+    if not reliable_fetch_wanted(app, policy):
+        return False
+    app.conf.broker_transport = RELIABLE_TRANSPORT
+    return True

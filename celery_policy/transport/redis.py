@@ -1,0 +1,249 @@
+# kombu ships py.typed but most of its transport methods are unannotated:
+# mypy: disable-error-code="no-untyped-call"
+"""kombu's Redis transport with reliable fetch: no instant where a message lives only in a worker's memory.
+
+kombu takes a message with ``BRPOP`` and only afterwards records it in the
+``unacked`` hash and ``unacked_index`` zset (``QoS.append``). A SIGKILL of the
+consuming process between the two loses the message: it is in neither the
+queue nor ``unacked``. Here one Lua script pops the message and writes the
+same ``unacked``/``unacked_index`` entries kombu writes, plus an owner record
+(see :mod:`celery_policy.transport._liveness`), in one atomic step. So:
+
+- kombu's own machinery keeps working unchanged on the same keys:
+  ``visibility_timeout`` restore, ``restore_unacked`` at shutdown, ``reject``
+  with requeue, ack; producers may keep plain kombu (the queue format is the same);
+- a consumer that died (its heartbeat key expired) gets its messages pushed
+  back by its peers within seconds instead of the visibility timeout (1 h by default).
+
+Polling keeps kombu's order: for each priority step, each queue of the
+fair-rotation cycle, and the queue a message came from is rotated to the end.
+A script cannot block, so an empty take waits ``reliable_idle_wait`` seconds
+(0.05 by default) before the next one; while messages are waiting each take
+returns one at once, as BRPOP would.
+
+Use it with ``broker_transport = "celery_policy.transport.redis:Transport"``
+(``celery_policy.install`` sets it; see the README's Reliability section).
+``global_keyprefix`` is not supported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from time import monotonic, time
+from typing import Any
+
+from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import loads
+from kombu.utils.objects import cached_property
+from redis.exceptions import NoScriptError
+
+from celery_policy.transport._liveness import OWNER_KEY, Liveness, liveness_for
+
+# KEYS: the lists to poll in order, then unacked hash, unacked_index zset, owner hash, inflight set
+# ARGV: now (delivery time, as kombu's QoS.append scores it), consumer id
+TAKE_SCRIPT = """
+local n = #KEYS - 4
+for i = 1, n do
+  local item = redis.call('RPOP', KEYS[i])
+  if item then
+    local ok, msg = pcall(cjson.decode, item)
+    local tag, ex, rk
+    if ok and type(msg) == 'table' and type(msg['properties']) == 'table' then
+      local props = msg['properties']
+      tag = props['delivery_tag']
+      local di = props['delivery_info']
+      if type(di) == 'table' then ex = di['exchange']; rk = di['routing_key'] end
+    end
+    if type(tag) ~= 'string' then return {KEYS[i], item, 0} end
+    if type(ex) ~= 'string' then ex = '' end
+    if type(rk) ~= 'string' then rk = '' end
+    redis.call('ZADD', KEYS[n + 2], ARGV[1], tag)
+    redis.call('HSET', KEYS[n + 1], tag, '[' .. item .. ',' .. cjson.encode(ex) .. ',' .. cjson.encode(rk) .. ']')
+    redis.call('HSET', KEYS[n + 3], tag, ARGV[2] .. '\\n' .. KEYS[i])
+    redis.call('SADD', KEYS[n + 4], tag)
+    return {KEYS[i], item, 1}
+  end
+end
+return false
+"""
+TAKE_SHA = hashlib.sha1(TAKE_SCRIPT.encode()).hexdigest()  # Redis names scripts by SHA-1
+
+RELIABLE_OPTIONS = (
+    "reliable_idle_wait",
+    "reliable_heartbeat_interval",
+    "reliable_heartbeat_ttl",
+    "reliable_recover_interval",
+)
+
+
+class QoS(kombu_redis.QoS):
+    """kombu's Redis QoS; the take script already wrote ``unacked``, and removal also clears the owner record."""
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        if self.channel._take_recorded:
+            virtual.QoS.append(self, message, delivery_tag)
+        else:  # a payload the script could not parse: record it the way kombu does
+            super().append(message, delivery_tag)
+
+    def _remove_from_indices(self, delivery_tag: str, pipe: Any = None) -> Any:
+        with self.pipe_or_acquire(pipe) as active:
+            return (
+                active.zrem(self.unacked_index_key, delivery_tag)
+                .hdel(self.unacked_key, delivery_tag)
+                .hdel(OWNER_KEY, delivery_tag)
+                .srem(self.channel.liveness.inflight_key, delivery_tag)
+            )
+
+
+class Channel(kombu_redis.Channel):
+    """A Redis channel whose takes are atomic with the unacked bookkeeping."""
+
+    QoS = QoS
+
+    reliable_idle_wait = 0.05
+    reliable_heartbeat_interval = 2.0
+    reliable_heartbeat_ttl = 10.0
+    reliable_recover_interval = 5.0
+
+    # kombu types the tuple by its exact length
+    from_transport_options = (*kombu_redis.Channel.from_transport_options, *RELIABLE_OPTIONS)  # type: ignore[assignment]
+
+    _idle_until = 0.0
+    _take_recorded = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.global_keyprefix:
+            self._disconnect_pools()
+            msg = "celery-policy reliable fetch does not support global_keyprefix; turn one of them off"
+            raise ValueError(msg)
+        self.client.script_load(TAKE_SCRIPT)
+
+    @cached_property
+    def liveness(self) -> Liveness:
+        return liveness_for(
+            self._connparams(asynchronous=False),
+            unacked_key=self.unacked_key,
+            unacked_index_key=self.unacked_index_key,
+            interval_s=float(self.reliable_heartbeat_interval),
+            ttl_s=float(self.reliable_heartbeat_ttl),
+            recover_interval_s=float(self.reliable_recover_interval),
+        )
+
+    def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
+        self.liveness.ensure_started()
+        return super().basic_consume(queue, *args, **kwargs)
+
+    def _take_args(self, keys: list[str]) -> list[Any]:
+        liveness = self.liveness
+        return [
+            len(keys) + 4,
+            *keys,
+            self.unacked_key,
+            self.unacked_index_key,
+            OWNER_KEY,
+            liveness.inflight_key,
+            repr(time()),
+            liveness.consumer_id,
+        ]
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        if monotonic() < self._idle_until:
+            return  # the last take found nothing: the event loop's idle timer brings us back
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
+            return
+        keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
+        connection = self.client.connection
+        self._in_poll = connection
+        self._brpop_sent_at = monotonic()  # type: ignore[assignment]  # kombu declares it as None
+        connection.send_command("EVALSHA", TAKE_SHA, *self._take_args(keys))
+
+    def _brpop_read(self, **options: Any) -> bool:
+        try:
+            try:
+                reply = self.client.parse_response(self.client.connection, "EVALSHA", **options)
+            except NoScriptError:
+                # Redis restarted with an empty script cache under this connection.
+                self.client.script_load(TAKE_SCRIPT)
+                raise virtual.Empty() from None
+            except self.connection_errors:
+                self.client.connection.disconnect()
+                raise
+            if reply:
+                self._deliver_taken(reply)
+                return True
+            self._idle_until = monotonic() + float(self.reliable_idle_wait)
+            raise virtual.Empty()
+        finally:
+            self._in_poll = None  # type: ignore[assignment]  # kombu declares it as bool, assigns None
+            self._flush_brpop_reauth()
+
+    def _deliver_taken(self, reply: list[Any]) -> None:
+        source, item, recorded = reply
+        queue = bytes_to_str(source).rsplit(self.sep, 1)[0]
+        self._queue_cycle.rotate(queue)
+        self._take_recorded = bool(recorded)
+        try:
+            self.connection._deliver(loads(bytes_to_str(item)), queue)
+        finally:
+            self._take_recorded = True
+
+    def _get(self, queue: str, timeout: float | None = None) -> Any:
+        # basic_get: the same atomic take, on one queue's priority lists.
+        self.liveness.ensure_started()
+        keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps]
+        with self.conn_or_acquire() as client:
+            try:
+                reply = client.evalsha(TAKE_SHA, *self._take_args(keys))
+            except NoScriptError:
+                client.script_load(TAKE_SCRIPT)
+                reply = client.evalsha(TAKE_SHA, *self._take_args(keys))
+            self._maybe_update_queues_expire(client, queue)
+        if not reply:
+            raise virtual.Empty()
+        # basic_get calls qos.append right after this returns (same thread, no I/O in between).
+        self._take_recorded = bool(reply[2])
+        return loads(bytes_to_str(reply[1]))
+
+    def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
+        try:
+            return super().basic_get(queue, no_ack, **kwargs)
+        finally:
+            self._take_recorded = True
+
+
+class MultiChannelPoller(kombu_redis.MultiChannelPoller):
+    """Without an event loop (``drain_events``): do not sleep past a channel's idle wait."""
+
+    def get(self, callback: Any, timeout: float | None = None) -> Any:
+        now = monotonic()
+        waits = [c._idle_until - now for c in self._channels if getattr(c, "_idle_until", 0.0) > now]
+        if waits:
+            timeout = min(waits) if timeout is None else min(timeout, *waits)
+        return super().get(callback, timeout)
+
+
+def _tick() -> None:
+    """Nothing: a timer that wakes the event loop so an idle channel takes again."""
+
+
+class Transport(kombu_redis.Transport):
+    """kombu's Redis transport with reliable fetch (``redis://`` URLs, ``broker_transport`` set to this class)."""
+
+    Channel = Channel
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cycle: Any = MultiChannelPoller()
+
+    def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        super().register_with_event_loop(connection, loop)
+        cycle = self.cycle
+        old = getattr(cycle, "_idle_tref", None)
+        if old is not None:
+            old.cancel()
+        idle_wait = connection.client.transport_options.get("reliable_idle_wait", Channel.reliable_idle_wait)
+        cycle._idle_tref = loop.call_repeatedly(max(float(idle_wait), 0.001), _tick)
