@@ -46,9 +46,11 @@ defaults:
         delay_from: retry_after
         max_retries: 20
   timeout: {soft: 5m, hard: 5m30s}
-  ack: {late: true, reject_on_worker_lost: true}
+  ack: {late: true, reject_on_worker_lost: true, max_redeliveries: 3}
+  dead_letter: {enabled: true}
   log: {args: redact}
   hooks: {on_failure: benchmarks.bench_overhead.hook, on_retry: benchmarks.bench_overhead.hook}
+dead_letter_store: {url: "redis://127.0.0.1:1/0"}  # never contacted on the success path
 """
 
 

@@ -323,16 +323,21 @@ class TaskRuntime:
     # -- guards before the body: redelivery cap and idempotency ---------------------------------------
 
     def enter(self, task: Task, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Entry | None:
-        """Run before the body. Returns an idempotency entry (``duplicate`` = skip the body), or None."""
-        if task.request.called_directly:
-            return None
+        """Run before the body. Returns an idempotency entry (``duplicate`` = skip the body), or None.
+
+        On the hot path this is one request look-up and a dict read: the redelivery
+        counter is touched only for redelivered messages.
+        """
+        request = task.request
         if self.max_redeliveries is not None:
-            self.check_redelivery(task, args, kwargs)
+            delivery = request.delivery_info
+            if delivery and delivery.get("redelivered"):
+                self.check_redelivery(task, args, kwargs)
         guard = self.idempotency
-        if guard is None:
+        if guard is None or request.called_directly:
             return None
         try:
-            entry = guard.enter(task.request.id, args, kwargs)
+            entry = guard.enter(request.id, args, kwargs)
         except Exception as exc:  # Redis down: retry per the policy instead of running unguarded
             if isinstance(exc, TaskPredicate):
                 raise
@@ -435,6 +440,26 @@ def wrap_run(task: Task, runtime: TaskRuntime) -> None:
             try:
                 return inner(*args, **kwargs)
             except TaskPredicate:  # Retry, Ignore, Reject: Celery's control flow passes through untouched
+                raise
+            except Exception as exc:
+                outcome = handle(task, exc, args, kwargs)
+                if outcome is RERAISE:
+                    raise
+                if isinstance(outcome, Retry):
+                    raise outcome from None
+                return outcome
+
+    elif runtime.policy.idempotency is None:
+        check = runtime.check_redelivery
+
+        def run(*args: Any, **kwargs: Any) -> Any:
+            # Poison-pill cap without idempotency: only a redelivered message pays more than a dict read.
+            delivery = task.request.delivery_info
+            if delivery and delivery.get("redelivered"):
+                check(task, args, kwargs)
+            try:
+                return inner(*args, **kwargs)
+            except TaskPredicate:
                 raise
             except Exception as exc:
                 outcome = handle(task, exc, args, kwargs)
