@@ -36,6 +36,7 @@ def _rule_list(value: str | None) -> list[str]:
 @click.option("--strict", is_flag=True, help="fail on warnings too")
 @click.option("--select", help="only these rules (comma-separated codes or prefixes, e.g. CP1,CP205)")
 @click.option("--ignore", help="skip these rules (comma-separated codes or prefixes)")
+@click.option("--diff", "diff_env", metavar="ENV", help="then print what --env changes relative to ENV (text)")
 def check(
     files: tuple[str, ...],
     env: str | None,
@@ -45,13 +46,16 @@ def check(
     strict: bool,
     select: str | None,
     ignore: str | None,
+    diff_env: str | None = None,
 ) -> int:
     """Validate policy FILES (merged in order; default: pyproject.toml [tool.celery-policy] files) and lint them."""
     from celery_policy.lint.runner import run_check
 
     if env and all_envs:
         raise click.UsageError("--env and --all-envs exclude each other")
-    return run_check(
+    if diff_env is not None and (all_envs or fmt != "text"):
+        raise click.UsageError("--diff needs text output and no --all-envs (JSON: diff FILE FILE --old-env --new-env)")
+    code = run_check(
         list(files),
         env=env,
         all_envs=all_envs,
@@ -61,6 +65,12 @@ def check(
         select=_rule_list(select),
         ignore=_rule_list(ignore),
     )
+    if diff_env is not None and code != USAGE:  # the diff is for review; the check alone sets the exit code
+        from celery_policy.fleet_commands import run_env_diff
+
+        click.echo()
+        run_env_diff(list(files), old_env=diff_env, new_env=env, app=app)
+    return code
 
 
 @cli.command()
@@ -91,6 +101,54 @@ def schema() -> int:
 
     click.echo(render_schema(), nl=False)
     return OK
+
+
+# --- fleets: status and diff ----------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--app", "app", required=True, help="Celery app module whose workers are asked (e.g. proj.celery)")
+@click.option(
+    "--expect", multiple=True, type=click.Path(dir_okay=False), help="policy file every worker should run (repeatable)"
+)
+@click.option("--env", "env", help="environment of --expect")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--timeout", type=float, default=2.0, show_default=True, help="seconds to wait for replies")
+def status(app: str, expect: tuple[str, ...], env: str | None, fmt: str, timeout: float) -> int:
+    """Show which policy each running worker runs, grouped by fingerprint; with --expect exit 1 on drift."""
+    from celery_policy.fleet_commands import run_status
+
+    if env is not None and not expect:
+        raise click.UsageError("--env applies to --expect")
+    return run_status(app, list(expect), env, fmt, timeout)
+
+
+@cli.command("diff")
+@click.argument("old", type=click.Path(dir_okay=False))
+@click.argument("new", type=click.Path(dir_okay=False))
+@click.option("--env", "env", help="environment of both files")
+@click.option("--old-env", help="environment of OLD (default: --env)")
+@click.option("--new-env", help="environment of NEW (default: --env)")
+@click.option("--app", "app", help="compare the app's tasks (default: tasks named in either file, and defaults)")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def diff_command(
+    old: str, new: str, env: str | None, old_env: str | None, new_env: str | None, app: str | None, fmt: str
+) -> int:
+    """Print the resolved difference of two policy files, task by task and field by field (exit 1 if any)."""
+    from celery_policy.fleet_commands import run_diff
+
+    return run_diff([old], [new], old_env=old_env or env, new_env=new_env or env, app=app, fmt=fmt)
+
+
+@cli.command()
+@click.option("--app", "app", required=True, help="Celery app module to read, e.g. proj.celery")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="write the policy here (default: stdout)")
+@click.option("--force", is_flag=True, help="overwrite --output if it exists")
+def init(app: str, output: str | None, force: bool) -> int:
+    """Write a policy equivalent to APP's decorator options and app.conf (a one-step migration)."""
+    from celery_policy.init import run_init
+
+    return run_init(app, output, force=force)
 
 
 # --- dead letters ---------------------------------------------------------------------------

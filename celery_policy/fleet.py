@@ -28,6 +28,7 @@ from celery_policy.durations import format_duration
 from celery_policy.errors import Location
 from celery_policy.model import DeadLetterStoreSettings, ProducerSettings, TaskPolicy, WorkerSettings
 from celery_policy.redis_urls import safe_url
+from celery_policy.patterns import is_glob
 from celery_policy.resolve import Policy, Provenance
 
 DEFAULTS = "defaults"  # the pseudo-task for the `defaults` section in file diffs
@@ -101,7 +102,7 @@ def snapshot(policy: Policy, tasks: Iterable[str], *, include_defaults: bool = F
     if include_defaults:
         defaults = policy.document.defaults
         resolved_tasks[DEFAULTS] = _normalise_task(defaults, groups)
-        sources[DEFAULTS] = {
+        sources[_task_key(DEFAULTS)] = {
             path: _where(policy.location(("defaults", *path.split("."))))
             for path in resolved_tasks[DEFAULTS]
             if _is_set(defaults, path.split("."))
@@ -219,7 +220,7 @@ def diff(old: Snapshot, new: Snapshot) -> list[Change]:
     changes: list[Change] = []
     if old.env != new.env:
         changes.append(Change("env", "env", old.env, new.env, "", ""))
-    for name in sorted(set(old.tasks) | set(new.tasks)):
+    for name in sorted(set(old.tasks) | set(new.tasks), key=lambda task: (task != DEFAULTS, task)):
         key = _task_key(name)
         changes += _diff_section(
             key, old.tasks.get(name), new.tasks.get(name), old.sources.get(key, {}), new.sources.get(key, {})
@@ -315,7 +316,9 @@ def render_value(section: str, path: str, value: Any) -> str:
 def section_title(section: str) -> str:
     if section.startswith("task:"):
         name = section.removeprefix("task:")
-        return DEFAULTS if name == DEFAULTS else f"task {name}"
+        if name == DEFAULTS:
+            return DEFAULTS
+        return f"task {json.dumps(name)}" if is_glob(name) else f"task {name}"
     return section
 
 

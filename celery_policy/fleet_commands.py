@@ -141,9 +141,7 @@ class _Worker:
         return self.expected is not None and self.fingerprint != self.expected.fingerprint
 
 
-def run_status(
-    app: str, expect: Sequence[str], env: str | None, fmt: str, timeout: float
-) -> int:
+def run_status(app: str, expect: Sequence[str], env: str | None, fmt: str, timeout: float) -> int:
     """Ask every worker for its policy; print them grouped by fingerprint; with ``expect``, report drift."""
     try:
         expected_policy = _load(expect, env) if expect else None
@@ -202,12 +200,15 @@ def _groups(workers: Sequence[_Worker]) -> list[tuple[str | None, list[_Worker]]
     return sorted(groups.items(), key=lambda item: (-len(item[1]), item[0] or "~"))
 
 
-def _status_text(workers: Sequence[_Worker], expected: Policy | None, expect: Sequence[str], timeout: float) -> list[str]:
+def _status_text(
+    workers: Sequence[_Worker], expected: Policy | None, expect: Sequence[str], timeout: float
+) -> list[str]:
     if not workers:
         return [f"no worker replied within {timeout:g}s"]
     groups = _groups(workers)
     count = len(workers)
-    lines = [f"{count} {'worker' if count == 1 else 'workers'}, {len(groups)} {'policy' if len(groups) == 1 else 'policies'}"]
+    policies = "policy" if len(groups) == 1 else "policies"
+    lines = [f"{count} {'worker' if count == 1 else 'workers'}, {len(groups)} {policies}"]
     if expected is not None:
         where = ", ".join(expect) + (f" (env {expected.env})" if expected.env is not None else "")
         lines.append(f"expected: {where}")
@@ -277,3 +278,12 @@ def _status_json(workers: Sequence[_Worker], expected: Policy | None, expect: Se
         result["expected"] = {"files": list(expect), "env": expected.env}
         result["drift"] = [w.hostname for w in workers if w.drifting]
     return result
+
+
+def run_env_diff(files: Sequence[str], *, old_env: str | None, new_env: str | None, app: str | None) -> int:
+    """``check FILE --env NEW --diff OLD``: the same files in two environments (text)."""
+    if not files:
+        from celery_policy.loader import default_policy_paths
+
+        files = list(default_policy_paths())
+    return run_diff(files, files, old_env=old_env, new_env=new_env, app=app, fmt="text", command="check")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 import socket
 import weakref
 from dataclasses import dataclass, field
@@ -71,7 +72,7 @@ def announce(app: Celery, runtime: AppRuntime) -> None:
     Called by ``install()``. When the app is finalized already the event is
     logged now, else when Celery finalizes it (which a worker does at boot).
     """
-    files = [{"path": str(path), "sha256": _file_sha256(path)} for path in runtime.policy.files]
+    files = [{"path": os.path.abspath(path), "sha256": _file_sha256(path)} for path in runtime.policy.files]
     info = BootInfo(weakref.ref(app), weakref.ref(runtime), _now(), files)
     _BOOTS[app] = info
     if app.finalized:

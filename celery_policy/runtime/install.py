@@ -100,7 +100,7 @@ class AppRuntime:
             store = RedisStreamStore(url, settings.stream, settings.max_length)
             try:  # parse the URL now (a Redis Cluster client also fetches its slot map here)
                 store.client  # noqa: B018
-            except (RedisUrlError, redis.RedisError) as exc:
+            except (RedisUrlError, redis.RedisError, redis.exceptions.RedisClusterException) as exc:
                 where = self.policy.location(("dead_letter_store", "url")) or self.policy.files[0]
                 msg = f"dead-letter store {store.describe()}: {exc} ({where})"
                 raise PolicyError(msg) from exc
@@ -214,7 +214,7 @@ def _apply_now(runtime: AppRuntime, task: Task) -> None:
     type(task)._exec_options = None  # apply_async caches exec options per class
 
 
-@signals.worker_init.connect(weak=False)
+@signals.worker_init.connect(weak=False)  # type: ignore[untyped-decorator]  # celery is untyped
 def _rewrap_at_worker_init(sender: Any = None, **kwargs: Any) -> None:
     app = getattr(sender, "app", None)
     if app is not None and getattr(app, _APP_ATTR, None) is not None:
@@ -312,6 +312,10 @@ def _apply_conf(app: Celery, policy: Policy) -> None:
         result_options = dict(conf.result_backend_transport_options or {})
         result_options.setdefault("visibility_timeout", worker.visibility_timeout)
         conf.result_backend_transport_options = result_options
+    # Reliability: atomic take on a Redis broker (worker.reliable_fetch; see celery_policy/transport/)
+    from celery_policy.transport import configure as _configure_reliable_fetch
+
+    _configure_reliable_fetch(app, policy)
     publish = policy.document.producer.publish_retry
     if "producer" in policy.document.model_fields_set:
         conf.task_publish_retry = publish.max_retries > 0
@@ -321,7 +325,3 @@ def _apply_conf(app: Celery, policy: Policy) -> None:
             "interval_step": publish.interval_step,
             "interval_max": publish.interval_max,
         }
-    # Reliability: atomic take on a Redis broker (worker.reliable_fetch; see celery_policy/transport/)
-    from celery_policy.transport import configure as _configure_reliable_fetch
-
-    _configure_reliable_fetch(app, policy)
