@@ -253,7 +253,7 @@ class TaskRuntime:
             args=list(rendered.get("args", [])) if self.args.mode != "show" else list(args),
             kwargs=dict(rendered.get("kwargs", {})) if self.args.mode != "show" else dict(kwargs),
             replayable=replayable,
-            reason=reason,  # type: ignore[arg-type]
+            reason=reason,
             exc_type=decision.exc_type,
             exc_message=str(exc)[:2000],
             traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-8000:],
@@ -497,7 +497,7 @@ def wrap_run(task: Task, runtime: TaskRuntime) -> None:
     run.__wrapped__ = inner  # type: ignore[attr-defined]
     run.__name__ = getattr(inner, "__name__", "run")
     run.__doc__ = getattr(inner, "__doc__", None)
-    task.run = run  # type: ignore[method-assign]
+    task.run = run
     task.__dict__.pop("_orig_run", None)
 
 
@@ -505,7 +505,8 @@ def _unwrapped_run(task: Task) -> Callable[..., Any] | None:
     """The task body without our wrapper or Celery's autoretry wrapper around it."""
     run = task.__dict__.get("run")
     if run is None:
-        return task.run
+        body: Callable[..., Any] = task.run
+        return body
     original = task.__dict__.get("_orig_run")
     if original is not None:  # celery.app.autoretry wrapped the body (or our wrapper)
         run = original
