@@ -397,3 +397,20 @@ def _text(body: Any) -> str:
 
 def _is_not_found(exc: BaseException) -> bool:
     return getattr(exc, "reply_code", None) == 404
+
+
+def confirmed_publisher(app: Any) -> Publisher:
+    """Publish a record's task through ``app`` with publisher confirms (``send_task`` returns once the broker
+    confirmed). The queue is not declared again: it exists (its dead letters came from it), and a declaration
+    without the policy's arguments would fail with PRECONDITION_FAILED."""
+    options = dict(app.conf.broker_transport_options or {})
+    options["confirm_publish"] = True
+    app.conf.broker_transport_options = options
+
+    def publish(record: DeadLetter, task_id: str) -> None:
+        extra: dict[str, Any] = {"task_id": task_id, "declare": []}
+        if record.queue:
+            extra["queue"] = record.queue
+        app.send_task(record.task, args=record.args, kwargs=record.kwargs, **extra)
+
+    return publish

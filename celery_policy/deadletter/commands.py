@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from celery_policy.deadletter.amqp import AmqpDeadLetterStore, confirmed_publisher
 from celery_policy.deadletter.record import DeadLetter
 from celery_policy.deadletter.replay import celery_publisher, purge, replay
 from celery_policy.deadletter.store import Filter, RedisStreamStore, StoreUnavailableError, store_url_for
@@ -25,19 +26,34 @@ def _load_app(module: str) -> Any:
     return find_app(module)
 
 
-def _open_store(url: str | None, files: tuple[str, ...], app: str | None, stream: str | None) -> RedisStreamStore:
+def _open_store(
+    url: str | None, files: tuple[str, ...], app: str | None, stream: str | None
+) -> RedisStreamStore | AmqpDeadLetterStore:
     settings = None
+    policy = None
     if files or not url:
         from celery_policy.resolve import load
 
         try:
-            settings = load(list(files) or None, check_imports=False).document.dead_letter_store
+            policy = load(list(files) or None, check_imports=False)
+            settings = policy.document.dead_letter_store
         except PolicyError as exc:
             if files:  # an unreadable or invalid --file is a usage error (exit 2), not a traceback
                 raise click.UsageError(str(exc)) from exc
     broker = None
+    celery_app = None
     if app:
-        broker = _load_app(app).conf.broker_url
+        celery_app = _load_app(app)
+        broker = celery_app.conf.broker_url
+    # RabbitMQ: an amqp:// --url, or dead_letter_store resolving to the broker's '<queue>.dead' queues
+    from celery_policy.runtime.amqp import cli_store
+
+    try:
+        amqp_store: AmqpDeadLetterStore | None = cli_store(url, policy, broker, celery_app)
+    except PolicyError as exc:
+        raise click.UsageError(str(exc)) from exc
+    if amqp_store is not None:
+        return amqp_store
     found = store_url_for(url or (settings.url if settings else None), broker)
     if found is None:
         msg = "no dead-letter store: pass --url, --app with a Redis broker, or set dead_letter_store.url"
@@ -128,8 +144,11 @@ def run_replay(
 
         celery_app = Celery("celery-policy-replay", broker=broker or store.url)
     try:
-        records = list(store.iter(flt))
-        report = replay(store, records, celery_publisher(celery_app), dry_run=dry_run, batch=max(1, batch))
+        if isinstance(store, AmqpDeadLetterStore):  # RabbitMQ: consume unacked, publish with confirm, then ack
+            report = store.replay(flt, confirmed_publisher(celery_app), dry_run=dry_run)
+        else:
+            records = list(store.iter(flt))
+            report = replay(store, records, celery_publisher(celery_app), dry_run=dry_run, batch=max(1, batch))
     except StoreUnavailableError as exc:
         click.echo(f"error: {exc}", err=True)
         return CONNECT

@@ -317,3 +317,37 @@ class QueueCheck(bootsteps.Step):  # type: ignore[misc]  # celery is untyped
         url = broker_url_of(worker.app) or "amqp://"
         where = str(policy.files[0]) if policy.files else ""
         declare_queues(url, plans.values(), where=where)
+
+
+def cli_store(url: str | None, policy: Policy | None, broker_url: str | None, app: Any = None) -> Any:
+    """The store ``celery-policy dlq`` reads when it is the broker's dead queues (an ``amqp://`` ``--url``,
+    or ``dead_letter_store`` resolving to amqp with the ``--app``'s broker), else None.
+
+    The dead queues read are those of the queues the policy routes to, plus the
+    default queue (the ``--app``'s ``task_default_queue``, else ``celery``).
+    """
+    from celery_policy.deadletter.amqp import AmqpDeadLetterStore, is_amqp_url, store_backend
+
+    settings = policy.document.dead_letter_store if policy is not None else None
+    if url:
+        if not is_amqp_url(url):
+            return None
+        found = url
+    elif settings is not None and store_backend(settings, broker_url) == "amqp":
+        found = settings.url or broker_url
+    else:
+        return None
+    conf = app.conf if app is not None else None
+    default_queue = str(conf.task_default_queue) if conf is not None and conf.task_default_queue else "celery"
+    default_type = str(conf.get("task_default_queue_type") or "classic") if conf is not None else "classic"
+    plans = (
+        plan_queues(policy, default_queue=default_queue, default_queue_type=default_type, amqp_store=True)
+        if policy is not None
+        else {}
+    )
+    return AmqpDeadLetterStore(
+        str(found),
+        list(plans),
+        default_queue=default_queue,
+        delivery_limits={name: plan.delivery_limit for name, plan in plans.items() if plan.delivery_limit is not None},
+    )
