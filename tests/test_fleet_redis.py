@@ -173,7 +173,7 @@ def test_redelivery_counter_caps_and_dead_letters(store_url: str, tmp_path: Path
 
     name = f"fleet.poison_{uuid.uuid4().hex[:8]}"
 
-    @app.task(name=name)
+    @app.task(name=name, shared=False)
     def poison() -> None:
         return None
 
@@ -223,7 +223,7 @@ def test_unreachable_cluster_stops_boot_with_the_policy_location(tmp_path: Path)
     )
     app = Celery("down", broker="memory://", task_cls=celery_policy.PolicyTask)
 
-    @app.task(name="down.t")
+    @app.task(name="down.t", shared=False)
     def t() -> None:
         return None
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from celery import signals
 from celery.worker.control import inspect_command
 
 from celery_policy.fleet import Snapshot, snapshot
@@ -67,21 +68,26 @@ _BOOTS: weakref.WeakKeyDictionary[Any, BootInfo] = weakref.WeakKeyDictionary()
 
 
 def announce(app: Celery, runtime: AppRuntime) -> None:
-    """Remember the policy files and load time; log ``policy_loaded`` once the app's tasks are known.
+    """Remember the policy files and load time for ``policy_info``. Called by ``install()``.
 
-    Called by ``install()``. When the app is finalized already the event is
-    logged now, else when Celery finalizes it (which a worker does at boot).
+    ``policy_loaded`` is logged when a worker of the app boots (``worker_init``:
+    the app is finalized, so its tasks are known), not in every process that
+    imports the app: ``celery-policy check --app`` and producers stay quiet.
     """
     files = [{"path": os.path.abspath(path), "sha256": _file_sha256(path)} for path in runtime.policy.files]
-    info = BootInfo(weakref.ref(app), weakref.ref(runtime), _now(), files)
-    _BOOTS[app] = info
-    if app.finalized:
-        _log_loaded(info)
-    else:
-        app.on_after_finalize.connect(lambda sender=None, **kw: _log_loaded(info), weak=False)
+    _BOOTS[app] = BootInfo(weakref.ref(app), weakref.ref(runtime), _now(), files)
 
 
-def _log_loaded(info: BootInfo) -> None:
+@signals.worker_init.connect(weak=False)  # type: ignore[untyped-decorator]  # celery is untyped
+def _log_at_worker_init(sender: Any = None, **kwargs: Any) -> None:
+    app = getattr(sender, "app", None)
+    info = _BOOTS.get(app) if app is not None else None
+    if info is not None:
+        log_loaded(info)
+
+
+def log_loaded(info: BootInfo) -> None:
+    """The ``policy_loaded`` event: fingerprint, env, files with sha256, number of tasks, version."""
     current = info.current()
     logger.info(
         "policy_loaded",
