@@ -1,0 +1,95 @@
+#!/usr/bin/env python
+"""Run the chaos suite's driver (tests/chaos/driver.py) and print its table.
+
+    .venv/bin/python scripts/chaos.py                      # the full run: 10,000 tasks, 24 kills, 3 broker restarts
+    .venv/bin/python scripts/chaos.py --compare --mix ok   # the fetch-window experiment: plain kombu vs reliable fetch, same seed
+    .venv/bin/python scripts/chaos.py --tasks 1000 --main-kills 3 --child-kills 2 --restarts 1
+
+Exit code 1 when a reliable-fetch run lost a task, ran an idempotent side effect
+twice, dead-lettered a permanent failure other than once, or let a poison pill
+run past max_redeliveries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from chaos.driver import ChaosConfig, ChaosReport, ChaosRun, format_table
+
+
+def problems(report: ChaosReport) -> list[str]:
+    found = []
+    if report.lost:
+        found.append(f"{report.lost} lost: {report.lost_ids[:20]}")
+    if report.pending:
+        found.append(f"{report.pending} still pending at the end")
+    if report.duplicate_effects:
+        found.append(f"{report.duplicate_effects} duplicate side effects")
+    bad = {k: v for k, v in report.permanent_dead_letters.items() if v != 1}
+    if bad:
+        found.append(f"permanent failures not dead-lettered exactly once: {bad}")
+    cap = report.config.max_redeliveries + 1
+    over = {k: v for k, v in report.poison_runs.items() if v > cap or report.poison_dead_letters.get(k) != 1}
+    if over:
+        found.append(f"poison pills past max_redeliveries or not dead-lettered once: {over}")
+    return found
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", type=int, default=10_000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--mix", choices=["chaos", "ok"], default="chaos")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--main-kills", type=int, default=24)
+    parser.add_argument("--child-kills", type=int, default=12)
+    parser.add_argument("--restarts", type=int, default=3)
+    parser.add_argument("--deadline", type=float, default=1800.0)
+    parser.add_argument("--plain", action="store_true", help="plain kombu fetch instead of reliable fetch")
+    parser.add_argument("--compare", action="store_true", help="run plain kombu, then reliable fetch, same seed")
+    parser.add_argument("--json", type=Path, help="also write the reports here")
+    args = parser.parse_args()
+    modes = [False, True] if args.compare else [not args.plain]
+    reports = []
+    for reliable in modes:
+        config = ChaosConfig(
+            tasks=args.tasks,
+            seed=args.seed,
+            mix=args.mix,
+            reliable=reliable,
+            workers=args.workers,
+            concurrency=args.concurrency,
+            main_kills=args.main_kills,
+            child_kills=args.child_kills,
+            restarts=args.restarts,
+            deadline_s=args.deadline,
+        )
+        with tempfile.TemporaryDirectory(prefix="celery-policy-chaos-") as tmp:
+            report = ChaosRun(config, Path(tmp)).run()
+        reports.append(report)
+        print(format_table([report]), flush=True)
+        if report.worker_exits:
+            print("workers that exited on their own:", report.worker_exits)
+    print()
+    print(format_table(reports))
+    if args.json:
+        args.json.write_text(json.dumps([r.row() for r in reports], indent=2))
+    failed = False
+    for report in reports:
+        issues = problems(report)
+        label = "reliable fetch" if report.config.reliable else "plain kombu"
+        for issue in issues:
+            print(f"{label}: {issue}")
+        failed = failed or (report.config.reliable and bool(issues))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,321 @@
+"""The chaos driver: real broker and evidence redis-servers, real prefork workers, random faults.
+
+It publishes a mix of tasks (tests/chaos_apps/chaosapp.py), then, until every
+task is accounted for, SIGKILLs pool children and main worker processes at
+random moments (a killed worker is replaced by a new one), restarts the
+broker (AOF on, appendfsync always; SIGKILL then start), and at the end
+counts, per task:
+- succeeded: its side effect is on the evidence Redis (``fx:k``),
+- dead-lettered: a record with its task id is in the dead-letter stream (on the evidence Redis),
+- pending: still in a queue list or in ``unacked`` (plain kombu strands a killed worker's
+  messages there until the visibility timeout),
+- lost: none of these.
+The same seed gives the same tasks and the same fault schedule.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+
+TESTS = Path(__file__).resolve().parent.parent
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
+
+from _servers import RedisServer, WorkerProcess  # noqa: E402
+
+APPS = TESTS / "chaos_apps"
+STREAM = "chaos:dead"
+FAST_LIVENESS = {"reliable_heartbeat_interval": 0.5, "reliable_heartbeat_ttl": 3.0, "reliable_recover_interval": 1.0}
+
+POLICY = """
+version: 1
+errors:
+  transient: [builtins.ConnectionError]
+  permanent: [builtins.ValueError]
+defaults:
+  retry: {{on: [transient], never: [permanent], unknown: fail, max_retries: 5,
+          backoff: {{initial: 100ms, factor: 2, max: 1s, jitter: full}}}}
+  timeout: {{soft: 1s, hard: 5s}}
+  ack: {{late: true, reject_on_worker_lost: true, max_redeliveries: {max_redeliveries}}}
+  dead_letter: {{enabled: true}}
+tasks:
+  chaos.ok: {{idempotency: {{key: "ok:{{args[0]}}", ttl: 1h}}}}
+  chaos.flaky: {{idempotency: {{key: "flaky:{{args[0]}}", ttl: 1h}}}}
+  chaos.slow:
+    retry: {{on: [celery.exceptions.SoftTimeLimitExceeded], max_retries: 1,
+            backoff: {{initial: 0, factor: 1, max: 0, jitter: none}}}}
+worker: {{prefetch_multiplier: 1, reliable_fetch: {reliable}}}
+dead_letter_store: {{url: "{evidence}", stream: "{stream}"}}
+"""
+
+
+@dataclass
+class ChaosConfig:
+    tasks: int = 1000
+    seed: int = 1
+    mix: str = "chaos"  # "chaos": the whole mix; "ok": only succeeding tasks (the fetch-window loss experiment)
+    reliable: bool = True
+    workers: int = 2
+    concurrency: int = 2
+    main_kills: int = 3
+    child_kills: int = 3
+    restarts: int = 1
+    interval_s: tuple[float, float] = (0.5, 2.0)
+    max_redeliveries: int = 3
+    deadline_s: float = 240.0
+    settle_s: float = 8.0  # no progress for this long with nothing left to do: stop
+
+
+@dataclass
+class ChaosReport:
+    config: ChaosConfig
+    kinds: dict[str, int] = field(default_factory=dict)
+    main_kills: int = 0
+    child_kills: int = 0
+    restarts: int = 0
+    succeeded: int = 0
+    dead_lettered: int = 0
+    pending: int = 0
+    lost: int = 0
+    lost_ids: list[int] = field(default_factory=list)
+    duplicate_effects: int = 0
+    permanent_dead_letters: dict[int, int] = field(default_factory=dict)
+    poison_runs: dict[int, int] = field(default_factory=dict)
+    poison_dead_letters: dict[int, int] = field(default_factory=dict)
+    unexpected_dead_letters: int = 0
+    seconds: float = 0.0
+    worker_exits: list[str] = field(default_factory=list)
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "fetch": "reliable" if self.config.reliable else "plain kombu",
+            "seed": self.config.seed,
+            "tasks": self.config.tasks,
+            "main kills": self.main_kills,
+            "child kills": self.child_kills,
+            "broker restarts": self.restarts,
+            "succeeded": self.succeeded,
+            "dead-lettered": self.dead_lettered,
+            "pending": self.pending,
+            "lost": self.lost,
+            "duplicate effects": self.duplicate_effects,
+            "seconds": round(self.seconds),
+        }
+
+
+def plan_tasks(config: ChaosConfig) -> list[tuple[str, list[Any]]]:
+    """The tasks to publish, index = business key, shuffled by the seed."""
+    rng = random.Random(config.seed)
+    n = config.tasks
+    if config.mix == "ok":
+        return [("chaos.ok", [i]) for i in range(n)]
+    kinds = (
+        ["chaos.poison"] * max(2, n // 250)
+        + ["chaos.slow"] * max(2, n // 250)
+        + ["chaos.permanent"] * max(2, n // 20)
+        + ["chaos.flaky"] * max(2, n // 10)
+    )
+    kinds += ["chaos.ok"] * (n - len(kinds))
+    rng.shuffle(kinds)
+    plan: list[tuple[str, list[Any]]] = []
+    for i, kind in enumerate(kinds):
+        plan.append((kind, [i, rng.randint(1, 2)] if kind == "chaos.flaky" else [i]))
+    return plan
+
+
+def _dead_letters(evidence: Any) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for _id, fields in evidence.xrange(STREAM):
+        record = json.loads(next(iter(fields.values())))
+        task_id = str(record.get("task_id") or "")
+        if task_id.startswith("chaos-"):
+            key = int(task_id.split("-", 1)[1])
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def _pending_ids(broker: Any) -> set[int]:
+    """Indexes of tasks still in a queue list or in ``unacked``."""
+    payloads: list[dict[str, Any]] = []
+    for key in broker.scan_iter(match="celery*", count=1000):
+        if broker.type(key) == b"list":
+            payloads += [json.loads(raw) for raw in broker.lrange(key, 0, -1)]
+    payloads += [json.loads(entry)[0] for entry in broker.hvals("unacked")]
+    ids: set[int] = set()
+    for payload in payloads:
+        task_id = str(payload.get("headers", {}).get("id") or "")
+        if task_id.startswith("chaos-"):
+            ids.add(int(task_id.split("-", 1)[1]))
+    return ids
+
+
+class ChaosRun:
+    def __init__(self, config: ChaosConfig, workdir: Path) -> None:
+        self.config = config
+        self.workdir = workdir
+        self.rng = random.Random(config.seed * 7919)
+        self.broker_server = RedisServer(workdir / "broker", appendonly=True)
+        self.evidence_server = RedisServer(workdir / "evidence")
+        self.workers: list[WorkerProcess] = []
+        self.started = 0
+        self.report = ChaosReport(config)
+
+    def _worker(self) -> WorkerProcess:
+        self.started += 1
+        options = FAST_LIVENESS | {"visibility_timeout": 3600}
+        worker = WorkerProcess(
+            "chaosapp",
+            log_path=self.workdir / f"worker-{self.started}.log",
+            pool="prefork",
+            concurrency=self.config.concurrency,
+            hostname=f"chaos{self.started}@localhost",
+            cwd=APPS,
+            env={
+                "CELERY_BROKER_URL": self.broker_server.url,
+                "CHAOS_EVIDENCE_URL": self.evidence_server.url,
+                "CELERY_POLICY_FILE": str(self.workdir / "policy.yaml"),
+                "CHAOS_TRANSPORT_OPTIONS": json.dumps(options),
+            },
+            ready_timeout=90,
+        )
+        return worker.start()
+
+    def run(self) -> ChaosReport:
+        config = self.config
+        t0 = time.monotonic()
+        self.broker_server.start()
+        self.evidence_server.start()
+        evidence = self.evidence_server.client()
+        (self.workdir / "policy.yaml").write_text(
+            POLICY.format(
+                max_redeliveries=config.max_redeliveries,
+                reliable="true" if config.reliable else "false",
+                evidence=self.evidence_server.url,
+                stream=STREAM,
+            )
+        )
+        try:
+            plan = plan_tasks(config)
+            for kind, _ in plan:
+                self.report.kinds[kind] = self.report.kinds.get(kind, 0) + 1
+            self.workers = [self._worker() for _ in range(config.workers)]
+            self._publish(plan)
+            self._chaos(plan, evidence, t0)
+            self._tally(plan, evidence)
+        finally:
+            for worker in self.workers:
+                worker.kill()
+            self.broker_server.close()
+            self.evidence_server.close()
+        self.report.seconds = time.monotonic() - t0
+        return self.report
+
+    def _publish(self, plan: list[tuple[str, list[Any]]]) -> None:
+        # A plain Celery producer (plain kombu): reliable fetch needs nothing from producers.
+        producer_app = Celery("chaos-producer", broker=self.broker_server.url)
+        with producer_app.producer_or_acquire() as producer:
+            for i, (name, args) in enumerate(plan):
+                producer_app.send_task(name, args=args, task_id=f"chaos-{i}", producer=producer)
+
+    def _actions(self) -> list[str]:
+        c = self.config
+        actions = ["main"] * c.main_kills + ["child"] * c.child_kills + ["restart"] * c.restarts
+        self.rng.shuffle(actions)
+        return actions
+
+    def _chaos(self, plan: list[tuple[str, list[Any]]], evidence: Any, t0: float) -> None:
+        actions = self._actions()
+        next_at = time.monotonic() + self.rng.uniform(*self.config.interval_s)
+        last_progress, last_done = time.monotonic(), -1
+        while time.monotonic() - t0 < self.config.deadline_s:
+            now = time.monotonic()
+            if actions and now >= next_at:
+                self._fault(actions.pop(0))
+                next_at = time.monotonic() + self.rng.uniform(*self.config.interval_s)
+            for index, worker in enumerate(self.workers):
+                if not worker.alive:  # a worker that exited on its own (e.g. on a broker restart)
+                    self.report.worker_exits.append(f"{worker.hostname} exited {worker.returncode}")
+                    worker.kill()
+                    self.workers[index] = self._worker()
+            done = self._accounted(plan, evidence)
+            if done != last_done:
+                last_progress, last_done = now, done
+            if not actions and (done == len(plan) or now - last_progress > self.config.settle_s):
+                return
+            time.sleep(0.2)
+
+    def _fault(self, action: str) -> None:
+        if action == "restart":
+            self.broker_server.restart(hard=True)
+            self.report.restarts += 1
+            return
+        worker = self.rng.choice(self.workers)
+        if action == "child":
+            children = worker.children()
+            if children:
+                os.kill(self.rng.choice(children), signal.SIGKILL)
+                self.report.child_kills += 1
+            return
+        index = self.workers.index(worker)
+        worker.kill()  # SIGKILL: the main process and its pool children
+        self.report.main_kills += 1
+        self.workers[index] = self._worker()
+
+    def _accounted(self, plan: list[tuple[str, list[Any]]], evidence: Any) -> int:
+        """Distinct tasks with a side effect or a dead letter (-1 when the evidence Redis does not answer)."""
+        try:
+            keys = {int(k.split(b":", 1)[1]) for k in evidence.scan_iter(match="fx:*", count=5000)}
+            keys.update(_dead_letters(evidence))
+        except Exception:
+            return -1
+        return len(keys)
+
+    def _tally(self, plan: list[tuple[str, list[Any]]], evidence: Any) -> None:
+        report = self.report
+        dead = _dead_letters(evidence)
+        try:
+            pending = _pending_ids(self.broker_server.client())
+        except Exception:
+            pending = set()
+        for i, (kind, _args) in enumerate(plan):
+            effects = int(evidence.get(f"fx:{i}") or 0)
+            runs = int(evidence.get(f"runs:{i}") or 0)
+            dl = dead.get(i, 0)
+            if effects > 1:
+                report.duplicate_effects += effects - 1
+            if effects:
+                report.succeeded += 1
+            elif dl:
+                report.dead_lettered += 1
+            elif i in pending:
+                report.pending += 1
+            else:
+                report.lost += 1
+                report.lost_ids.append(i)
+            if kind == "chaos.permanent":
+                report.permanent_dead_letters[i] = dl
+            elif kind == "chaos.poison":
+                report.poison_runs[i] = runs
+                report.poison_dead_letters[i] = dl
+            elif kind in ("chaos.ok", "chaos.flaky") and dl:
+                report.unexpected_dead_letters += 1
+
+
+def format_table(reports: list[ChaosReport]) -> str:
+    rows = [r.row() for r in reports]
+    headers = list(rows[0])
+    widths = [max(len(h), *(len(str(r[h])) for r in rows)) for h in headers]
+    line = "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |"
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    body = ["| " + " | ".join(str(r[h]).ljust(w) for h, w in zip(headers, widths, strict=True)) + " |" for r in rows]
+    return "\n".join([line, sep, *body])

@@ -1,0 +1,76 @@
+"""The chaos suite's app: a mix of task outcomes whose side effects land on a SEPARATE Redis.
+
+Environment: CELERY_BROKER_URL (the broker, restarted by the driver),
+CHAOS_EVIDENCE_URL (never restarted: effects, run counts, dead letters),
+CELERY_POLICY_FILE (written by the driver), CHAOS_TRANSPORT_OPTIONS (JSON,
+optional: faster heartbeat/recovery for short runs).
+
+Evidence keys on the evidence Redis, per business key ``k`` (the task's index):
+- ``fx:k``: INCR when the body's side effect is applied (``chaos.ok``, ``chaos.flaky``);
+- ``runs:k``: INCR each time any body starts (poison pills: how often it ran).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import redis
+from celery import Celery
+
+import celery_policy
+
+BROKER = os.environ["CELERY_BROKER_URL"]
+EVIDENCE = redis.Redis.from_url(os.environ["CHAOS_EVIDENCE_URL"], socket_timeout=10)
+
+app = Celery("chaosapp", broker=BROKER, task_cls=celery_policy.PolicyTask)
+app.conf.broker_connection_retry_on_startup = True
+app.conf.task_ignore_result = True
+app.conf.broker_transport_options = json.loads(os.environ.get("CHAOS_TRANSPORT_OPTIONS") or "{}")
+celery_policy.install(app)
+
+
+def _started(key: int) -> int:
+    return int(EVIDENCE.incr(f"runs:{key}"))
+
+
+@app.task(name="chaos.ok")
+def ok(key: int, work_s: float = 0.005) -> int:
+    """Succeeds: the side effect is one INCR, guarded by the policy's idempotency key."""
+    _started(key)
+    time.sleep(work_s)
+    return int(EVIDENCE.incr(f"fx:{key}"))
+
+
+@app.task(name="chaos.flaky", bind=True)
+def flaky(self: object, key: int, fail_times: int) -> int:
+    """Fails with a transient ConnectionError on its first ``fail_times`` attempts, then succeeds."""
+    _started(key)
+    retries = getattr(getattr(self, "request", None), "retries", 0) or 0
+    if retries < fail_times:
+        msg = f"transient failure {retries + 1} of {fail_times}"
+        raise ConnectionError(msg)
+    return int(EVIDENCE.incr(f"fx:{key}"))
+
+
+@app.task(name="chaos.permanent")
+def permanent(key: int) -> None:
+    """Always fails with a permanent error: dead-lettered at once."""
+    _started(key)
+    msg = f"permanent failure of {key}"
+    raise ValueError(msg)
+
+
+@app.task(name="chaos.slow")
+def slow(key: int, sleep_s: float = 3.0) -> None:
+    """Runs past its soft time limit every time: retried once, then dead-lettered."""
+    _started(key)
+    time.sleep(sleep_s)
+
+
+@app.task(name="chaos.poison")
+def poison(key: int) -> None:
+    """Kills the process that runs it: stopped by ack.max_redeliveries, then dead-lettered."""
+    _started(key)
+    os._exit(9)
