@@ -2,7 +2,7 @@
 """Run the chaos suite's driver (tests/chaos/driver.py) and print its table.
 
     .venv/bin/python scripts/chaos.py                      # the full run: 10,000 tasks, 24 kills, 3 broker restarts
-    .venv/bin/python scripts/chaos.py --compare --mix ok   # the fetch-window experiment: plain kombu vs reliable fetch, same seed
+    .venv/bin/python scripts/chaos.py --compare --mix ok   # fetch-window experiment: plain vs reliable, same seed
     .venv/bin/python scripts/chaos.py --tasks 1000 --main-kills 3 --child-kills 2 --restarts 1
 
 Exit code 1 when a reliable-fetch run lost a task, ran an idempotent side effect

@@ -449,3 +449,33 @@ def quorum_delivery_limit(ctx: LintContext) -> Iterator[Diagnostic]:
         )
         hint = "RabbitMQ drops the message at its delivery limit first; lower max_redeliveries below it"
         yield ctx.diagnostic("CP209", message, path, hint)
+
+
+# Reliability (celery_policy/transport/): late ack on Redis without reliable fetch
+@rule("CP210", "late-ack-without-reliable-fetch", severity="warning")
+def late_ack_without_reliable_fetch(ctx: LintContext) -> Iterator[Diagnostic]:
+    """What it does: warns when tasks ack late on a Redis broker while `worker.reliable_fetch` is false.
+
+    Applies to Redis brokers (and when no `--app` tells the broker).
+
+    Why: kombu's Redis transport takes a message with BRPOP and records it
+    as unacknowledged only afterwards; a worker's main process killed in
+    between loses the message, whatever `ack.late` and
+    `reject_on_worker_lost` promise. Reliable fetch takes and records it in
+    one atomic step and gives a dead worker's messages back.
+
+    Example:
+        bad:  defaults: {ack: {late: true}}, worker: {reliable_fetch: false}
+        good: defaults: {ack: {late: true}}   (reliable fetch is on by default with late ack on Redis)
+    """
+    if ctx.document.worker.reliable_fetch is not False:
+        return
+    if ctx.app is not None and ctx.app.broker_scheme != "redis":
+        return
+    late = [view for view in ctx.views() if view.policy.ack.late]
+    if not late:
+        return
+    path = ("worker", "reliable_fetch")
+    message = f"{len(late)} task polic{'y acks' if len(late) == 1 else 'ies ack'} late on Redis without reliable fetch"
+    hint = "remove worker.reliable_fetch: false (a killed worker can lose a message between BRPOP and its unacked record)"
+    yield Diagnostic("CP210", message, ctx.key_locate(path), hint, path=render_path(path))

@@ -1,0 +1,32 @@
+"""The chaos suite, small: real prefork workers SIGKILLed (pool children and main processes), the broker restarted.
+
+The full run (10,000 tasks, 24 main-worker kills, 3 broker restarts) is
+``scripts/chaos.py``; this one runs in the normal suite.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from chaos.driver import ChaosConfig, ChaosRun, format_table
+
+pytestmark = pytest.mark.worker
+
+
+def test_nothing_lost_nothing_run_twice_under_kills_and_a_broker_restart(tmp_path: Path) -> None:
+    config = ChaosConfig(tasks=400, seed=5, main_kills=3, child_kills=2, restarts=1, deadline_s=150)
+    report = ChaosRun(config, tmp_path).run()
+    table = format_table([report])
+    assert report.main_kills == 3, table
+    assert report.restarts == 1, table
+    assert report.lost == 0, f"{table}\nlost: {report.lost_ids}"
+    assert report.pending == 0, table
+    assert report.succeeded + report.dead_lettered == config.tasks, table
+    assert report.duplicate_effects == 0, table
+    assert set(report.permanent_dead_letters.values()) == {1}, report.permanent_dead_letters
+    cap = config.max_redeliveries + 1
+    assert all(1 <= runs <= cap for runs in report.poison_runs.values()), report.poison_runs
+    assert set(report.poison_dead_letters.values()) == {1}, report.poison_dead_letters
+    assert report.worker_exits == [], report.worker_exits  # no worker died of a broker restart by itself
