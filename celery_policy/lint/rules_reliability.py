@@ -477,5 +477,5 @@ def late_ack_without_reliable_fetch(ctx: LintContext) -> Iterator[Diagnostic]:
         return
     path = ("worker", "reliable_fetch")
     message = f"{len(late)} task polic{'y acks' if len(late) == 1 else 'ies ack'} late on Redis without reliable fetch"
-    hint = "remove worker.reliable_fetch: false (a killed worker can lose a message between BRPOP and its unacked record)"
+    hint = "remove worker.reliable_fetch: false (a killed worker loses a message between BRPOP and its unacked record)"
     yield Diagnostic("CP210", message, ctx.key_locate(path), hint, path=render_path(path))
