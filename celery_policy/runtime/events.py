@@ -68,6 +68,31 @@ class ArgRenderer:
         }
         return {"args": shown_args, "kwargs": shown_kwargs}
 
+    def secrets(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[str, ...]:
+        """The string values redaction hides (4+ characters), to mask them in messages and tracebacks."""
+        if self.mode == "show":
+            return ()
+        found: list[str] = []
+        names = self.param_names if args else ()
+        for index, value in enumerate(args):
+            name = names[index] if index < len(names) else ""
+            self._collect(value, self.mode == "hide" or name.lower() in self.keys, found, 0)
+        for key, value in kwargs.items():
+            self._collect(value, self.mode == "hide" or key.lower() in self.keys, found, 0)
+        return tuple(sorted(set(found), key=len, reverse=True))
+
+    def _collect(self, value: Any, secret: bool, found: list[str], depth: int) -> None:
+        if depth > 8:
+            return
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                self._collect(v, secret or str(k).lower() in self.keys, found, depth + 1)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                self._collect(v, secret, found, depth + 1)
+        elif secret and isinstance(value, (str, int)) and not isinstance(value, bool) and len(str(value)) >= 4:
+            found.append(str(value))
+
     def _scrub(self, value: Any, depth: int = 0) -> Any:
         if depth > 8:
             return "…"
@@ -78,6 +103,13 @@ class ArgRenderer:
         if isinstance(value, (list, tuple)):
             return [self._scrub(v, depth + 1) for v in value]
         return _safe(value)
+
+
+def scrub(text: str, secrets: Sequence[str]) -> str:
+    """``text`` with every secret value replaced by ``***`` (exception messages often quote their input)."""
+    for secret in secrets:
+        text = text.replace(secret, REDACTED)
+    return text
 
 
 @functools.lru_cache(maxsize=256)
@@ -93,8 +125,10 @@ def _safe(value: Any) -> Any:
     return _repr.repr(value)
 
 
-def log_decision(decision: Decision, rendered_args: Mapping[str, Any], exc: BaseException | None) -> None:
-    """One structlog event per decision."""
+def log_decision(
+    decision: Decision, rendered_args: Mapping[str, Any], exc: BaseException | None, secrets: Sequence[str] = ()
+) -> None:
+    """One structlog event per decision; ``secrets`` (redacted argument values) are masked in the message too."""
     method = logger.warning if decision.action == "retry" else logger.error
     method(
         "policy_decision",
@@ -105,7 +139,7 @@ def log_decision(decision: Decision, rendered_args: Mapping[str, Any], exc: Base
         max=decision.max_retries,
         countdown=None if decision.countdown is None else round(decision.countdown, 3),
         exc_type=decision.exc_type,
-        exc_message=str(exc)[:500] if exc is not None else None,
+        exc_message=scrub(str(exc), secrets)[:500] if exc is not None else None,
         reason=decision.reason,
         policy_source=decision.policy_source,
         **rendered_args,

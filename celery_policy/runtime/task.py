@@ -29,7 +29,7 @@ from celery_policy.references import import_object
 from celery_policy.resolve import ResolvedPolicy
 from celery_policy.runtime.classify import Action, Classifier, Outcome
 from celery_policy.runtime.idempotency import Entry, IdempotencyGuard
-from celery_policy.runtime.events import ArgRenderer, Decision, call_hook, log_decision, logger
+from celery_policy.runtime.events import ArgRenderer, Decision, call_hook, log_decision, logger, scrub
 
 # Delay before a message whose dead letter could not be written runs again: the first, doubling up to the
 # last while the store stays down. Without it a requeued message comes straight back and re-runs in a hot loop.
@@ -162,6 +162,8 @@ class TaskRuntime:
             return RERAISE
         if outcome is None:
             outcome = self.classifier.classify(type(exc))
+        if self.args.mode != "show":
+            _mask_exception(exc, self.args.secrets(args, kwargs))
         state = _policy_header(request)
         counters: dict[str, int] = dict(state.get("n") or {})
         now = time.time()
@@ -174,7 +176,7 @@ class TaskRuntime:
                 if self.deadline_s is None or (now + countdown - first) <= self.deadline_s:
                     counters[outcome.counter] = used + 1
                     decision = self._decision("retry", task, request, attempt, outcome, countdown, exc, None)
-                    log_decision(decision, self.args.render(args, kwargs), exc)
+                    log_decision(decision, self.args.render(args, kwargs), exc, self.args.secrets(args, kwargs))
                     call_hook(self.hooks["on_retry"], "on_retry", request, exc, decision)
                     headers = {k: v for k, v in (request.headers or {}).items() if k != "redelivered"}
                     headers[HEADER] = {"n": counters, "t0": first}
@@ -208,7 +210,7 @@ class TaskRuntime:
             self.write_dead_letter(
                 request, exc, args, kwargs, rendered, attempt, reason, decision, republish_with=republish_with
             )
-        log_decision(decision, rendered, exc)
+        log_decision(decision, rendered, exc, self.args.secrets(args, kwargs))
         call_hook(self.hooks["on_failure"], "on_failure", request, exc, decision)
         if action == "dead_letter":
             call_hook(self.hooks["on_dead_letter"], "on_dead_letter", request, exc, decision)
@@ -239,6 +241,7 @@ class TaskRuntime:
           and headers) with that countdown, then ``Ignore`` is raised; if even that fails,
           ``dead_letter_lost`` is logged and this returns.
         """
+        secrets = self.args.secrets(args, kwargs)
         if self.store is None:
             return
         now = time.time()
@@ -255,8 +258,8 @@ class TaskRuntime:
             replayable=replayable,
             reason=reason,
             exc_type=decision.exc_type,
-            exc_message=str(exc)[:2000],
-            traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-8000:],
+            exc_message=scrub(str(exc), secrets)[:2000],
+            traceback=scrub("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)), secrets)[-8000:],
             attempts=attempt,
             first_failure=float(state.get("t0") or now),
             last_failure=now,
@@ -316,7 +319,7 @@ class TaskRuntime:
         decision = Decision(**{**decision.as_dict(), "policy_source": str(self.resolved.source_of("ack.max_redeliveries"))})
         rendered = self.args.render(args, kwargs)
         self.write_dead_letter(request, exc, args, kwargs, rendered, attempt, "redelivery_limit", decision)
-        log_decision(decision, rendered, exc)
+        log_decision(decision, rendered, exc, self.args.secrets(args, kwargs))
         call_hook(self.hooks["on_dead_letter"], "on_dead_letter", request, exc, decision)
         raise Reject(str(exc), requeue=False)
 
@@ -403,6 +406,22 @@ class TaskRuntime:
             # provenance is recorded per field: "retry.rules[1]" was set by whoever set "retry.rules"
             policy_source=str(self.resolved.source_of(path.partition("[")[0])),
         )
+
+
+def _mask_exception(exc: BaseException, secrets: Sequence[str]) -> None:
+    """Mask redacted argument values quoted in the exception's arguments.
+
+    Celery logs the exception (and stores it as the FAILURE/RETRY result) after the
+    wrapper re-raises it; a message like ``f"bad password {password!r}"`` would put
+    the secret there. Best effort: exceptions that build ``str()`` from other state
+    are left as they are.
+    """
+    if not secrets or not exc.args:
+        return
+    masked = tuple(scrub(arg, secrets) if isinstance(arg, str) else arg for arg in exc.args)
+    if masked != exc.args:
+        with contextlib.suppress(Exception):  # some exception types forbid setting args
+            exc.args = masked
 
 
 def _policy_header(request: Any) -> Mapping[str, Any]:
@@ -563,7 +582,7 @@ class PolicyTask(Task):  # type: ignore[misc]  # celery is untyped
                         decision,
                         republish_with=self,
                     )
-            log_decision(decision, rendered, exc)
+            log_decision(decision, rendered, exc, runtime.args.secrets(args or (), kwargs or {}))
             call_hook(runtime.hooks["on_failure"], "on_failure", request, exc, decision)
             if runtime.dead_letter:
                 call_hook(runtime.hooks["on_dead_letter"], "on_dead_letter", request, exc, decision)

@@ -105,7 +105,8 @@ def nodl(self: Task, key: str) -> None:
 @app.task(name="dl.secret", bind=True)
 def secret(self: Task, key: str, password: str, profile: dict[str, object] | None = None) -> None:
     _run(self, key)
-    raise Permanent("login rejected")
+    # The message quotes the secret, as real exceptions often quote their input: it must be masked too.
+    raise Permanent(f"login rejected for password {password!r}")
 
 
 @app.task(name="dl.once", bind=True)
