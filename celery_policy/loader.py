@@ -288,7 +288,9 @@ def _diagnostic_for(error: Any, loc: Path, raw: RawPolicy) -> Diagnostic:
         return Diagnostic("CP101", f"missing required key '{key_name}' in {where}", location, hint, path=path_text)
     code = "CP104" if "duration" in message else "CP101"
     if kind == "literal_error" and loc == ("version",):
-        return Diagnostic("CP101", f"unsupported version {trim(value)}", location, "this release reads version: 1", path=path_text)
+        shown = f"'{trim(value)}' (a string)" if isinstance(value, str) else trim(value)
+        hint = "write version: 1 without quotes" if str(value).strip() == "1" else "this release reads version: 1"
+        return Diagnostic("CP101", f"unsupported version {shown}", location, hint, path=path_text)
     message = message[0].lower() + message[1:] if message else message
     shown = "" if code == "CP104" or isinstance(value, (dict, list)) else f", got {trim(value)}"
     hint = _hint_for(kind, loc, error)
