@@ -327,7 +327,8 @@ def rule_markdown(entry: Rule) -> str:
             continue
         out += [f"## {heading.rstrip(':')}", ""]
         if heading == "Example:":
-            out += ["```yaml", textwrap.dedent(body).strip("\n"), "```", ""]
+            first, _, rest = body.partition("\n")  # section() stripped the first line's indentation only
+            out += ["```yaml", "\n".join(filter(None, [first, textwrap.dedent(rest).strip("\n")])), "```", ""]
         else:
             out += [body, ""]
     out += [
@@ -338,7 +339,7 @@ def rule_markdown(entry: Rule) -> str:
         f"- one run: `celery-policy check --ignore {entry.code}`;",
         f'- the project: `ignore = ["{entry.code}"]` under `[tool.celery-policy]` in `pyproject.toml`.',
         "",
-        f"`celery-policy rules {entry.code}` prints this page's text.",
+        f"`celery-policy rules {entry.code}` prints the same documentation.",
         "",
     ]
     return "\n".join(out)
