@@ -52,7 +52,8 @@ def test_the_environment_changes_the_fingerprint_even_when_its_overlay_changes_n
     assert _fingerprint("old.yaml") != _fingerprint("old.yaml", "production")
     base = snapshot(load(noop, check_imports=False), TASKS)
     canary = snapshot(load(noop, env="canary", check_imports=False), TASKS)
-    assert base.tasks == canary.tasks and base.settings == canary.settings
+    assert base.tasks == canary.tasks
+    assert base.settings == canary.settings
     assert base.fingerprint != canary.fingerprint
 
 
@@ -154,7 +155,9 @@ def test_diff_usage_errors_exit_2(
     assert err.startswith(message)
 
 
-def test_check_diff_refuses_json_and_all_envs(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_diff_refuses_json_and_all_envs(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.chdir(DIFF)
     assert main(["check", "old.yaml", "--diff", "staging", "--format", "json"]) == USAGE
     assert main(["check", "old.yaml", "--diff", "staging", "--all-envs"]) == USAGE
@@ -172,7 +175,7 @@ def test_policy_loaded_event_and_policy_info_reply_carry_the_fingerprint_and_fil
 
     app = Celery("booted", broker="memory://", task_cls=celery_policy.PolicyTask)
 
-    @app.task(name="orders.charge", shared=False)
+    @app.task(name="orders.charge", shared=False)  # type: ignore[untyped-decorator]
     def charge() -> None:
         return None
 

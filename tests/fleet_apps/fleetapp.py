@@ -20,17 +20,17 @@ class PermanentError(Exception):
     """Never retried: the policy dead-letters it."""
 
 
-@app.task(name="fleet.add")
+@app.task(name="fleet.add", shared=False)  # type: ignore[untyped-decorator]
 def add(x: int, y: int) -> int:
     return x + y
 
 
-@app.task(name="fleet.charge")
+@app.task(name="fleet.charge", shared=False)  # type: ignore[untyped-decorator]
 def charge(order_id: str, amount: int) -> dict[str, int]:
     journal.incr(f"runs:{order_id}")
     return {"charged": amount}
 
 
-@app.task(name="fleet.fail")
+@app.task(name="fleet.fail", shared=False)  # type: ignore[untyped-decorator]
 def fail(reason: str) -> None:
     raise PermanentError(reason)

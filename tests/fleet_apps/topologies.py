@@ -69,7 +69,7 @@ class RedisClusterSet:
 
         def ready() -> bool:
             for node in self.nodes:
-                info = node.client().execute_command("CLUSTER INFO")
+                info = node.client().execute_command("CLUSTER INFO")  # type: ignore[no-untyped-call]
                 if isinstance(info, dict):
                     if info.get("cluster_state") != "ok":
                         return False
@@ -106,7 +106,9 @@ class SentinelSet:
 
     def start(self) -> SentinelSet:
         self.master.start()
-        self.replica = RedisServer(self.root / "replica", extra_args=["--replicaof", "127.0.0.1", str(self.master.port)])
+        self.replica = RedisServer(
+            self.root / "replica", extra_args=["--replicaof", "127.0.0.1", str(self.master.port)]
+        )
         self.replica.start()
         replica = self.replica
         _wait(
@@ -141,10 +143,12 @@ class SentinelSet:
         return redis.Redis(port=self.sentinel_port, socket_timeout=2, decode_responses=True)
 
     def _knows_replica(self) -> bool:
-        return bool(self.sentinel_client().execute_command("SENTINEL", "REPLICAS", self.service))
+        sentinel = self.sentinel_client()
+        return bool(sentinel.execute_command("SENTINEL", "REPLICAS", self.service))  # type: ignore[no-untyped-call]
 
     def master_port(self) -> int:
-        host, port = self.sentinel_client().execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+        sentinel = self.sentinel_client()
+        _host, port = sentinel.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)  # type: ignore[no-untyped-call]
         return int(port)
 
     def kill_master(self) -> int:
