@@ -64,11 +64,13 @@ def plan_queues(
     default_queue_type: str = "classic",
     amqp_store: bool = False,
     task_names: Iterable[str] = (),
+    declared_types: Mapping[str, str] | None = None,
 ) -> dict[str, QueuePlan]:
     """The queues the policy routes to (the default queue included) and the arguments each needs.
 
     Looks at the defaults, every name and pattern under ``tasks`` and
-    ``task_names``. Raises :class:`PolicyError` when tasks sharing a queue
+    ``task_names``; ``declared_types`` are the ``x-queue-type`` of queues the app
+    declares itself (``task_queues``). Raises :class:`PolicyError` when tasks sharing a queue
     ask for different queue types. Tasks sharing a quorum queue with different
     ``max_redeliveries`` get the smallest as the queue's limit (``check`` warns).
     """
@@ -97,7 +99,8 @@ def plan_queues(
             msg = f"tasks routed to queue '{queue}' ask for different route.queue_type: {who}"
             raise PolicyError(msg)
         queue_type = distinct[0] if distinct else None
-        effective = queue_type or (default_queue_type if queue == default_queue else "classic")
+        declared = (declared_types or {}).get(queue)
+        effective = queue_type or declared or (default_queue_type if queue == default_queue else "classic")
         sources: dict[str, str] = {}
         if queue_type is not None:
             sources["x-queue-type"] = next(iter(sorted(asked)))
@@ -267,7 +270,18 @@ def plan_for(app: Any, policy: Policy) -> dict[str, QueuePlan] | None:
         default_queue=str(conf.task_default_queue or "celery"),
         default_queue_type=str(conf.get("task_default_queue_type") or "classic"),
         amqp_store=store_backend(policy.document.dead_letter_store, broker) == "amqp",
+        declared_types=declared_queue_types(conf.task_queues),
     )
+
+
+def declared_queue_types(queues: Any) -> dict[str, str]:
+    """``x-queue-type`` of the queues an app declares in ``task_queues``."""
+    found: dict[str, str] = {}
+    for queue in queues or ():
+        arguments = getattr(queue, "queue_arguments", None) or {}
+        if getattr(queue, "name", None) and arguments.get("x-queue-type"):
+            found[str(queue.name)] = str(arguments["x-queue-type"])
+    return found
 
 
 def apply_plan(app: Any, policy: Policy, plans: Mapping[str, QueuePlan] | None) -> None:

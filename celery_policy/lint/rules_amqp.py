@@ -1,0 +1,191 @@
+"""CP3xx checks for RabbitMQ brokers (``--app`` with an AMQP broker): queue types, delivery limits, queue arguments."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from celery_policy.deadletter.amqp import is_amqp_url, store_backend
+from celery_policy.errors import Diagnostic, PolicyError, trim
+from celery_policy.lint.context import LintContext, View
+from celery_policy.lint.registry import rule
+from celery_policy.resolve import Policy
+from celery_policy.runtime.amqp import QueuePlan, declare_queues, merge_arguments, plan_queues
+
+
+def _queue_of(ctx: LintContext, view: View) -> str:
+    route = view.policy.route
+    assert ctx.app is not None
+    return route.queue if route is not None and route.queue else ctx.app.default_queue
+
+
+def _queue_type(ctx: LintContext, view: View, queue: str) -> str:
+    app = ctx.app
+    assert app is not None
+    route = view.policy.route
+    if route is not None and route.queue_type:
+        return route.queue_type
+    declared = (app.declared_queues or {}).get(queue)
+    if declared is not None and declared.queue_type:
+        return declared.queue_type
+    return app.default_queue_type if queue == app.default_queue else "classic"
+
+
+def _amqp_store(ctx: LintContext) -> bool:
+    return ctx.app is not None and store_backend(ctx.document.dead_letter_store, ctx.app.broker_url) == "amqp"
+
+
+def _declared_types(ctx: LintContext) -> dict[str, str]:
+    assert ctx.app is not None
+    return {name: q.queue_type for name, q in (ctx.app.declared_queues or {}).items() if q.queue_type}
+
+
+def _plans(ctx: LintContext) -> dict[str, QueuePlan] | None:
+    app = ctx.app
+    if app is None or not is_amqp_url(app.broker_url):
+        return None
+    try:
+        return plan_queues(
+            Policy(ctx.raw, ctx.env),
+            default_queue=app.default_queue,
+            default_queue_type=app.default_queue_type,
+            amqp_store=_amqp_store(ctx),
+            declared_types=_declared_types(ctx),
+        )
+    except PolicyError:  # pattern conflicts are CP110's; queue type conflicts are reported by CP307
+        return None
+
+
+@rule("CP305", "classic-queue-no-limit", severity="warning", needs_app=True)
+def classic_queue_redeliveries(ctx: LintContext) -> Iterator[Diagnostic]:
+    """What it does: warns about `ack.max_redeliveries` on a RabbitMQ classic queue when the dead-letter
+    store is the broker (`dead_letter_store.backend: amqp`, or `auto` with an AMQP broker and no url).
+
+    Why: a classic queue has no delivery limit, and without Redis there is no
+    redelivery counter either, so nothing caps a poison pill that kills its
+    worker: it is redelivered forever. Use a quorum queue (the broker enforces
+    `x-delivery-limit`) or a Redis `dead_letter_store.url`.
+
+    Example:
+        bad:  ack: {late: true, reject_on_worker_lost: true, max_redeliveries: 3}   (classic queue)
+        good: route: {queue_type: quorum}
+    """
+    app = ctx.app
+    if app is None or not is_amqp_url(app.broker_url) or not _amqp_store(ctx):
+        return
+    for view in ctx.views():
+        ack = view.policy.ack
+        if not (ack.late and ack.max_redeliveries is not None):
+            continue
+        queue = _queue_of(ctx, view)
+        if _queue_type(ctx, view, queue) == "quorum":
+            continue
+        _layer, path = view.blame(("ack", "max_redeliveries"))
+        message = (
+            f"ack.max_redeliveries {ack.max_redeliveries} is not enforced: classic queue '{trim(queue)}' has no "
+            "delivery limit and the dead-letter store is the broker (no Redis counter)"
+        )
+        hint = "set route.queue_type: quorum (RabbitMQ then dead-letters at the limit) or a Redis dead_letter_store.url"
+        yield ctx.diagnostic("CP305", message, path, hint)
+
+
+@rule("CP306", "delivery-limit-shared", severity="warning", needs_app=True)
+def delivery_limit_shared(ctx: LintContext) -> Iterator[Diagnostic]:
+    """What it does: warns when a task allows more redeliveries than the delivery limit its quorum queue
+    gets from the policy (the smallest `ack.max_redeliveries` of the tasks sharing the queue).
+
+    Only with the broker as dead-letter store, where `ack.max_redeliveries`
+    becomes the queue's `x-delivery-limit`. A queue has one limit; tasks
+    sharing it cannot have different ones.
+
+    Why: RabbitMQ dead-letters the message at the queue's limit, so the task
+    gets fewer redeliveries than its policy says.
+
+    Example:
+        bad:  orders.charge: {ack: {max_redeliveries: 5}}   and   mail.send: {ack: {max_redeliveries: 1}}   on one queue
+        good: route orders.charge to its own queue, or give both the same max_redeliveries
+    """
+    plans = _plans(ctx)
+    if not plans:
+        return
+    for view in ctx.views():
+        ack = view.policy.ack
+        if not (ack.late and ack.max_redeliveries is not None):
+            continue
+        queue = _queue_of(ctx, view)
+        plan = plans.get(queue)
+        if plan is None or plan.delivery_limit is None or ack.max_redeliveries <= plan.delivery_limit:
+            continue
+        _layer, path = view.blame(("ack", "max_redeliveries"))
+        message = (
+            f"ack.max_redeliveries {ack.max_redeliveries} exceeds the delivery limit {plan.delivery_limit} that "
+            f"quorum queue '{trim(queue)}' gets from {plan.sources.get('x-delivery-limit', 'another task')}"
+        )
+        hint = "a queue has one x-delivery-limit: route this task to its own queue or align max_redeliveries"
+        yield ctx.diagnostic("CP306", message, path, hint)
+
+
+@rule("CP307", "queue-arguments-conflict", needs_app=True)
+def queue_arguments_conflict(ctx: LintContext) -> Iterator[Diagnostic]:
+    """What it does: reports queues whose declaration the policy would change: tasks sharing a queue with
+    different `route.queue_type`, arguments the app's `task_queues` already set otherwise, and (when the
+    broker answers) existing queues on the broker declared with other arguments.
+
+    The broker is only read (passive declarations); nothing is created.
+
+    Why: a queue's arguments cannot change once it exists; the worker would
+    fail to declare it (PRECONDITION_FAILED). celery-policy stops the worker at
+    boot with this message; `check` says it before the deploy.
+
+    Example:
+        bad:  route: {queue_type: quorum}    (the existing 'celery' queue is classic)
+        good: drain and delete the queue first, or keep route.queue_type: classic
+    """
+    app = ctx.app
+    if app is None or not is_amqp_url(app.broker_url):
+        return
+    try:
+        plans = plan_queues(
+            Policy(ctx.raw, ctx.env),
+            default_queue=app.default_queue,
+            default_queue_type=app.default_queue_type,
+            amqp_store=_amqp_store(ctx),
+            declared_types=_declared_types(ctx),
+        )
+    except PolicyError as exc:
+        if "route.queue_type" in str(exc):
+            yield ctx.diagnostic("CP307", str(exc), ("tasks",), "tasks sharing a queue must agree on its type")
+        return
+    found = False
+    for name, plan in plans.items():
+        declared = (app.declared_queues or {}).get(name)
+        if declared is None:
+            continue
+        existing: dict[str, object] = {}
+        if declared.queue_type:
+            existing["x-queue-type"] = declared.queue_type
+        if declared.delivery_limit is not None:
+            existing["x-delivery-limit"] = declared.delivery_limit
+        try:
+            merge_arguments(name, existing, plan.arguments())
+        except PolicyError as exc:
+            found = True
+            yield ctx.diagnostic("CP307", str(exc), _path_of(plan), "make task_queues and the policy agree")
+    if found:
+        return
+    try:
+        declare_queues(app.broker_url, plans.values(), create=False, connect_timeout_s=3.0)
+    except PolicyError as exc:
+        message, _, hint = str(exc).partition("\n  help: ")
+        plan = next((p for p in plans.values() if f"'{p.name}'" in message), None)
+        yield ctx.diagnostic("CP307", message, _path_of(plan), hint or None)
+    except Exception:  # noqa: S110  # broker unreachable: nothing to compare with (CP307 needs a reachable broker)
+        pass
+
+
+def _path_of(plan: QueuePlan | None) -> tuple[str, ...]:
+    """Where to point: the task section that asked for the queue's arguments, else the defaults."""
+    if plan is not None:
+        for label in plan.sources.values():
+            if label.startswith("tasks."):
+                return ("tasks", label.removeprefix("tasks."), "route")
+    return ("defaults",)
