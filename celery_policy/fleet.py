@@ -27,8 +27,8 @@ from pydantic import BaseModel
 from celery_policy.durations import format_duration
 from celery_policy.errors import Location
 from celery_policy.model import DeadLetterStoreSettings, ProducerSettings, TaskPolicy, WorkerSettings
-from celery_policy.redis_urls import safe_url
 from celery_policy.patterns import is_glob
+from celery_policy.redis_urls import safe_url
 from celery_policy.resolve import Policy, Provenance
 
 DEFAULTS = "defaults"  # the pseudo-task for the `defaults` section in file diffs
