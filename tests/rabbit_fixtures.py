@@ -59,7 +59,9 @@ def ensure_broker(wait_s: float = 90.0) -> None:
             "/usr/sbin/rabbitmq-server" if shutil.which("rabbitmqctl") else None
         )
         if server is None:
-            pytest.fail(f"nothing answers on {HOST}:{PORT} and rabbitmq-server is not installed\n{INSTALL_HINT}", pytrace=False)
+            pytest.fail(
+                f"nothing answers on {HOST}:{PORT} and rabbitmq-server is not installed\n{INSTALL_HINT}", pytrace=False
+            )
         started = subprocess.run([server, "-detached"], capture_output=True, text=True, timeout=60, check=False)
         deadline = time.monotonic() + wait_s
         while not _answers() and time.monotonic() < deadline:
@@ -98,6 +100,8 @@ def _vhost() -> Iterator[RabbitVhost]:
     for args in (("add_vhost", vhost.name), ("set_permissions", "-p", vhost.name, "guest", ".*", ".*", ".*")):
         done = _ctl(*args)
         if done.returncode != 0:
-            pytest.fail(f"rabbitmqctl {' '.join(args)} failed: {done.stderr.strip()[-500:]}\n{INSTALL_HINT}", pytrace=False)
+            pytest.fail(
+                f"rabbitmqctl {' '.join(args)} failed: {done.stderr.strip()[-500:]}\n{INSTALL_HINT}", pytrace=False
+            )
     yield vhost
     _ctl("delete_vhost", vhost.name)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 from amqp_apps.support import amqp_message_count
-from kombu import Connection
-from rabbit_fixtures import RabbitVhost, fresh_vhost, rabbit_broker  # noqa: F401
+from kombu.connection import Connection
+from rabbit_fixtures import RabbitVhost
 
 from celery_policy.cli import main
 
@@ -34,7 +34,7 @@ def test_check_reports_an_existing_queue_with_other_arguments_and_creates_nothin
         "tasks:\n"
         "  mail.send: {route: {queue: mail}}\n"
     )
-    with Connection(fresh_vhost.url) as connection:
+    with Connection(fresh_vhost.url) as connection:  # type: ignore[no-untyped-call]
         connection.default_channel.queue_declare("mail", durable=True, auto_delete=False)  # classic, from before
     monkeypatch.chdir(tmp_path)
 
@@ -44,11 +44,16 @@ def test_check_reports_an_existing_queue_with_other_arguments_and_creates_nothin
     assert code == 1
     assert len(findings) == 1, findings
     assert findings[0]["line"] == 7  # tasks.mail.send: the task routing to the queue
-    assert "queue 'mail' already exists on the broker with other arguments than the policy needs" in findings[0]["message"]
-    assert "the policy sets x-delivery-limit from tasks.mail.send, x-queue-type from tasks.mail.send" in findings[0]["message"]
+    assert (
+        "queue 'mail' already exists on the broker with other arguments than the policy needs" in findings[0]["message"]
+    )
+    assert (
+        "the policy sets x-delivery-limit from tasks.mail.send, x-queue-type from tasks.mail.send"
+        in findings[0]["message"]
+    )
     assert "rabbitmqctl delete_queue mail" in findings[0]["hint"]
     # only read: the default queue and the dead queues were not created
-    with Connection(fresh_vhost.url) as connection:
+    with Connection(fresh_vhost.url) as connection:  # type: ignore[no-untyped-call]
         channel = connection.connection.channel()
         with pytest.raises(Exception, match="NOT_FOUND"):
             channel.queue_declare("celery", passive=True)

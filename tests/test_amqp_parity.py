@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +21,6 @@ from _servers import RedisServer
 from amqp_apps.support import APP, POLICY, REPO_ROOT, amqp_message_count, new_key, runs, wait_for, worker_env
 from celery import Celery
 from conftest import WorkerFactory
-from rabbit_fixtures import fresh_vhost, rabbit_broker  # noqa: F401
 
 from celery_policy.cli import main
 

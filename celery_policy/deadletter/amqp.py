@@ -26,6 +26,7 @@ queue (a duplicate on the next replay), never a loss.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import threading
@@ -35,7 +36,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from celery_policy.deadletter.record import DeadLetter
+from celery_policy.deadletter.record import DeadLetter, Reason
 from celery_policy.deadletter.store import Filter, StoreUnavailableError, _safe_url
 
 DEAD_SUFFIX = ".dead"
@@ -110,16 +111,16 @@ class AmqpDeadLetterStore:
     # -- connection ------------------------------------------------------------------------------
 
     def _connect(self) -> Any:
-        from kombu import Connection
+        from kombu.connection import Connection
 
         if self._connection is None:
-            connection = Connection(
+            connection = Connection(  # type: ignore[no-untyped-call]
                 self.url, connect_timeout=self.connect_timeout_s, transport_options={"confirm_publish": True}
             )
             try:
-                connection.connect()
+                connection.connect()  # type: ignore[no-untyped-call]
             except Exception as exc:
-                connection.release()
+                connection.release()  # type: ignore[no-untyped-call]
                 raise self._unavailable(exc) from exc
             self._connection = connection
         return self._connection.connection  # the py-amqp connection
@@ -128,10 +129,8 @@ class AmqpDeadLetterStore:
         connection, self._connection, self._channel = self._connection, None, None
         self._declared.clear()
         if connection is not None:
-            try:
+            with contextlib.suppress(Exception):  # already broken: nothing to release
                 connection.release()
-            except Exception:  # already broken: nothing to release
-                pass
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailableError:
         return StoreUnavailableError(f"dead-letter store {self.describe()} unavailable: {exc}")
@@ -165,7 +164,7 @@ class AmqpDeadLetterStore:
 
     def add(self, record: DeadLetter) -> str:
         """Publish one record to its queue's dead queue, persistent, and wait for the broker's confirm."""
-        import amqp
+        import amqp  # type: ignore[import-untyped]  # py-amqp, kombu's AMQP client, ships no types
 
         entry_id = uuid.uuid4().hex
         dead = dead_queue_for(record.queue or self.default_queue)
@@ -339,6 +338,7 @@ class AmqpDeadLetterStore:
                 replayable = True
             except (ValueError, TypeError, IndexError, KeyError):
                 pass
+        reason: Reason
         if broker_reason == "delivery_limit":
             limit = self.delivery_limits.get(source)
             reason = "redelivery_limit"
@@ -356,7 +356,7 @@ class AmqpDeadLetterStore:
             args=args,
             kwargs=kwargs,
             replayable=replayable,
-            reason=reason,  # type: ignore[arg-type]  # one of the two literals above
+            reason=reason,
             exc_type="builtins.RuntimeError",  # as the Redis counter's record (runtime/task.py check_redelivery)
             exc_message=exc_message,
             attempts=int(headers.get("retries") or 0) + 1,

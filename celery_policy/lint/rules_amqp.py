@@ -176,9 +176,9 @@ def queue_arguments_conflict(ctx: LintContext) -> Iterator[Diagnostic]:
         declare_queues(app.broker_url, plans.values(), create=False, connect_timeout_s=3.0)
     except PolicyError as exc:
         message, _, hint = str(exc).partition("\n  help: ")
-        plan = next((p for p in plans.values() if f"'{p.name}'" in message), None)
-        yield ctx.diagnostic("CP307", message, _path_of(plan), hint or None)
-    except Exception:  # noqa: S110  # broker unreachable: nothing to compare with (CP307 needs a reachable broker)
+        culprit = next((p for p in plans.values() if f"'{p.name}'" in message), None)
+        yield ctx.diagnostic("CP307", message, _path_of(culprit), hint or None)
+    except Exception:  # broker unreachable: nothing to compare with (CP307 needs a reachable broker)
         pass
 
 

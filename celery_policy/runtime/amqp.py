@@ -146,7 +146,7 @@ def configure_queues(app: Any, plans: Mapping[str, QueuePlan]) -> None:
     queues does not change.
     """
     from celery.app.amqp import Queues
-    from kombu import Exchange, Queue
+    from kombu.entity import Exchange, Queue
 
     conf = app.conf
     wanted = {name: plan.arguments() for name, plan in plans.items() if plan.arguments()}
@@ -164,8 +164,9 @@ def configure_queues(app: Any, plans: Mapping[str, QueuePlan]) -> None:
             arguments = dict(wanted[default])
             if conf.task_default_queue_type == "quorum":
                 arguments = merge_arguments(default, {"x-queue-type": "quorum"}, arguments)
-            exchange = Exchange(conf.task_default_exchange, conf.task_default_exchange_type)
-            conf.task_queues = (Queue(default, exchange, conf.task_default_routing_key, queue_arguments=arguments),)
+            exchange = Exchange(conf.task_default_exchange, conf.task_default_exchange_type)  # type: ignore[no-untyped-call]
+            queue = Queue(default, exchange, conf.task_default_routing_key, queue_arguments=arguments)  # type: ignore[no-untyped-call]
+            conf.task_queues = (queue,)
 
     class PolicyQueues(Queues):  # type: ignore[misc]  # celery is untyped
         def new_missing(self, name: str) -> Any:
@@ -188,10 +189,10 @@ def declare_queues(
     when an existing queue was declared with other arguments (PRECONDITION_FAILED),
     naming the queue, the argument and what to do; connection errors propagate.
     """
-    from kombu import Connection
+    from kombu.connection import Connection
 
     checked: list[str] = []
-    with Connection(url, connect_timeout=connect_timeout_s) as connection:
+    with Connection(url, connect_timeout=connect_timeout_s) as connection:  # type: ignore[no-untyped-call]
         connection.connect()
         raw = connection.connection
         for plan in plans:
@@ -232,14 +233,13 @@ def _conflict_message(
     needs = ", ".join(f"{key}={value!r}" for key, value in sorted(arguments.items())) or "no arguments"
     asked = ", ".join(f"{key} from {label}" for key, label in sorted(plan.sources.items()))
     role = f"dead queue of '{owner}'" if owner is not None else "queue"
-    msg = (
+    return (
         f"{role} '{name}' already exists on the broker with other arguments than the policy needs ({needs}): {reply}"
         + (f"; the policy sets {asked}" if asked and owner is None else "")
         + (f" ({where})" if where else "")
         + f"\n  help: a queue's arguments cannot change; drain and delete it (rabbitmqctl delete_queue {name}) so it "
         "is declared again, or make the policy match the existing queue"
     )
-    return msg
 
 
 # -- wiring for install() ------------------------------------------------------------------------------------
@@ -305,7 +305,10 @@ def amqp_store_for(app: Any, policy: Policy) -> Any:
     where = policy.location(("dead_letter_store",)) or policy.files[0]
     names = [_DEFAULTS, *policy.document.tasks]
     if any(policy.for_task(name).policy.idempotency is not None for name in names):
-        msg = f"idempotency keys need Redis but the dead-letter store is the AMQP broker; set dead_letter_store.url to a Redis URL ({where})"
+        msg = (
+            "idempotency keys need Redis but the dead-letter store is the AMQP broker; "
+            f"set dead_letter_store.url to a Redis URL ({where})"
+        )
         raise PolicyError(msg)
     plans = plan_for(app, policy) or {}
     return AmqpDeadLetterStore(
@@ -343,6 +346,7 @@ def cli_store(url: str | None, policy: Policy | None, broker_url: str | None, ap
     from celery_policy.deadletter.amqp import AmqpDeadLetterStore, is_amqp_url, store_backend
 
     settings = policy.document.dead_letter_store if policy is not None else None
+    found: str | None
     if url:
         if not is_amqp_url(url):
             return None

@@ -46,20 +46,20 @@ def _run(task: Task, key: str) -> int:
     return int(_journal.rpush(f"cp:runs:{key}", json.dumps(entry)))
 
 
-@app.task(name="cp.crash", bind=True)
+@app.task(name="cp.crash", bind=True)  # type: ignore[untyped-decorator]
 def crash(self: Task, key: str) -> None:
     """Kills its own pool process on every run (a poison pill)."""
     _run(self, key)
     os._exit(9)
 
 
-@app.task(name="cp.permanent", bind=True)
+@app.task(name="cp.permanent", bind=True)  # type: ignore[untyped-decorator]
 def permanent(self: Task, key: str, amount: int = 0) -> None:
     _run(self, key)
     raise Permanent(f"invalid amount {amount}")
 
 
-@app.task(name="cp.once", bind=True)
+@app.task(name="cp.once", bind=True)  # type: ignore[untyped-decorator]
 def once(self: Task, key: str, value: int) -> int:
     """Fails with Permanent on its first run for ``key`` (a Redis flag), succeeds afterwards."""
     _run(self, key)
