@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from _servers import RedisServer
+from _servers import RedisServer, WorkerProcess
 from amqp_apps.support import APP, POLICY, REPO_ROOT, amqp_message_count, new_key, runs, wait_for, worker_env
 from celery import Celery
-from conftest import WorkerFactory
 
 from celery_policy.cli import main
+
+WorkerFactory = Callable[..., WorkerProcess]  # tests/conftest.py celery_worker_process
 
 pytestmark = pytest.mark.worker
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from _servers import ProcessStartError, RedisServer
+from _servers import ProcessStartError, RedisServer, WorkerProcess
 from amqp_apps.support import APP, REPO_ROOT, new_key, runs, wait_for, worker_env
 from celery import Celery
-from conftest import WorkerFactory
 from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
 from rabbit_fixtures import RabbitVhost
@@ -19,6 +19,8 @@ from celery_policy.cli import main
 from celery_policy.errors import PolicyError
 from celery_policy.resolve import Policy, load
 from celery_policy.runtime.amqp import configure_queues, declare_queues, plan_queues
+
+WorkerFactory = Callable[..., WorkerProcess]  # tests/conftest.py celery_worker_process
 
 
 def policy_from(tmp_path: Path, text: str) -> Policy:
