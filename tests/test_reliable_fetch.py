@@ -173,3 +173,21 @@ def test_install_switches_it_on_for_redis_with_late_ack_and_leaves_other_cases(t
     prefixed = app_for("redis://127.0.0.1:1/0", late, broker_transport_options={"global_keyprefix": "x:"})
     assert prefixed.conf.broker_transport is None
     assert json.dumps(prefixed.conf.broker_transport_options) == '{"global_keyprefix": "x:"}'
+
+
+def test_closing_a_channel_after_its_transport_was_detached_restores_instead_of_crashing(
+    redis_server_factory: Any,
+) -> None:
+    """The broker-restart crash: Celery closes the lost connection; the channel's close restores unacked
+    messages after kombu already set ``transport.client`` to None (AttributeError: ... 'hostname')."""
+    server = redis_server_factory()
+    client = server.client()
+    _publish(server.url, "rs", [{"n": 1}])
+    conn = kombu.Connection(server.url, transport=RELIABLE_TRANSPORT, transport_options=FAST)
+    channel = conn.default_channel
+    assert channel.basic_get("rs", no_ack=False) is not None
+    channel._disconnect_pools()  # the lost connection's pools are gone (as after a broker restart)
+    conn._do_close_transport()  # kombu: transport.client = None, the order seen in the worker's traceback
+    channel.close()  # restore_unacked needs a new pool: it used to read None.hostname here
+    assert client.llen("rs") == 1
+    assert client.hlen("unacked") == 0

@@ -120,6 +120,22 @@ class Channel(kombu_redis.Channel):
             msg = "celery-policy reliable fetch does not support global_keyprefix; turn one of them off"
             raise ValueError(msg)
         self.client.script_load(TAKE_SCRIPT)
+        self._connparams(asynchronous=False)  # cache both (see _connparams)
+        self._connparams(asynchronous=True)
+
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        # kombu builds connection parameters from ``self.connection.client`` (the kombu
+        # Connection), which ``Connection._do_close_transport`` sets to None. When the
+        # broker restarts, Celery closes the lost connection; closing its channel restores
+        # the unacked messages (``QoS.restore_unacked``), which asks for a fresh pool and
+        # read ``None.hostname``: AttributeError, which ``ignore_errors`` does not catch,
+        # and the worker exits ("Unrecoverable error"). Remember the parameters instead.
+        cache: dict[bool, dict[str, Any]] = self.__dict__.setdefault("_connparams_cache", {})
+        if self.connection.client is None and asynchronous in cache:
+            return dict(cache[asynchronous])
+        params: dict[str, Any] = super()._connparams(asynchronous=asynchronous)
+        cache[asynchronous] = dict(params)
+        return params
 
     @cached_property
     def liveness(self) -> Liveness:
