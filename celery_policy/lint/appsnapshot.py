@@ -158,6 +158,21 @@ def _snapshot(app: Any, spec: str, root: str) -> AppSnapshot:
     )
 
 
+def _without_annotations(app: Any, task: Any, declared: dict[str, Any]) -> dict[str, Any]:
+    """Drop values that ``task_annotations`` put on the class (they are configuration, not decorator options)."""
+    if not declared:
+        return declared
+    from celery.app.annotations import resolve_all
+
+    annotated: dict[str, Any] = {}
+    try:
+        for entry in resolve_all(app.annotations, task):
+            annotated.update(entry)
+    except Exception:  # an annotation object that fails here fails in the worker too; not this rule's concern
+        return declared
+    return {k: v for k, v in declared.items() if not (k in annotated and annotated[k] == v)}
+
+
 def _decorator_options(app: Any) -> dict[str, dict[str, str]]:
     """Options the tasks' decorators set that a policy can also set.
 
@@ -171,7 +186,10 @@ def _decorator_options(app: Any) -> dict[str, dict[str, str]]:
         recorded: dict[str, dict[str, Any]] = runtime.decorator_options
     else:
         settings = config_values(app)
-        recorded = {str(name): declared_options(type(task), app, settings) for name, task in dict(app.tasks).items()}
+        recorded = {
+            str(name): _without_annotations(app, task, declared_options(type(task), app, settings))
+            for name, task in dict(app.tasks).items()
+        }
     return {name: {k: repr(v) for k, v in options.items()} for name, options in recorded.items() if options}
 
 
