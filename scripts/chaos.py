@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from chaos.driver import ChaosConfig, ChaosReport, ChaosRun, format_table
+from chaos.driver import ChaosConfig, ChaosReport, ChaosRun, format_table  # type: ignore[import-not-found]  # on sys.path above
 
 
 def problems(report: ChaosReport) -> list[str]:

@@ -1,3 +1,5 @@
+# Celery's task decorator is untyped:
+# mypy: disable-error-code="untyped-decorator"
 """The chaos suite's app: a mix of task outcomes whose side effects land on a SEPARATE Redis.
 
 Environment: CELERY_BROKER_URL (the broker, restarted by the driver),
