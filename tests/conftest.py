@@ -40,9 +40,6 @@ from _servers import (  # noqa: E402
     kill_all_workers,
 )
 
-# RabbitMQ (tests/rabbit_fixtures.py): rabbit_broker, rabbit_vhost (session) and fresh_vhost (per test)
-from rabbit_fixtures import fresh_vhost, rabbit_broker, rabbit_vhost  # noqa: E402, F401
-
 
 def _start_redis(datadir: Path, **kwargs: Any) -> RedisServer:
     try:

@@ -5,13 +5,18 @@ from __future__ import annotations
 import json
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from amqp_apps.support import amqp_message_count
 from kombu.connection import Connection
-from rabbit_fixtures import RabbitVhost
 
 from celery_policy.cli import main
+
+if TYPE_CHECKING:
+    from rabbit_fixtures import RabbitVhost
+
+pytest_plugins = ["rabbit_fixtures"]  # rabbit_broker, rabbit_vhost, fresh_vhost
 
 
 def test_check_reports_an_existing_queue_with_other_arguments_and_creates_nothing(

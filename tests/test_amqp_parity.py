@@ -24,6 +24,8 @@ from celery import Celery
 
 from celery_policy.cli import main
 
+pytest_plugins = ["rabbit_fixtures"]  # rabbit_broker, rabbit_vhost, fresh_vhost
+
 WorkerFactory = Callable[..., WorkerProcess]  # tests/conftest.py celery_worker_process
 
 pytestmark = pytest.mark.worker

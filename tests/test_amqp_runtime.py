@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from _servers import ProcessStartError, RedisServer, WorkerProcess
@@ -13,12 +14,16 @@ from amqp_apps.support import APP, REPO_ROOT, new_key, runs, wait_for, worker_en
 from celery import Celery
 from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
-from rabbit_fixtures import RabbitVhost
 
 from celery_policy.cli import main
 from celery_policy.errors import PolicyError
 from celery_policy.resolve import Policy, load
 from celery_policy.runtime.amqp import configure_queues, declare_queues, plan_queues
+
+if TYPE_CHECKING:
+    from rabbit_fixtures import RabbitVhost
+
+pytest_plugins = ["rabbit_fixtures"]  # rabbit_broker, rabbit_vhost, fresh_vhost
 
 WorkerFactory = Callable[..., WorkerProcess]  # tests/conftest.py celery_worker_process
 

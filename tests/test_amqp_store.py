@@ -13,17 +13,22 @@ import signal
 import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import pytest
 from amqp_apps.support import REPO_ROOT, amqp_message_count, wait_for
 from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
-from rabbit_fixtures import RabbitVhost
 
 from celery_policy.cli import main
 from celery_policy.deadletter.amqp import AmqpDeadLetterStore
 from celery_policy.deadletter.record import DeadLetter
 from celery_policy.deadletter.store import Filter
+
+if TYPE_CHECKING:
+    from rabbit_fixtures import RabbitVhost
+
+pytest_plugins = ["rabbit_fixtures"]  # rabbit_broker, rabbit_vhost, fresh_vhost
 
 IDLE = "idle"  # a task queue no worker consumes: what a replay publishes stays there
 
