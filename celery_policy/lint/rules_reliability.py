@@ -389,21 +389,26 @@ def dead_letter_store(ctx: LintContext) -> Iterator[Diagnostic]:
 
     Needs `--app` (to know the broker); quiet without it.
 
-    Why: the store defaults to the broker URL only when the broker is Redis;
-    otherwise dead-letter records have nowhere to go.
+    Why: the store is the broker itself when it is Redis or (with `backend: auto`
+    or `amqp`) RabbitMQ's dead queues; with `backend: redis`, no url and
+    another broker, dead-letter records have nowhere to go.
 
     Example:
-        bad:  defaults: {dead_letter: {enabled: true}}          (broker amqp://)
+        bad:  defaults: {dead_letter: {enabled: true}}, dead_letter_store: {backend: redis}   (broker amqp://)
         good: defaults: {dead_letter: {enabled: true}}, dead_letter_store: {url: "redis://cache:6379/1"}
     """
-    if ctx.app is None or ctx.document.dead_letter_store.url or ctx.app.broker_scheme == "redis":
+    if ctx.app is None:
         return
+    from celery_policy.deadletter.amqp import store_backend
+
+    if store_backend(ctx.document.dead_letter_store, ctx.app.broker_url) is not None:
+        return  # a Redis store (url or Redis broker) or the AMQP broker's own dead queues
     for view in ctx.views():
         if not view.policy.dead_letter.enabled:
             continue
         _layer, path = view.blame(("dead_letter", "enabled"))
         scheme = ctx.app.broker_scheme
-        message = f"dead letters are enabled but dead_letter_store.url is unset and the broker is {scheme}"
+        message = f"dead letters are enabled but no store can be derived: no dead_letter_store.url and the broker is {scheme}"
         hint = "set dead_letter_store.url to a Redis URL (the broker only serves as the store when it is Redis)"
         yield ctx.diagnostic("CP208", message, path, hint)
 
@@ -428,6 +433,9 @@ def quorum_delivery_limit(ctx: LintContext) -> Iterator[Diagnostic]:
     app = ctx.app
     if app is None or app.broker_scheme != "amqp":
         return
+    from celery_policy.deadletter.amqp import store_backend
+
+    amqp_store = store_backend(ctx.document.dead_letter_store, app.broker_url) == "amqp"
     for view in ctx.views():
         policy = view.policy
         ack = policy.ack
@@ -439,8 +447,10 @@ def quorum_delivery_limit(ctx: LintContext) -> Iterator[Diagnostic]:
         if queue_type != "quorum":
             continue
         limit = declared.delivery_limit if declared and declared.delivery_limit is not None else None
+        if limit is None and amqp_store:
+            continue  # install() declares x-delivery-limit = max_redeliveries: the broker enforces the policy's cap
         limit = limit if limit is not None else QUORUM_DELIVERY_LIMIT_DEFAULT
-        if limit < 0 or ack.max_redeliveries < limit:
+        if limit < 0 or ack.max_redeliveries < limit or (amqp_store and ack.max_redeliveries == limit):
             continue
         _layer, path = view.blame(("ack", "max_redeliveries"))
         message = (
