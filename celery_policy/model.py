@@ -192,6 +192,13 @@ class WorkerSettings(_Section):
     )
     concurrency: int | None = Field(None, ge=1, description="worker_concurrency")
     max_tasks_per_child: int | None = Field(None, ge=1, description="worker_max_tasks_per_child")
+    # Reliability (celery_policy/transport/): atomic take on the Redis broker
+    reliable_fetch: bool | None = Field(
+        None,
+        description="Redis broker: take each message atomically with its unacked record and recover the messages "
+        "of dead workers (celery_policy.transport.redis); unset = on when the broker is redis:// and any task has "
+        "ack.late",
+    )
 
 
 class PublishRetry(_Section):
@@ -253,10 +260,3 @@ class PolicyDocument(_Section):
 def dump_set(model: BaseModel) -> dict[str, Any]:
     """The fields a layer really set, as plain data (nested)."""
     return model.model_dump(exclude_unset=True)
-    # Reliability (celery_policy/transport/): atomic take on the Redis broker
-    reliable_fetch: bool | None = Field(
-        None,
-        description="Redis broker: take each message atomically with its unacked record and recover the messages "
-        "of dead workers (celery_policy.transport.redis); unset = on when the broker is redis:// and any task has "
-        "ack.late",
-    )
