@@ -144,13 +144,14 @@ def _dead_letters(evidence: Any) -> dict[int, int]:
     return counts
 
 
-def _pending_ids(broker: Any) -> set[int]:
-    """Indexes of tasks still in a queue list or in ``unacked``."""
+def _pending_ids(broker: Any, *, unacked: bool = True) -> set[int]:
+    """Indexes of tasks still in a queue list or (with ``unacked``) in ``unacked``."""
     payloads: list[dict[str, Any]] = []
     for key in broker.scan_iter(match="celery*", count=1000):
         if broker.type(key) == b"list":
             payloads += [json.loads(raw) for raw in broker.lrange(key, 0, -1)]
-    payloads += [json.loads(entry)[0] for entry in broker.hvals("unacked")]
+    if unacked:
+        payloads += [json.loads(entry)[0] for entry in broker.hvals("unacked")]
     ids: set[int] = set()
     for payload in payloads:
         task_id = str(payload.get("headers", {}).get("id") or "")
@@ -250,9 +251,17 @@ class ChaosRun:
             done = self._accounted(plan, evidence)
             if done != last_done:
                 last_progress, last_done = now, done
-            if not actions and (done == len(plan) or now - last_progress > self.config.settle_s):
+            if not actions and (done == len(plan) or (now - last_progress > self.config.settle_s and self._idle())):
                 return
             time.sleep(0.2)
+
+    def _idle(self) -> bool:
+        """Nothing left that will still run: no queued message, and with reliable fetch nothing in ``unacked``
+        (plain kombu strands a killed worker's messages there until the visibility timeout, 1 h)."""
+        try:
+            return not _pending_ids(self.broker_server.client(), unacked=self.config.reliable)
+        except Exception:  # the broker is restarting: not idle
+            return False
 
     def _fault(self, action: str) -> None:
         if action == "restart":
