@@ -233,7 +233,8 @@ def test_unredacted_arguments_are_stored_as_they_were_and_stay_replayable(
     assert stored.args == ["ann", "***"]  # positional password is still redacted by name
     assert stored.replayable is False
 
-    store.client.delete(store.stream)
+    # a fresh stream; the once-only marker of the first write goes too (same task id, attempt and reason)
+    store.client.delete(store.stream, *store.client.keys("{test:dead}:recorded:*"))
     _write(runtime, ("ann",), {"profile": {"age": 40, "tags": ["a", "b"]}})
     (stored,) = list(store.iter(Filter()))
     assert (stored.args, stored.kwargs) == (["ann"], {"profile": {"age": 40, "tags": ["a", "b"]}})
@@ -253,3 +254,18 @@ def test_hidden_arguments_store_nothing_and_are_not_replayable(
     (stored,) = list(store.iter(Filter()))
     assert (stored.args, stored.kwargs, stored.replayable) == ([], {}, False)
     assert SECRET.encode() not in _raw_stream(store)
+
+
+def test_the_same_failure_is_recorded_once_even_when_written_twice(redis_server_factory: Any) -> None:
+    """A worker killed between the write and the ack writes again on redelivery: one record, not two."""
+    server = redis_server_factory()
+    store = RedisStreamStore(server.url, "dedupe:dead")
+    first = DeadLetter(
+        task="orders.charge", task_id="t-1", reason="permanent", exc_type="builtins.ValueError",
+        attempts=1, first_failure=1.0, last_failure=1.0,
+    )  # fmt: skip
+    assert store.add(first)
+    assert store.add(first.model_copy(update={"last_failure": 2.0})) == ""
+    assert store.add(first.model_copy(update={"attempts": 2, "reason": "exhausted"}))  # a later attempt is its own failure
+    assert store.add(first.model_copy(update={"task_id": None})) and store.add(first.model_copy(update={"task_id": None}))
+    assert store.count() == 4 - 1 + 1

@@ -19,6 +19,24 @@ _FIELD = "record"
 _ENTRY_ID = re.compile(r"\d+(-\d+)?")  # what XRANGE/XDEL accept; anything else is a typo, not an outage
 
 
+_MARKER_TTL_S = 7 * 86400
+_ADD_ONCE = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[3]) then
+  return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'record', ARGV[2])
+end
+return false
+"""
+
+
+def _slot_tag(stream: str) -> str:
+    """A key prefix in the stream's Redis Cluster hash slot: the stream's own ``{tag}`` or ``{stream}``."""
+    start = stream.find("{")
+    end = stream.find("}", start + 1)
+    if start != -1 and end > start + 1:
+        return stream[start : end + 1]
+    return "{" + stream + "}"
+
+
 class StoreUnavailableError(Exception):
     """The dead-letter store could not be reached."""
 
@@ -55,6 +73,7 @@ class RedisStreamStore:
         self.stream = stream
         self.max_length = max_length
         self._client: RedisClient | None = None
+        self._script: Any = None
 
     @property
     def client(self) -> RedisClient:
@@ -64,13 +83,32 @@ class RedisStreamStore:
         return self._client
 
     def add(self, record: DeadLetter) -> str:
+        """Append one record; returns its entry id, or "" when this failure was already recorded.
+
+        A worker killed after the write and before the ack gets the message again and
+        would write the same failure twice; a marker keyed by (task id, attempt, reason),
+        set in the same script as the XADD and in the stream's hash slot, makes the
+        write happen once.
+        """
         payload = record.model_dump_json(exclude={"id"})
         try:
-            entry = self.client.xadd(self.stream, {_FIELD: payload}, maxlen=self.max_length, approximate=True)
+            if record.task_id:
+                marker = f"{_slot_tag(self.stream)}:recorded:{record.task_id}:{record.attempts}:{record.reason}"
+                entry = self._add_once(keys=[marker, self.stream], args=[self.max_length, payload, _MARKER_TTL_S])
+                if entry is None:
+                    return ""
+            else:
+                entry = self.client.xadd(self.stream, {_FIELD: payload}, maxlen=self.max_length, approximate=True)
         except redis.RedisError as exc:
             msg = f"dead-letter store {self.describe()} unavailable: {exc}"
             raise StoreUnavailableError(msg) from exc
         return entry.decode() if isinstance(entry, bytes) else str(entry)
+
+    @property
+    def _add_once(self) -> Any:
+        if self._script is None:
+            self._script = self.client.register_script(_ADD_ONCE)
+        return self._script
 
     def iter(self, flt: Filter, limit: int | None = None, batch: int = 1000) -> Iterator[DeadLetter]:
         """Records oldest first, filtered; reads in batches so huge streams stream."""
