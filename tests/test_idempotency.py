@@ -86,3 +86,16 @@ def test_store_down_retries_instead_of_running_unguarded(
     assert int(clean_redis.client().get("runs:o-9")) == 1
     time.sleep(0.2)
     assert store.client().exists("celery-policy:idem:{charge:o-9}:done") == 1
+
+
+def test_arguments_that_cannot_form_the_key_fail_at_once_without_running(
+    idemapp: Any, clean_redis: Any, celery_worker_process: Any
+) -> None:
+    """`charge:{kwargs[order_id]}` with order_id passed positionally: a permanent failure, no retry, no run."""
+    worker = celery_worker_process("tests.idem_apps.idemapp", cwd=ROOT, env=_app_env(clean_redis.url))
+    result = idemapp.charge.apply_async(args=("o-77", 5))
+    with pytest.raises(Exception, match="cannot be formatted"):
+        result.get(timeout=15)
+    assert clean_redis.client().get("runs:o-77") is None
+    assert "idempotency_key_invalid" in worker.log_text()
+    assert "decision=retry" not in worker.log_text()

@@ -10,6 +10,7 @@ work on Redis Cluster:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections.abc import Mapping, Sequence
@@ -19,6 +20,7 @@ from typing import Any
 from celery_policy.model import IdempotencyPolicy
 
 PREFIX = "celery-policy:idem:"
+MAX_KEY_CHARS = 256
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end
 """
@@ -49,9 +51,11 @@ class IdempotencyGuard:
     def key_for(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
         try:
             business = self.policy.key.format(task=self.task_name, args=args, kwargs=kwargs)
-        except (KeyError, IndexError, AttributeError, ValueError) as exc:
-            msg = f"idempotency key {self.policy.key!r} of task '{self.task_name}' cannot be formatted: {exc!r}"
+        except (KeyError, IndexError, AttributeError, ValueError, TypeError) as exc:
+            msg = f"idempotency key {self.policy.key!r} of task '{self.task_name}' cannot be formatted: {exc!r}"[:500]
             raise IdempotencyKeyError(msg) from exc
+        if len(business) > MAX_KEY_CHARS:  # a huge argument must not become a huge Redis key
+            business = "sha256:" + hashlib.sha256(business.encode("utf-8", "surrogatepass")).hexdigest()
         return f"{PREFIX}{{{business}}}"
 
     def enter(self, task_id: str | None, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Entry:

@@ -28,7 +28,7 @@ from celery_policy.errors import PolicyError
 from celery_policy.references import import_object
 from celery_policy.resolve import ResolvedPolicy
 from celery_policy.runtime.classify import Action, Classifier, Outcome
-from celery_policy.runtime.idempotency import Entry, IdempotencyGuard
+from celery_policy.runtime.idempotency import Entry, IdempotencyGuard, IdempotencyKeyError
 from celery_policy.runtime.events import ArgRenderer, Decision, call_hook, log_decision, logger, scrub
 
 # Delay before a message whose dead letter could not be written runs again: the first, doubling up to the
@@ -344,8 +344,14 @@ class TaskRuntime:
         except Exception as exc:  # Redis down: retry per the policy instead of running unguarded
             if isinstance(exc, TaskPredicate):
                 raise
-            logger.error("idempotency_store_unavailable", task=self.name, task_id=task.request.id, error=str(exc))
-            outcome = self.handle_failure(task, exc, args, kwargs, self._store_outcome)
+            if isinstance(exc, IdempotencyKeyError):
+                # These arguments can never produce a key: no retry helps, the body must not run unguarded.
+                logger.error("idempotency_key_invalid", task=self.name, task_id=task.request.id, error=str(exc))
+                failing = Outcome(Action.FAIL, "", 0, self.policy.retry.backoff, None, "permanent", "idempotency.key")
+                outcome = self.handle_failure(task, exc, args, kwargs, failing)
+            else:
+                logger.error("idempotency_store_unavailable", task=self.name, task_id=task.request.id, error=str(exc))
+                outcome = self.handle_failure(task, exc, args, kwargs, self._store_outcome)
             if isinstance(outcome, Retry):
                 raise outcome from None
             if outcome is RERAISE:

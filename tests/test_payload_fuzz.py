@@ -1,0 +1,79 @@
+"""Task payloads that break templating or rendering: always a key or a clear error, never a crash.
+
+Hypothesis feeds random arguments (nested, huge, odd keys and types) to the two places
+that format user data on the worker: the idempotency key template and the argument
+renderer used for logs and dead-letter records.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from celery_policy.model import IdempotencyPolicy, LogPolicy
+from celery_policy.runtime.events import ArgRenderer, scrub
+from celery_policy.runtime.idempotency import MAX_KEY_CHARS, PREFIX, IdempotencyGuard, IdempotencyKeyError
+
+TEMPLATES = [
+    "charge:{kwargs[order_id]}",
+    "{task}:{args[0]}",
+    "{args[1]}-{kwargs[user][id]}",
+    "{kwargs[n]:08d}",
+    "{args[0].attr}",
+    "fixed",
+    "{kwargs[order_id]!r}:{args}",
+]
+
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=30),
+    st.text(min_size=2000, max_size=3000), st.binary(max_size=20),
+)  # fmt: skip
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=12,
+)
+keyword = st.sampled_from(["order_id", "user", "n", "password", "token", "Card_Number", "x", ""]) | st.text(max_size=8)
+
+
+def _guard(template: str) -> IdempotencyGuard:
+    # register_script needs a client object; no command is sent by key_for.
+    client = redis.Redis(host="127.0.0.1", port=1)
+    return IdempotencyGuard(IdempotencyPolicy(key=template), "orders.charge", client, 60.0)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    template=st.sampled_from(TEMPLATES),
+    args=st.lists(values, max_size=4),
+    kwargs=st.dictionaries(keyword, values, max_size=5),
+)
+def test_an_idempotency_key_is_a_bounded_string_or_a_clear_error(template: str, args: list[Any], kwargs: dict[str, Any]) -> None:
+    guard = _guard(template)
+    try:
+        key = guard.key_for(args, kwargs)
+    except IdempotencyKeyError as exc:
+        assert "cannot be formatted" in str(exc) and len(str(exc)) <= 500
+        return
+    assert key.startswith(PREFIX + "{") and key.endswith("}")
+    assert len(key) <= len(PREFIX) + MAX_KEY_CHARS + 2
+
+
+@pytest.mark.parametrize("mode", ["show", "redact", "hide"])
+@settings(max_examples=80, deadline=None)
+@given(args=st.lists(values, max_size=4), kwargs=st.dictionaries(keyword, values, max_size=5))
+def test_rendering_arguments_never_raises_and_stays_json(mode: str, args: list[Any], kwargs: dict[str, Any]) -> None:
+    renderer = ArgRenderer(LogPolicy(args=mode), lambda: ["user", "password"])
+    rendered = renderer.render(args, kwargs)
+    json.dumps(rendered, default=str)  # the decision event and the record carry it as JSON
+    secrets = renderer.secrets(args, kwargs)
+    text = json.dumps([args, kwargs], default=str)
+    masked = scrub(text, secrets)
+    assert all(secret not in masked for secret in secrets)
+    if mode == "hide":
+        assert rendered == {}
