@@ -24,7 +24,7 @@ from celery import Celery
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import celery_policy  # noqa: E402
+import celery_policy
 
 
 def task_names(count: int) -> list[str]:
@@ -144,12 +144,20 @@ def main() -> None:
         tracemalloc.stop()
         size_kb = policy.stat().st_size / 1024
     p, c = statistics.median(ours), statistics.median(theirs)
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores; {opts.tasks} tasks, {opts.globs} globs + {opts.exact} exact ({size_kb:.0f} KiB YAML), {opts.rounds} rounds interleaved")
-    print(f"install() + finalize: {p * 1000:.0f} ms median ({min(ours) * 1000:.0f}-{max(ours) * 1000:.0f}); peak traced memory {peak / 1e6:.1f} MB")
-    print(f"Celery task_annotations with fnmatch globs + finalize: {c * 1000:.0f} ms median ({min(theirs) * 1000:.0f}-{max(theirs) * 1000:.0f})")
+    print(
+        f"python {sys.version.split()[0]}, {os.cpu_count()} cores; {opts.tasks} tasks, {opts.globs} globs + {opts.exact} exact ({size_kb:.0f} KiB YAML), {opts.rounds} rounds interleaved"
+    )
+    print(
+        f"install() + finalize: {p * 1000:.0f} ms median ({min(ours) * 1000:.0f}-{max(ours) * 1000:.0f}); peak traced memory {peak / 1e6:.1f} MB"
+    )
+    print(
+        f"Celery task_annotations with fnmatch globs + finalize: {c * 1000:.0f} ms median ({min(theirs) * 1000:.0f}-{max(theirs) * 1000:.0f})"
+    )
     b = statistics.median(bare)
     print(f"Celery finalize with no annotations (the floor): {b * 1000:.0f} ms median")
-    print(f"ratio celery-policy / annotations = {p / c:.2f}; celery-policy adds {(p - b) * 1000:.0f} ms over the floor, annotations add {(c - b) * 1000:.0f} ms")
+    print(
+        f"ratio celery-policy / annotations = {p / c:.2f}; celery-policy adds {(p - b) * 1000:.0f} ms over the floor, annotations add {(c - b) * 1000:.0f} ms"
+    )
     from benchmarks._results import save
 
     save(

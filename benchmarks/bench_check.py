@@ -44,7 +44,9 @@ def main() -> None:
         code = None
         for _ in range(opts.rounds):
             start = time.perf_counter()
-            done = subprocess.run([cli, "check", str(policy), "--all-envs", "--format", "json"], capture_output=True, check=False)
+            done = subprocess.run(
+                [cli, "check", str(policy), "--all-envs", "--format", "json"], capture_output=True, check=False
+            )
             process.append(time.perf_counter() - start)
             code = done.returncode
             start = time.perf_counter()
@@ -64,9 +66,15 @@ def main() -> None:
         "in_process_s": statistics.median(inproc),
         "cli_startup_s": statistics.median(startup),
     }
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores; {size_kb:.0f} KiB policy, 1000 globs + 1000 exact, 5 environments")
-    print(f"check --all-envs, whole command: {result['process_s'] * 1000:.0f} ms median of {opts.rounds} (exit {code}, {findings} findings)")
-    print(f"  of which lint work in-process: {result['in_process_s'] * 1000:.0f} ms; `celery-policy --version` start-up: {result['cli_startup_s'] * 1000:.0f} ms")
+    print(
+        f"python {sys.version.split()[0]}, {os.cpu_count()} cores; {size_kb:.0f} KiB policy, 1000 globs + 1000 exact, 5 environments"
+    )
+    print(
+        f"check --all-envs, whole command: {result['process_s'] * 1000:.0f} ms median of {opts.rounds} (exit {code}, {findings} findings)"
+    )
+    print(
+        f"  of which lint work in-process: {result['in_process_s'] * 1000:.0f} ms; `celery-policy --version` start-up: {result['cli_startup_s'] * 1000:.0f} ms"
+    )
     save("check", result)
 
 

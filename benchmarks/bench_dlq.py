@@ -96,8 +96,12 @@ def main() -> None:
         "list_s": list_s,
     }
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores")
-    print(f"dlq replay of {opts.records} records: {result['replay_per_s']:.0f} records/s (dlq replay --batch 200: publish each, then XDEL per 200)")
-    print(f"plain Celery send_task loop, same payloads: {result['send_task_loop_per_s']:.0f} tasks/s; ratio {result['ratio']:.2f}")
+    print(
+        f"dlq replay of {opts.records} records: {result['replay_per_s']:.0f} records/s (dlq replay --batch 200: publish each, then XDEL per 200)"
+    )
+    print(
+        f"plain Celery send_task loop, same payloads: {result['send_task_loop_per_s']:.0f} tasks/s; ratio {result['ratio']:.2f}"
+    )
     print(f"dlq list --task 'orders.*' on a {opts.stream}-record stream: {list_s:.2f} s ({len(found)} matches)")
     save("dlq", result)
 

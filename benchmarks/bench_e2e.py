@@ -69,8 +69,7 @@ def start_worker(mode: str, pool: str, queue: str, url: str, policy: Path, log: 
         "-n", f"{mode}-{pool}@bench",
     ]  # fmt: skip
     handle = open(log, "ab")  # noqa: SIM115 - the worker writes to it until stopped
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
-    return proc
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def wait_ready(client: redis.Redis, app: Any, queue: str, timeout: float = 60) -> None:
@@ -152,7 +151,9 @@ def main() -> None:
                     os.killpg(proc.pid, signal.SIGKILL)
             server.terminate()
             server.wait()
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, {opts.tasks} tasks per run, {opts.rounds} rounds A B interleaved")
+    print(
+        f"python {sys.version.split()[0]}, {os.cpu_count()} cores, {opts.tasks} tasks per run, {opts.rounds} rounds A B interleaved"
+    )
     print(f"{'pool / path':<28}{'plain tasks/s':>16}{'policy tasks/s':>16}{'ratio':>8}")
     summary = {}
     for pool in opts.pools.split(","):

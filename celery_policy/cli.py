@@ -157,9 +157,15 @@ def init(app: str, output: str | None, force: bool) -> int:
 def _dlq_options(func: Any) -> Any:
     for option in reversed(
         [
-            click.option("--url", help="Redis URL of the store (default: the policy's dead_letter_store.url or the app's broker)"),
-            click.option("--file", "files", multiple=True, type=click.Path(dir_okay=False), help="policy file (repeatable)"),
-            click.option("--app", "app", help="Celery app module; its broker is the default store and the replay target"),
+            click.option(
+                "--url", help="Redis URL of the store (default: the policy's dead_letter_store.url or the app's broker)"
+            ),
+            click.option(
+                "--file", "files", multiple=True, type=click.Path(dir_okay=False), help="policy file (repeatable)"
+            ),
+            click.option(
+                "--app", "app", help="Celery app module; its broker is the default store and the replay target"
+            ),
             click.option("--stream", help="stream name (default: from the policy, else celery-policy:dead)"),
         ]
     ):
@@ -244,7 +250,9 @@ def dlq_purge(**opts: Any) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit code (the console script exits with it)."""
     try:
-        result = cli.main(args=list(argv) if argv is not None else None, prog_name="celery-policy", standalone_mode=False)
+        result = cli.main(
+            args=list(argv) if argv is not None else None, prog_name="celery-policy", standalone_mode=False
+        )
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.UsageError as exc:

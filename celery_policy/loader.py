@@ -60,7 +60,9 @@ def read_policy_file(path: str | os.PathLike[str]) -> RawPolicy:
         size = os.path.getsize(name)
         if size > MAX_FILE_BYTES:
             msg = f"policy file is too large ({size / 1e6:.1f} MB; the limit is {MAX_FILE_BYTES // (1024 * 1024)} MiB)"
-            raise PolicyError(diagnostics=[Diagnostic("CP100", msg, Location(name), "split it or remove generated entries")])
+            raise PolicyError(
+                diagnostics=[Diagnostic("CP100", msg, Location(name), "split it or remove generated entries")]
+            )
         raw = FsPath(name).read_bytes()
     except PolicyError:
         raise
@@ -74,7 +76,9 @@ def parse_policy_text(raw: bytes | str, name: str) -> RawPolicy:
     """Parse the text of one policy file; ``name`` is used in locations."""
     if isinstance(raw, bytes):
         if b"\x00" in raw[:8192]:
-            raise PolicyError(diagnostics=[Diagnostic("CP100", "not a text file (it contains NUL bytes)", Location(name))])
+            raise PolicyError(
+                diagnostics=[Diagnostic("CP100", "not a text file (it contains NUL bytes)", Location(name))]
+            )
         try:
             text = raw.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
@@ -190,7 +194,7 @@ def environment_chain(raw: RawPolicy, env: str) -> list[str]:
             )
             raise PolicyError(diagnostics=[diagnostic])
         overlay = environments.get(current)
-        if not isinstance(overlay, dict) and overlay is not None or current not in environments:
+        if (not isinstance(overlay, dict) and overlay is not None) or current not in environments:
             known = sorted(str(k) for k in environments)
             referrer = chain[-1] if chain else None
             location = raw.source.get(("environments", referrer, "extends")) if referrer else None
@@ -261,7 +265,7 @@ def _clean_loc(loc: Iterable[Any]) -> Path:
 
 
 def _is_union_tag(part: str) -> bool:
-    return "[" in part and part.endswith("]") or part in {"int", "float", "str", "bool", "none", "list", "dict"}
+    return ("[" in part and part.endswith("]")) or part in {"int", "float", "str", "bool", "none", "list", "dict"}
 
 
 def _diagnostic_for(error: Any, loc: Path, raw: RawPolicy) -> Diagnostic:
@@ -300,7 +304,11 @@ def _diagnostic_for(error: Any, loc: Path, raw: RawPolicy) -> Diagnostic:
 def _hint_for(kind: str, loc: Path, error: Any) -> str | None:
     if "duration" in str(error["msg"]):
         return "write a number of seconds or a duration such as 500ms, 30s, 5m, 1h30m, 1d"
-    if kind == "string_pattern_mismatch" and loc and loc[-2:-1] in (("on",), ("never",)) or "on" in loc or "never" in loc:
+    if (
+        (kind == "string_pattern_mismatch" and loc and loc[-2:-1] in (("on",), ("never",)))
+        or "on" in loc
+        or "never" in loc
+    ):
         return "name an exception class by its import path (builtins.TimeoutError) or a group from 'errors'"
     if kind == "string_pattern_mismatch" and "hooks" in loc:
         return "name a callable by its import path, e.g. proj.alerts.page_oncall"

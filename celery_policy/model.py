@@ -21,7 +21,9 @@ ExceptionRef = Annotated[
     str,
     StringConstraints(strip_whitespace=True, pattern=r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$"),
     Field(
-        description="a dotted import path of an exception class (builtins.TimeoutError) or the name of a group in `errors`"
+        description=(
+            "a dotted import path of an exception class (builtins.TimeoutError) or the name of a group in `errors`"
+        )
     ),
 ]
 DottedCallable = Annotated[
@@ -43,7 +45,9 @@ class Backoff(_Section):
 
     initial: Duration = Field(1.0, description="delay before the first retry, in seconds (default 1s)")
     factor: float = Field(2.0, ge=1.0, description="multiplier per retry already made (default 2)")
-    max: Duration = Field(600.0, description="cap on one delay, in seconds (default 10m, as Celery's retry_backoff_max)")
+    max: Duration = Field(
+        600.0, description="cap on one delay, in seconds (default 10m, as Celery's retry_backoff_max)"
+    )
     jitter: Jitter = Field(
         "full",
         description="full = uniform(0, d); equal = d/2 + uniform(0, d/2); none = d (default full)",
@@ -60,9 +64,13 @@ class RetryRule(_Section):
     delay_from: str | None = Field(
         None,
         pattern=r"^[A-Za-z_]\w*$",
-        description="take the delay in seconds from this attribute of the exception (e.g. retry_after), capped by backoff.max",
+        description=(
+            "take the delay in seconds from this attribute of the exception (e.g. retry_after), capped by backoff.max"
+        ),
     )
-    backoff: Backoff | None = Field(None, description="backoff fields for these exceptions; unset fields come from the task")
+    backoff: Backoff | None = Field(
+        None, description="backoff fields for these exceptions; unset fields come from the task"
+    )
 
 
 class RetryPolicy(_Section):
@@ -81,7 +89,9 @@ class RetryPolicy(_Section):
         None, description="total time budget since the first attempt, after which no retry is made (default none)"
     )
     backoff: Backoff = Field(default_factory=Backoff)
-    rules: list[RetryRule] = Field(default_factory=list, description="per-exception overrides, most specific class wins")
+    rules: list[RetryRule] = Field(
+        default_factory=list, description="per-exception overrides, most specific class wins"
+    )
 
 
 class TimeoutPolicy(_Section):
@@ -121,9 +131,12 @@ class DeadLetterPolicy(_Section):
 
 
 class LogPolicy(_Section):
-    args: Literal["show", "redact", "hide"] = Field("redact", description="how task arguments appear in logs and records")
+    args: Literal["show", "redact", "hide"] = Field(
+        "redact", description="how task arguments appear in logs and records"
+    )
     redact_keys: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_REDACT_KEYS), description="keyword names whose values are replaced by '***'"
+        default_factory=lambda: list(DEFAULT_REDACT_KEYS),
+        description="keyword names whose values are replaced by '***'",
     )
 
 

@@ -14,7 +14,6 @@ from celery_policy.errors import Diagnostic, Location
 from celery_policy.model import PolicyDocument, RetryPolicy, TaskPolicy
 
 
-
 def expand_refs(refs: Iterable[str], groups: Mapping[str, list[str]]) -> tuple[str, ...]:
     """Group names replaced by their members (recursively); dotted paths kept. Order kept, duplicates dropped."""
     out: dict[str, None] = {}
@@ -110,9 +109,7 @@ def iter_exception_refs(document: PolicyDocument) -> Iterator[tuple[Path, str]]:
                 yield (*prefix, "retry", "rules", rule_index, "on", index), ref
 
 
-def check_references(
-    document: PolicyDocument, locate: Any, *, import_classes: bool = True
-) -> list[Diagnostic]:
+def check_references(document: PolicyDocument, locate: Any, *, import_classes: bool = True) -> list[Diagnostic]:
     """CP106 unknown group, CP107 unimportable or non-exception class, CP116 bad hook.
 
     ``locate(path) -> Location | None`` maps key paths to file positions.
@@ -124,13 +121,19 @@ def check_references(
         if "." not in ref:
             if ref in groups or isinstance(getattr(builtins, ref, None), type):
                 if ref in groups and path[0] == "errors" and _group_cycle(ref, groups):
-                    found.append(Diagnostic("CP106", f"group '{ref}' includes itself", location, path=render_path(path)))
+                    found.append(
+                        Diagnostic("CP106", f"group '{ref}' includes itself", location, path=render_path(path))
+                    )
                 continue
             import difflib
 
             close = difflib.get_close_matches(ref, list(groups), n=1)
-            hint = f"did you mean '{close[0]}'?" if close else (
-                f"known groups: {', '.join(groups)}" if groups else "define it under 'errors:' or use a dotted path"
+            hint = (
+                f"did you mean '{close[0]}'?"
+                if close
+                else (
+                    f"known groups: {', '.join(groups)}" if groups else "define it under 'errors:' or use a dotted path"
+                )
             )
             found.append(Diagnostic("CP106", f"unknown error group '{ref}'", location, hint, path=render_path(path)))
             continue
@@ -157,11 +160,15 @@ def check_references(
                     obj = import_object(target)
                 except Exception as exc:  # anything the hook's module raises while importing
                     msg = f"cannot import hook '{target}': {_describe(exc)}"
-                    found.append(Diagnostic("CP116", msg, locate(path), "check the dotted path", path=render_path(path)))
+                    found.append(
+                        Diagnostic("CP116", msg, locate(path), "check the dotted path", path=render_path(path))
+                    )
                     continue
                 if not callable(obj):
                     msg = f"hook '{target}' is not callable"
-                    found.append(Diagnostic("CP116", msg, locate(path), "point it at a function", path=render_path(path)))
+                    found.append(
+                        Diagnostic("CP116", msg, locate(path), "point it at a function", path=render_path(path))
+                    )
     return found
 
 
@@ -169,5 +176,7 @@ def _group_cycle(name: str, groups: Mapping[str, list[str]], seen: tuple[str, ..
     if name in seen:
         return True
     return any(
-        _group_cycle(member, groups, (*seen, name)) for member in groups.get(name, []) if "." not in member and member in groups
+        _group_cycle(member, groups, (*seen, name))
+        for member in groups.get(name, [])
+        if "." not in member and member in groups
     )

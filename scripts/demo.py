@@ -41,7 +41,9 @@ def free_port() -> int:
 def start_redis(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
     binary = shutil.which("redis-server")
     if binary is None:
-        sys.exit("redis-server is missing: run ./scripts/bootstrap.sh (as root it installs it) or apt-get install redis-server")
+        sys.exit(
+            "redis-server is missing: run ./scripts/bootstrap.sh (as root it installs it) or apt-get install redis-server"
+        )
     port = free_port()
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp)],
@@ -133,7 +135,9 @@ def main() -> None:
         print("\n".join(decisions(log, ingest.id)))
 
         say("2. permanent error: a declined card is not retried; it is dead-lettered at once")
-        charge = tasks.charge.apply_async(kwargs={"order_id": "o-7", "amount_cents": 1999, "card_token": "tok_declined"})
+        charge = tasks.charge.apply_async(
+            kwargs={"order_id": "o-7", "amount_cents": 1999, "card_token": "tok_declined"}
+        )
         print(f"orders.charge[{charge.id}] -> {wait_state(charge)}")
         print("\n".join(decisions(log, charge.id)))
 
@@ -142,11 +146,15 @@ def main() -> None:
         print(f"reports.daily_sales[{report.id}] -> {wait_state(report, timeout=40)}")
         print("\n".join(decisions(log, report.id)))
 
-        say("4. the dead letters: card_token was redacted before it reached the store, so that charge cannot be replayed blindly")
+        say(
+            "4. the dead letters: card_token was redacted before it reached the store, so that charge cannot be replayed blindly"
+        )
         store = ["--file", str(POLICY.relative_to(ROOT)), "--url", url]
         cli("dlq", "list", *store, env=env)
 
-        say("5. the supplier feed is back: replay the ingest dead letters (each is deleted only after the broker took it)")
+        say(
+            "5. the supplier feed is back: replay the ingest dead letters (each is deleted only after the broker took it)"
+        )
         set_down("supplier-feed", False)
         out = cli("dlq", "replay", *store, "--task", "catalog.ingest", "--broker", url, env=env)
         for new_id in re.findall(r"as task ([0-9a-f-]{36})", out):

@@ -11,7 +11,6 @@ import time
 from typing import Any
 
 from shop.celery import app
-from shop.outages import is_down
 from shop.errors import (
     GatewayUnavailable,
     OrderNotFound,
@@ -21,6 +20,7 @@ from shop.errors import (
     WebhookRejected,
     WebhookServerError,
 )
+from shop.outages import is_down
 
 
 @app.task(name="orders.charge")

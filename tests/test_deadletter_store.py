@@ -266,6 +266,10 @@ def test_the_same_failure_is_recorded_once_even_when_written_twice(redis_server_
     )  # fmt: skip
     assert store.add(first)
     assert store.add(first.model_copy(update={"last_failure": 2.0})) == ""
-    assert store.add(first.model_copy(update={"attempts": 2, "reason": "exhausted"}))  # a later attempt is its own failure
-    assert store.add(first.model_copy(update={"task_id": None})) and store.add(first.model_copy(update={"task_id": None}))
-    assert store.count() == 4 - 1 + 1
+    assert store.add(
+        first.model_copy(update={"attempts": 2, "reason": "exhausted"})
+    )  # a later attempt is its own failure
+    anonymous = first.model_copy(update={"task_id": None})  # no id: nothing to deduplicate on
+    assert store.add(anonymous)
+    assert store.add(anonymous)
+    assert store.count() == 4  # first, the later attempt, and both anonymous records

@@ -6,11 +6,10 @@ Exception classes and hooks in the examples import from the repository root
 
 from __future__ import annotations
 
-import os
-
 import ast
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys

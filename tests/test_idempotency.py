@@ -60,14 +60,16 @@ def test_different_keys_both_run(idemapp: Any, clean_redis: Any, celery_worker_p
 
 
 def test_store_down_retries_instead_of_running_unguarded(
-    redis_server_factory: Any, clean_redis: Any, celery_worker_process: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    redis_server_factory: Any,
+    clean_redis: Any,
+    celery_worker_process: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The keys live in a separate Redis; while it is down the task is retried per its policy, never run."""
     store = redis_server_factory()
     policy = tmp_path / "policy.yaml"
-    policy.write_text(
-        POLICY.read_text() + f"dead_letter_store: {{url: '{store.url}'}}\n"
-    )
+    policy.write_text(POLICY.read_text() + f"dead_letter_store: {{url: '{store.url}'}}\n")
     env = {"CELERY_BROKER_URL": clean_redis.url, "CELERY_POLICY_FILE": str(policy)}
     for key, value in env.items():
         monkeypatch.setenv(key, value)

@@ -89,8 +89,16 @@ def _line(record: DeadLetter) -> str:
 
 
 def run_list(
-    url: str | None, files: tuple[str, ...], app: str | None, stream: str | None,
-    task: str | None, reason: str | None, since: str | None, ids: tuple[str, ...], limit: int, fmt: str,
+    url: str | None,
+    files: tuple[str, ...],
+    app: str | None,
+    stream: str | None,
+    task: str | None,
+    reason: str | None,
+    since: str | None,
+    ids: tuple[str, ...],
+    limit: int,
+    fmt: str,
 ) -> int:
     store = _open_store(url, files, app, stream)
     try:
@@ -122,17 +130,24 @@ def run_show(entry_id: str, url: str | None, files: tuple[str, ...], app: str | 
     for key, value in record.model_dump().items():
         if key == "traceback":
             continue
-        if key in {"first_failure", "last_failure"}:
-            value = _when(value) + " UTC"
-        click.echo(f"{key:>14}: {value}")
+        shown = _when(value) + " UTC" if key in {"first_failure", "last_failure"} else value
+        click.echo(f"{key:>14}: {shown}")
     click.echo("     traceback:")
     click.echo(record.traceback.rstrip())
     return OK
 
 
 def run_replay(
-    url: str | None, files: tuple[str, ...], app: str | None, stream: str | None,
-    task: str | None, reason: str | None, since: str | None, ids: tuple[str, ...], dry_run: bool, broker: str | None,
+    url: str | None,
+    files: tuple[str, ...],
+    app: str | None,
+    stream: str | None,
+    task: str | None,
+    reason: str | None,
+    since: str | None,
+    ids: tuple[str, ...],
+    dry_run: bool,
+    broker: str | None,
     batch: int = 1,
 ) -> int:
     store = _open_store(url, files, app, stream)
@@ -166,8 +181,15 @@ def run_replay(
 
 
 def run_purge(
-    url: str | None, files: tuple[str, ...], app: str | None, stream: str | None,
-    task: str | None, reason: str | None, since: str | None, ids: tuple[str, ...], yes: bool,
+    url: str | None,
+    files: tuple[str, ...],
+    app: str | None,
+    stream: str | None,
+    task: str | None,
+    reason: str | None,
+    since: str | None,
+    ids: tuple[str, ...],
+    yes: bool,
 ) -> int:
     store = _open_store(url, files, app, stream)
     flt = _filter(task, reason, since, ids)

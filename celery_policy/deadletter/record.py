@@ -12,7 +12,7 @@ Reason = Literal[
 ]  # fmt: skip
 
 
-class DeadLetter(BaseModel):
+class DeadLetter(BaseModel):  # type: ignore[no-redef]  # pydantic's mypy plugin clashes with the field "kwargs"
     """One dead-lettered task. ``args``/``kwargs`` are rendered per the task's ``log`` policy;
     when redaction changed them the record is not ``replayable`` (the secrets were never stored)."""
 

@@ -22,7 +22,7 @@ class ReplayReport:
 Publisher = Callable[[DeadLetter, str], None]
 
 
-class celery_publisher:  # noqa: N801 - used like a function: publish = celery_publisher(app)
+class celery_publisher:
     """Publish through a Celery app (``send_task``), which returns only after the broker took the message.
 
     One producer (one connection) is held for the whole replay instead of one

@@ -13,8 +13,11 @@ from typing import Any
 from celery_policy._yaml import Path, render_path
 from celery_policy.durations import format_duration
 from celery_policy.errors import Diagnostic, PolicyError, trim
-from celery_policy.lint import rules_app, rules_reliability  # noqa: F401  (importing registers the CP2xx/CP3xx rules)
-from celery_policy.lint import rules_amqp  # noqa: F401  (registers the RabbitMQ CP3xx rules)
+from celery_policy.lint import (  # noqa: F401  (importing registers the CP2xx/CP3xx rules)
+    rules_amqp,
+    rules_app,
+    rules_reliability,
+)
 from celery_policy.lint.context import LintContext
 from celery_policy.lint.globs import candidate_pairs, common_match
 from celery_policy.lint.registry import rule

@@ -137,7 +137,15 @@ _OPTION_FIELDS: dict[str, Path] = {
     "max_retries": ("retry", "max_retries"),
     "rate_limit": ("rate_limit",),
 }
-_RETRY_OPTIONS = {"autoretry_for", "dont_autoretry_for", "retry_kwargs", "retry_backoff", "retry_backoff_max", "retry_jitter", "default_retry_delay"}
+_RETRY_OPTIONS = {
+    "autoretry_for",
+    "dont_autoretry_for",
+    "retry_kwargs",
+    "retry_backoff",
+    "retry_backoff_max",
+    "retry_jitter",
+    "default_retry_delay",
+}
 
 
 @rule("CP304", "decorator-overridden", severity="warning", needs_app=True)

@@ -408,7 +408,9 @@ def dead_letter_store(ctx: LintContext) -> Iterator[Diagnostic]:
             continue
         _layer, path = view.blame(("dead_letter", "enabled"))
         scheme = ctx.app.broker_scheme
-        message = f"dead letters are enabled but no store can be derived: no dead_letter_store.url and the broker is {scheme}"
+        message = (
+            f"dead letters are enabled but no store can be derived: no dead_letter_store.url and the broker is {scheme}"
+        )
         hint = "set dead_letter_store.url to a Redis URL (the broker only serves as the store when it is Redis)"
         yield ctx.diagnostic("CP208", message, path, hint)
 

@@ -63,9 +63,7 @@ class ArgRenderer:
         for index, value in enumerate(args):
             name = names[index] if index < len(names) else ""
             shown_args.append(REDACTED if name.lower() in self.keys else self._scrub(value))
-        shown_kwargs = {
-            k: (REDACTED if k.lower() in self.keys else self._scrub(v)) for k, v in kwargs.items()
-        }
+        shown_kwargs = {k: (REDACTED if k.lower() in self.keys else self._scrub(v)) for k, v in kwargs.items()}
         return {"args": shown_args, "kwargs": shown_kwargs}
 
     def secrets(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[str, ...]:
@@ -98,7 +96,8 @@ class ArgRenderer:
             return "…"
         if isinstance(value, Mapping):
             return {
-                str(k): (REDACTED if str(k).lower() in self.keys else self._scrub(v, depth + 1)) for k, v in value.items()
+                str(k): (REDACTED if str(k).lower() in self.keys else self._scrub(v, depth + 1))
+                for k, v in value.items()
             }
         if isinstance(value, (list, tuple)):
             return [self._scrub(v, depth + 1) for v in value]
@@ -148,7 +147,9 @@ def log_decision(
     record_decision(decision, exc)
 
 
-def call_hook(hook: Callable[..., Any] | None, name: str, request: Any, exc: BaseException | None, decision: Decision) -> None:
+def call_hook(
+    hook: Callable[..., Any] | None, name: str, request: Any, exc: BaseException | None, decision: Decision
+) -> None:
     """Run a user hook; its exceptions are logged and never change the task's outcome."""
     if hook is None:
         return

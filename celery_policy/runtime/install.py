@@ -92,9 +92,10 @@ class AppRuntime:
             settings = self.policy.document.dead_letter_store
             url = store_url_for(settings.url, _broker_url(self.app))
             if url is None:
+                where = self.policy.location(("dead_letter_store",)) or self.policy.files[0]
                 msg = (
-                    "dead letters, max_redeliveries or idempotency are enabled but no store is configured and the broker is not "
-                    f"Redis; set dead_letter_store.url ({self.policy.location(('dead_letter_store',)) or self.policy.files[0]})"
+                    "dead letters, max_redeliveries or idempotency are enabled but no store is configured "
+                    f"and the broker is not Redis; set dead_letter_store.url ({where})"
                 )
                 raise PolicyError(msg)
             store = RedisStreamStore(url, settings.stream, settings.max_length)

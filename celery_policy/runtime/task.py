@@ -28,8 +28,8 @@ from celery_policy.errors import PolicyError
 from celery_policy.references import import_object
 from celery_policy.resolve import ResolvedPolicy
 from celery_policy.runtime.classify import Action, Classifier, Outcome
-from celery_policy.runtime.idempotency import Entry, IdempotencyGuard, IdempotencyKeyError
 from celery_policy.runtime.events import ArgRenderer, Decision, call_hook, log_decision, logger, scrub
+from celery_policy.runtime.idempotency import Entry, IdempotencyGuard, IdempotencyKeyError
 
 # Delay before a message whose dead letter could not be written runs again: the first, doubling up to the
 # last while the store stays down. Without it a requeued message comes straight back and re-runs in a hot loop.
@@ -64,7 +64,10 @@ class TaskRuntime:
             try:
                 compiled = (
                     Classifier(policy.retry, dict(resolved.groups)),
-                    {name: (import_object(target) if target else None) for name, target in policy.hooks.model_dump().items()},
+                    {
+                        name: (import_object(target) if target else None)
+                        for name, target in policy.hooks.model_dump().items()
+                    },
                     {},
                 )
             except (ImportError, AttributeError, TypeError) as exc:
@@ -105,7 +108,13 @@ class TaskRuntime:
             lock_ttl = (timeout.hard or timeout.soft or 3600.0) + 30.0
             self.idempotency = IdempotencyGuard(idem, self.name, client, lock_ttl)
         self._store_outcome = Outcome(
-            Action.RETRY, "store", self.policy.retry.max_retries, self.policy.retry.backoff, None, "exhausted", "idempotency"
+            Action.RETRY,
+            "store",
+            self.policy.retry.max_retries,
+            self.policy.retry.backoff,
+            None,
+            "exhausted",
+            "idempotency",
         )
 
     # -- class attributes Celery reads ---------------------------------------------------------
@@ -313,10 +322,14 @@ class TaskRuntime:
         assert self.max_redeliveries is not None
         if count <= self.max_redeliveries:
             return
-        exc = RuntimeError(f"message redelivered {count} times after lost workers (max_redeliveries={self.max_redeliveries})")
+        exc = RuntimeError(
+            f"message redelivered {count} times after lost workers (max_redeliveries={self.max_redeliveries})"
+        )
         attempt = int(request.retries or 0) + 1
         decision = self._decision("dead_letter", task, request, attempt, None, None, exc, "redelivery_limit")
-        decision = Decision(**{**decision.as_dict(), "policy_source": str(self.resolved.source_of("ack.max_redeliveries"))})
+        decision = Decision(
+            **{**decision.as_dict(), "policy_source": str(self.resolved.source_of("ack.max_redeliveries"))}
+        )
         rendered = self.args.render(args, kwargs)
         self.write_dead_letter(request, exc, args, kwargs, rendered, attempt, "redelivery_limit", decision)
         log_decision(decision, rendered, exc, self.args.secrets(args, kwargs))

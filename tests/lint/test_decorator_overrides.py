@@ -27,7 +27,8 @@ def test_decorator_options_are_reported_when_the_app_installed_the_policy(
     result = run_cli("check", str(policy), "--app", "lintapp_decorated", "--format", "json")
     findings = [f for f in json.loads(result.out)["findings"] if f["code"] == "CP304"]
     assert [f["message"] for f in findings] == [
-        "task 'orders.charge' sets time_limit=60 in its decorator; the policy's tasks.\"orders.charge\".timeout.hard wins"
+        "task 'orders.charge' sets time_limit=60 in its decorator; "
+        'the policy\'s tasks."orders.charge".timeout.hard wins'
     ]
     assert findings[0]["line"] == 4
     assert result.code == 0  # a warning

@@ -9,7 +9,9 @@ from celery import Celery
 if os.environ.get("LINTAPP_INSTALL_POLICY"):
     import celery_policy
 
-    app = Celery("lintapp_decorated", broker="redis://127.0.0.1:1/0", set_as_current=False, task_cls=celery_policy.PolicyTask)
+    app = Celery(
+        "lintapp_decorated", broker="redis://127.0.0.1:1/0", set_as_current=False, task_cls=celery_policy.PolicyTask
+    )
     app.conf.task_annotations = {"*": {"rate_limit": "5/s"}}  # configuration, not a decorator option (no CP304)
     celery_policy.install(app, os.environ["LINTAPP_INSTALL_POLICY"])
 else:
