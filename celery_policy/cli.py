@@ -229,11 +229,27 @@ def dlq_show(entry_id: str, **opts: Any) -> int:
     help="delete records in batches of N after publishing them: faster, but if the store fails mid-batch "
     "up to N records stay and may run twice on the next replay",
 )
+@click.option("--yes", is_flag=True, help="replay without asking (needed without a terminal)")
+@click.option("--queue", help="publish the replayed tasks to this queue instead of the one they failed on")
+@click.option(
+    "--allow-redacted", is_flag=True, help="also replay records whose arguments were redacted (they get '***')"
+)
 def dlq_replay(**opts: Any) -> int:
     """Re-publish matching dead letters with new task ids; each is deleted only after the broker took it."""
     from celery_policy.deadletter.commands import run_replay
 
     return run_replay(**opts)
+
+
+@dlq.command("stats")
+@_dlq_options
+@_filter_options
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def dlq_stats(**opts: Any) -> int:
+    """Count dead letters by task and reason."""
+    from celery_policy.deadletter.commands import run_stats
+
+    return run_stats(**opts)
 
 
 @dlq.command("purge")

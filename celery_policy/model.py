@@ -128,6 +128,9 @@ class AckPolicy(_Section):
 
 class DeadLetterPolicy(_Section):
     enabled: bool = Field(False, description="write a dead-letter record when the task can never succeed")
+    on_time_limit: bool = Field(
+        True, description="with enabled: also dead-letter a task killed by its hard time limit (default true)"
+    )
 
 
 class LogPolicy(_Section):

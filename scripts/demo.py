@@ -156,7 +156,7 @@ def main() -> None:
             "5. the supplier feed is back: replay the ingest dead letters (each is deleted only after the broker took it)"
         )
         set_down("supplier-feed", False)
-        out = cli("dlq", "replay", *store, "--task", "catalog.ingest", "--broker", url, env=env)
+        out = cli("dlq", "replay", *store, "--task", "catalog.ingest", "--broker", url, "--yes", env=env)
         for new_id in re.findall(r"as task ([0-9a-f-]{36})", out):
             replayed = tasks.app.AsyncResult(new_id)
             print(f"catalog.ingest[{new_id}] -> {wait_state(replayed)}: {replayed.result}")

@@ -172,7 +172,7 @@ def test_replay_round_trip_on_rabbitmq_runs_the_task_again_and_empties_the_dead_
     (record,) = wait_for("the dead letter", listed, timeout=30)
     assert (record["reason"], record["args"]) == ("permanent", [key, 21])
     entry_id = str(record["id"])
-    code, out = dlq("replay", "--id", entry_id)
+    code, out = dlq("replay", "--yes", "--id", entry_id)
     assert code == 0, out
     assert out.splitlines()[-1] == "1 replayed, 0 skipped, 0 failed"
     new_id = out.split(" as task ")[1].split()[0]

@@ -107,7 +107,7 @@ def test_dlq_commands_list_show_replay_and_purge_on_the_broker(
     assert code == 0
     assert "mail.send" in out
     assert "exhausted" in out
-    code, out = dlq("replay", "--file", str(policy))
+    code, out = dlq("replay", "--yes", "--file", str(policy))
     assert code == 0
     assert out.splitlines()[-1] == "2 replayed, 1 skipped, 0 failed"
     assert f"skipped {secret_id}: arguments were redacted" in out
@@ -150,6 +150,7 @@ def test_sigkill_of_the_dlq_replay_command_at_any_moment_loses_no_record(
         "celery_policy.cli",
         "dlq",
         "replay",
+        "--yes",
         "--url",
         fresh_vhost.url,
         "--file",

@@ -272,13 +272,14 @@ def test_replay_dry_run_says_what_it_would_do_and_changes_nothing(
 ) -> None:
     good, secret = replayable(store), redacted(store)
 
-    code, out, err = dlq("replay", "--dry-run")
+    code, out, err = dlq("replay", "--yes", "--dry-run")
 
     assert (code, err) == (0, "")
     lines = out.splitlines()
     assert re.fullmatch(rf"would replay {good.id} as task [0-9a-f-]{{36}}", lines[0]), lines[0]
     assert lines[1:] == [
-        f"skipped {secret.id}: arguments were redacted when stored; replay it by hand",
+        f"skipped {secret.id}: arguments were redacted when stored; "
+        "replay it by hand, or pass --allow-redacted to send '***'",
         "1 would replay, 1 skipped, 0 failed",
     ]
     assert [r.id for r in store.iter(Filter())] == [good.id, secret.id]
@@ -291,7 +292,7 @@ def test_replay_publishes_each_record_as_a_new_task_and_deletes_it(
     first, second = replayable(store), replayable(store)
     other = seed(store, "orders.charge")
 
-    code, out, err = dlq("replay", "--task", "dl.*")
+    code, out, err = dlq("replay", "--yes", "--task", "dl.*")
 
     assert (code, err) == (0, "")
     new_ids = re.findall(r"^replayed \S+ as task (\S+)$", out, re.MULTILINE)
@@ -309,11 +310,12 @@ def test_replay_skips_redacted_records_with_a_message_and_keeps_them(
 ) -> None:
     secret = redacted(store)
 
-    code, out, err = dlq("replay")
+    code, out, err = dlq("replay", "--yes")
 
     assert (code, err) == (0, "")
     assert out == (
-        f"skipped {secret.id}: arguments were redacted when stored; replay it by hand\n"
+        f"skipped {secret.id}: arguments were redacted when stored; "
+        "replay it by hand, or pass --allow-redacted to send '***'\n"
         "0 replayed, 1 skipped, 0 failed\n"
     )
     assert [r.id for r in store.iter(Filter())] == [secret.id]
@@ -328,7 +330,7 @@ def test_replay_with_the_broker_down_keeps_every_record_and_exits_3(
     records = [replayable(store) for _ in range(3)]
 
     started = time.monotonic()
-    code, out, err = dlq("replay", "--broker", broker.url)
+    code, out, err = dlq("replay", "--yes", "--broker", broker.url)
 
     assert code == 3
     assert out.splitlines()[-1] == "0 replayed, 0 skipped, 3 failed"
@@ -346,7 +348,7 @@ def test_replay_with_the_store_down_exits_3_and_loses_nothing(
     records = [replayable(store) for _ in range(2)]
     store_server.stop()
 
-    code, out, err = dlq("replay", "--broker", server.url, url=store_server.url)
+    code, out, err = dlq("replay", "--yes", "--broker", server.url, url=store_server.url)
 
     assert (code, out) == (3, "")
     assert f"error: dead-letter store {store_server.url} stream '{STREAM}' unavailable" in err
@@ -400,7 +402,7 @@ def test_replay_round_trip_a_dead_letter_runs_again_succeeds_and_its_record_is_g
     record = wait_record(store, original)
     assert (record.reason, record.queue, record.replayable) == ("permanent", LIVE, True)
 
-    code, out, err = dlq("replay", "--id", str(record.id))
+    code, out, err = dlq("replay", "--yes", "--id", str(record.id))
 
     assert (code, err) == (0, "")
     (new_id,) = re.findall(rf"^replayed {record.id} as task (\S+)$", out, re.MULTILINE)
@@ -448,9 +450,74 @@ def test_replay_in_batches_publishes_and_deletes_every_record(
 ) -> None:
     records = [replayable(store) for _ in range(5)]
 
-    code, out, err = dlq("replay", "--batch", "2")
+    code, out, err = dlq("replay", "--yes", "--batch", "2")
 
     assert (code, err) == (0, "")
     assert out.splitlines()[-1] == "5 replayed, 0 skipped, 0 failed"
     assert store.count() == 0
     assert sorted(body(m)[0][0] for m in queued(client)) == sorted(r.args[0] for r in records)
+
+
+def test_replay_without_yes_and_without_a_terminal_refuses_and_changes_nothing(
+    dlq: Run, store: RedisStreamStore, client: redis.Redis
+) -> None:
+    record = replayable(store)
+
+    code, out, err = dlq("replay")
+
+    assert (code, out) == (2, "")
+    assert "pass --yes to confirm" in err
+    assert [r.id for r in store.iter(Filter())] == [record.id]
+    assert queued(client) == []
+
+
+def test_replay_to_another_queue_links_back_to_the_dead_record(
+    dlq: Run, store: RedisStreamStore, client: redis.Redis
+) -> None:
+    record = replayable(store)
+    client.delete("dl-cli-elsewhere")
+
+    code, _out, err = dlq("replay", "--yes", "--queue", "dl-cli-elsewhere")
+
+    assert (code, err) == (0, "")
+    assert queued(client) == []
+    (message,) = queued(client, "dl-cli-elsewhere")
+    assert message["headers"]["celery_policy_replay_of"] == f"{record.id} {record.task_id}"
+    assert message["headers"]["id"] != record.task_id  # a new task id
+
+
+def test_redacted_records_replay_only_when_allowed(dlq: Run, store: RedisStreamStore, client: redis.Redis) -> None:
+    secret = redacted(store)
+
+    code, out, _ = dlq("replay", "--yes")
+    assert (code, out.splitlines()[-1]) == (0, "0 replayed, 1 skipped, 0 failed")
+    assert "--allow-redacted" in out
+
+    code, out, _ = dlq("replay", "--yes", "--allow-redacted")
+    assert (code, out.splitlines()[-1]) == (0, "1 replayed, 0 skipped, 0 failed")
+    (message,) = queued(client)
+    assert body(message)[1] == {"password": "***"}
+    assert store.count() == 0
+    assert secret.id
+
+
+def test_stats_counts_by_task_and_reason(dlq: Run, store: RedisStreamStore) -> None:
+    for _ in range(2):
+        seed(store, "orders.charge", "permanent")
+    seed(store, "orders.charge", "exhausted")
+    seed(store, "emails.send", "permanent")
+
+    code, out, err = dlq("stats")
+
+    assert (code, err) == (0, "")
+    assert out.splitlines()[:4] == [
+        "task           reason              count",
+        "orders.charge  permanent               2",
+        "emails.send    permanent               1",
+        "orders.charge  exhausted               1",
+    ]
+    code, out, _ = dlq("stats", "--format", "json", "--task", "orders.*")
+    assert json.loads(out)["counts"] == [
+        {"task": "orders.charge", "reason": "permanent", "count": 2},
+        {"task": "orders.charge", "reason": "exhausted", "count": 1},
+    ]

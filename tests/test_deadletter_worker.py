@@ -218,6 +218,18 @@ def test_a_hard_time_limit_writes_a_time_limit_record(
     assert len(records_for(store, task_id)) == 1
 
 
+def test_a_hard_time_limit_writes_no_record_when_on_time_limit_is_off(
+    prefork: WorkerProcess, app: Celery, client: redis.Redis, store: RedisStreamStore
+) -> None:
+    key = new_key("slow-no-record")
+    task_id = app.send_task("dl.slow_no_record", args=(key, 30), queue=PREFORK).id
+
+    assert wait_final(client, task_id)["status"] == "FAILURE"
+    prefork.wait_for_log(rf'"decision": "fail".*"task_id": "{task_id}".*"reason": "time_limit"', timeout=10)
+    time.sleep(0.5)
+    assert records_for(store, task_id) == []
+
+
 def test_a_hard_time_limit_on_a_retry_counts_the_attempts_and_keeps_the_first_failure_time(
     prefork: WorkerProcess, app: Celery, client: redis.Redis, store: RedisStreamStore
 ) -> None:

@@ -229,14 +229,14 @@ class AmqpDeadLetterStore:
                 continue
         return False
 
-    def replay(self, flt: Filter, publish: Publisher, *, dry_run: bool = False) -> Any:
+    def replay(self, flt: Filter, publish: Publisher, *, dry_run: bool = False, allow_redacted: bool = False) -> Any:
         """Replay matching records: take one unacked, publish it (confirmed) with a new task id, then ack it.
 
         Returns a :class:`~celery_policy.deadletter.replay.ReplayReport`. A publish
         that fails leaves its record in place (it goes back to the queue when the
         channel closes); records whose arguments were redacted are skipped.
         """
-        from celery_policy.deadletter.replay import ReplayReport
+        from celery_policy.deadletter.replay import REDACTED_SKIP, ReplayReport
 
         report = ReplayReport()
         for queue in self.queues:
@@ -251,8 +251,8 @@ class AmqpDeadLetterStore:
                         if record is None or not flt.matches(record):
                             continue
                         entry = record.id or "?"
-                        if not record.replayable:
-                            report.skipped.append((entry, "arguments were redacted when stored; replay it by hand"))
+                        if not record.replayable and not allow_redacted:
+                            report.skipped.append((entry, REDACTED_SKIP))
                             continue
                         new_id = str(uuid.uuid4())
                         if dry_run:
@@ -399,7 +399,7 @@ def _is_not_found(exc: BaseException) -> bool:
     return getattr(exc, "reply_code", None) == 404
 
 
-def confirmed_publisher(app: Any) -> Publisher:
+def confirmed_publisher(app: Any, queue: str | None = None) -> Publisher:
     """Publish a record's task through ``app`` with publisher confirms (``send_task`` returns once the broker
     confirmed). The queue is not declared again: it exists (its dead letters came from it), and a declaration
     without the policy's arguments would fail with PRECONDITION_FAILED."""
@@ -407,10 +407,12 @@ def confirmed_publisher(app: Any) -> Publisher:
     options["confirm_publish"] = True
     app.conf.broker_transport_options = options
 
+    from celery_policy.deadletter.replay import replay_headers
+
     def publish(record: DeadLetter, task_id: str) -> None:
-        extra: dict[str, Any] = {"task_id": task_id, "declare": []}
-        if record.queue:
-            extra["queue"] = record.queue
+        extra: dict[str, Any] = {"task_id": task_id, "declare": [], "headers": replay_headers(record)}
+        if queue or record.queue:
+            extra["queue"] = queue or record.queue
         app.send_task(record.task, args=record.args, kwargs=record.kwargs, **extra)
 
     return publish

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import sys
@@ -149,9 +150,26 @@ def run_replay(
     dry_run: bool,
     broker: str | None,
     batch: int = 1,
+    yes: bool = False,
+    queue: str | None = None,
+    allow_redacted: bool = False,
 ) -> int:
     store = _open_store(url, files, app, stream)
     flt = _filter(task, reason, since, ids)
+    if not (yes or dry_run):
+        # Replaying runs the work again (a charge, an e-mail): like purge, it needs a yes.
+        if not sys.stdin.isatty():
+            click.echo(
+                "error: replay runs the tasks again; pass --yes to confirm (or --dry-run to look first)", err=True
+            )
+            return USAGE
+        try:
+            matching = sum(1 for _ in store.iter(flt))
+        except StoreUnavailableError as exc:
+            click.echo(f"error: {exc}", err=True)
+            return CONNECT
+        if not click.confirm(f"replay {matching} dead letters from {store.describe()}?"):
+            return USAGE
     if app:
         celery_app = _load_app(app)
     else:
@@ -160,10 +178,15 @@ def run_replay(
         celery_app = Celery("celery-policy-replay", broker=broker or store.url)
     try:
         if isinstance(store, AmqpDeadLetterStore):  # RabbitMQ: consume unacked, publish with confirm, then ack
-            report = store.replay(flt, confirmed_publisher(celery_app), dry_run=dry_run)
+            publisher = confirmed_publisher(celery_app, queue)
+            report = store.replay(flt, publisher, dry_run=dry_run, allow_redacted=allow_redacted)
         else:
             records = list(store.iter(flt))
-            report = replay(store, records, celery_publisher(celery_app), dry_run=dry_run, batch=max(1, batch))
+            publish = celery_publisher(celery_app, queue)
+            with _progress(records) as shown:
+                report = replay(
+                    store, shown, publish, dry_run=dry_run, batch=max(1, batch), allow_redacted=allow_redacted
+                )
     except StoreUnavailableError as exc:
         click.echo(f"error: {exc}", err=True)
         return CONNECT
@@ -178,6 +201,48 @@ def run_replay(
         click.echo(f"stopped: {report.stopped}", err=True)
     click.echo(f"{len(report.replayed)} {verb}, {len(report.skipped)} skipped, {len(report.failed)} failed")
     return CONNECT if report.failed else OK
+
+
+def _progress(records: list[DeadLetter]) -> Any:
+    """A progress bar on stderr for longer replays at a terminal; a plain pass-through otherwise."""
+    if len(records) > 20 and sys.stderr.isatty():
+        return click.progressbar(records, label="replaying", file=sys.stderr)
+    return contextlib.nullcontext(records)
+
+
+def run_stats(
+    url: str | None,
+    files: tuple[str, ...],
+    app: str | None,
+    stream: str | None,
+    task: str | None,
+    reason: str | None,
+    since: str | None,
+    ids: tuple[str, ...],
+    fmt: str,
+) -> int:
+    """Counts of dead letters by task and reason."""
+    store = _open_store(url, files, app, stream)
+    counts: dict[tuple[str, str], int] = {}
+    try:
+        for record in store.iter(_filter(task, reason, since, ids)):
+            key = (record.task, record.reason)
+            counts[key] = counts.get(key, 0) + 1
+    except StoreUnavailableError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return CONNECT
+    rows = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    total = sum(counts.values())
+    if fmt == "json":
+        data = {"version": 1, "total": total, "counts": [{"task": t, "reason": r, "count": n} for (t, r), n in rows]}
+        click.echo(json.dumps(data, indent=2))
+        return OK
+    width = max([len("task"), *(len(t) for (t, _), _ in rows)])
+    click.echo(f"{'task':<{width}}  {'reason':<18}  count")
+    for (name, why), count in rows:
+        click.echo(f"{name:<{width}}  {why:<18}  {count:>5}")
+    click.echo(f"{total} dead letters in {store.describe()}")
+    return OK
 
 
 def run_purge(

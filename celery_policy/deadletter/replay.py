@@ -20,6 +20,14 @@ class ReplayReport:
 
 
 Publisher = Callable[[DeadLetter, str], None]
+REPLAY_OF_HEADER = (
+    "celery_policy_replay_of"  # the dead record a replayed task came from: "<store entry id> <old task id>"
+)
+
+
+def replay_headers(record: DeadLetter) -> dict[str, str]:
+    """Headers of a replayed task: a link back to the dead record it was made from."""
+    return {REPLAY_OF_HEADER: f"{record.id or '?'} {record.task_id or '?'}"}
 
 
 class celery_publisher:
@@ -29,14 +37,15 @@ class celery_publisher:
     pool round trip per record; :meth:`close` gives it back.
     """
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, queue: str | None = None) -> None:
         self.app = app
+        self.queue = queue  # publish to this queue instead of the one the task failed on
         self._producer: Any = None
 
     def __call__(self, record: DeadLetter, task_id: str) -> None:
-        options: dict[str, Any] = {"task_id": task_id}
-        if record.queue:
-            options["queue"] = record.queue
+        options: dict[str, Any] = {"task_id": task_id, "headers": replay_headers(record)}
+        if self.queue or record.queue:
+            options["queue"] = self.queue or record.queue
         if self._producer is None:
             self._producer = self.app.producer_pool.acquire(block=True)
         try:
@@ -51,6 +60,9 @@ class celery_publisher:
             producer.release()
 
 
+REDACTED_SKIP = "arguments were redacted when stored; replay it by hand, or pass --allow-redacted to send '***'"
+
+
 def replay(
     store: DeadLetterStore,
     records: Iterable[DeadLetter],
@@ -58,6 +70,7 @@ def replay(
     *,
     dry_run: bool = False,
     batch: int = 1,
+    allow_redacted: bool = False,
 ) -> ReplayReport:
     """Re-publish each record with a new task id, then delete it.
 
@@ -75,8 +88,8 @@ def replay(
     try:
         for record in records:
             entry = record.id or "?"
-            if not record.replayable:
-                report.skipped.append((entry, "arguments were redacted when stored; replay it by hand"))
+            if not record.replayable and not allow_redacted:
+                report.skipped.append((entry, REDACTED_SKIP))
                 continue
             new_id = str(uuid.uuid4())
             if dry_run:

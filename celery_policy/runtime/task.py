@@ -583,11 +583,12 @@ class PolicyTask(Task):  # type: ignore[misc]  # celery is untyped
             # Runs in the parent with an empty request (celery/worker/request.py on_timeout).
             request = _ParentRequest(task_id)
             attempt = request.retries + 1
+            dead_letter = runtime.dead_letter and runtime.policy.dead_letter.on_time_limit
             decision = runtime._decision(
-                "dead_letter" if runtime.dead_letter else "fail", self, request, attempt, None, None, exc, "time_limit"
+                "dead_letter" if dead_letter else "fail", self, request, attempt, None, None, exc, "time_limit"
             )
             rendered = runtime.args.render(args or (), kwargs or {})
-            if runtime.dead_letter:
+            if dead_letter:
                 # Celery acked the message before calling this: if the store is down, it is published again
                 with contextlib.suppress(Ignore):
                     runtime.write_dead_letter(
@@ -603,7 +604,7 @@ class PolicyTask(Task):  # type: ignore[misc]  # celery is untyped
                     )
             log_decision(decision, rendered, exc, runtime.args.secrets(args or (), kwargs or {}))
             call_hook(runtime.hooks["on_failure"], "on_failure", request, exc, decision)
-            if runtime.dead_letter:
+            if dead_letter:
                 call_hook(runtime.hooks["on_dead_letter"], "on_dead_letter", request, exc, decision)
         super().on_failure(exc, task_id, args, kwargs, einfo)
 

@@ -87,6 +87,7 @@ def _slow(self: Task, key: str, seconds: float, fail_runs: int = 0) -> str:
 
 slow = app.task(name="dl.slow", bind=True)(_slow)  # early ack
 slow_late = app.task(name="dl.slow_late", bind=True)(_slow)  # ack.late
+slow_no_record = app.task(name="dl.slow_no_record", bind=True)(_slow)  # dead_letter.on_time_limit: false
 
 
 @app.task(name="dl.crash", bind=True)
