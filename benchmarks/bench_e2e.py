@@ -32,7 +32,7 @@ defaults:
   retry: {on: [builtins.ConnectionError], max_retries: 3, backoff: {initial: 0, factor: 1, max: 0, jitter: none}}
   timeout: {soft: 300s, hard: 330s}
   ack: {late: true, reject_on_worker_lost: true}
-worker: {prefetch_multiplier: 1}
+worker: {prefetch_multiplier: 1, reliable_fetch: false}  # same transport as plain: measures the policy layer only
 """
 
 
