@@ -72,6 +72,23 @@ def start_worker(mode: str, pool: str, queue: str, url: str, policy: Path, log: 
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def stop_all(workers: list[subprocess.Popen[bytes]], server: subprocess.Popen[bytes]) -> None:
+    """Stop the workers (resuming any paused one first), then the redis-server."""
+    for proc in workers:
+        try:
+            os.killpg(proc.pid, signal.SIGCONT)
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    for proc in workers:
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    server.terminate()
+    server.wait()
+
+
 def wait_ready(client: redis.Redis, app: Any, queue: str, timeout: float = 60) -> None:
     """A worker is consuming ``queue`` once a probe task ran."""
     client.set("bench:done", 0)
@@ -138,19 +155,7 @@ def main() -> None:
                             rate = one_run(client, producer_app, f"q-{mode}-{pool}", procs[mode].pid, opts.tasks, share)
                             results["runs"][f"{pool}/{path}/{mode}"].append(rate)
         finally:
-            for proc in workers:
-                try:
-                    os.killpg(proc.pid, signal.SIGCONT)
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-            for proc in workers:
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-            server.terminate()
-            server.wait()
+            stop_all(workers, server)
     print(
         f"python {sys.version.split()[0]}, {os.cpu_count()} cores, {opts.tasks} tasks per run, {opts.rounds} rounds A B interleaved"
     )

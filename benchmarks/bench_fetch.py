@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_e2e import one_run, start_redis, start_worker, wait_ready  # noqa: E402
+from benchmarks.bench_e2e import one_run, start_redis, start_worker, stop_all, wait_ready  # noqa: E402
 
 POLICY = """
 version: 1
@@ -72,19 +71,7 @@ def main() -> None:
                         rate = one_run(client, producer_app, f"q-{mode}-{pool}", procs[mode].pid, opts.tasks, 0.0)
                         runs.setdefault(f"{pool}/{mode}", []).append(rate)
         finally:
-            for proc in workers:
-                try:
-                    os.killpg(proc.pid, signal.SIGCONT)
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-            for proc in workers:
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-            server.terminate()
-            server.wait()
+            stop_all(workers, server)
     cores = os.cpu_count()
     print(f"python {sys.version.split()[0]}, {cores} cores, {opts.tasks} tasks/run, {opts.rounds} rounds interleaved")
     print(f"{'pool':<10}{'plain tasks/s':>18}{'reliable tasks/s':>20}{'ratio':>8}")

@@ -22,6 +22,7 @@ CASES = {
     "check": ["bench_check.py", "--tasks", "200", "--globs", "20", "--exact", "20", "--rounds", "1"],
     "e2e": ["bench_e2e.py", "--tasks", "40", "--rounds", "1", "--pools", "solo"],
     "dlq": ["bench_dlq.py", "--records", "100", "--stream", "300"],
+    "fetch": ["bench_fetch.py", "--tasks", "40", "--rounds", "1", "--pools", "solo"],
 }
 
 

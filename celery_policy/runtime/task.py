@@ -471,6 +471,8 @@ def wrap_run(task: Task, runtime: TaskRuntime) -> None:
     if inner is None:
         return
     handle = runtime.handle_failure
+    # Three variants written out on purpose: each call pays only for what its policy needs (no flag
+    # tests on the hot path), and failures are re-raised from this frame to keep tracebacks short.
 
     if runtime.max_redeliveries is None and runtime.policy.idempotency is None:
 
