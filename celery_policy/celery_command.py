@@ -130,6 +130,25 @@ def rules(ctx: click.Context, rule: str | None) -> None:
 
 
 @policy.command()
+@click.option(
+    "--expect", multiple=True, type=click.Path(dir_okay=False), help="policy file every worker should run (repeatable)"
+)
+@click.option("--env", "env", help="environment of --expect (default: the app's)")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--timeout", type=float, default=2.0, show_default=True, help="seconds to wait for replies")
+@click.pass_context
+def status(ctx: click.Context, expect: tuple[str, ...], env: str | None, fmt: str, timeout: float) -> None:
+    """Show which policy each running worker of this app runs; with --expect exit 1 on drift."""
+    from celery_policy.fleet_commands import run_status
+
+    app, spec = _context(ctx)
+    if spec is None:
+        raise click.UsageError("celery -A MODULE policy status needs the app's module")
+    _, app_env = _app_policy(app)
+    _finish(ctx, run_status(spec, list(expect), (env or app_env) if expect else None, fmt, timeout))
+
+
+@policy.command()
 @click.pass_context
 def schema(ctx: click.Context) -> None:
     """Print the JSON Schema of the policy file."""

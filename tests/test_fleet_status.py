@@ -9,8 +9,10 @@ name exactly that worker and the fields that differ.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -139,6 +141,14 @@ def test_status_sees_every_worker_and_expect_names_the_one_that_drifts(
     code, out = _status(capsys, "--expect", str(V2), "--env", "production", "--format", "json")
     assert code == LINT_FAILED
     assert json.loads(out)["drift"] == ["alpha@fleet", "beta@fleet"]
+
+    # the same through Celery's own CLI: `celery -A app policy status` (the environment comes from the app)
+    done = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", APP, "policy", "status", "--expect", str(V2), "--format", "json"],
+        cwd=ROOT, env={**os.environ, **deployed}, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == LINT_FAILED, done.stderr[-2000:]
+    assert json.loads(done.stdout[done.stdout.index("{") :])["drift"] == ["alpha@fleet", "beta@fleet"]
 
 
 def test_status_with_no_worker_exits_1(deployed: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
