@@ -130,4 +130,19 @@ if ! redis_bin=$(find_redis); then
     fi
 fi
 
+# --- rabbitmq-server, for the test suite only (scripts/test.sh asks for it) -----
+# The RabbitMQ tests use the broker on 127.0.0.1:5672 and start `rabbitmq-server -detached`
+# when nothing answers there; the demo does not need it.
+if [ "${CELERY_POLICY_NEED_RABBITMQ:-}" = 1 ] && ! command -v rabbitmq-server >/dev/null 2>&1 \
+    && [ ! -x /usr/sbin/rabbitmq-server ]; then
+    if is_root; then
+        log "installing rabbitmq-server (apt-get; the service is not started, the tests start it)"
+        apt_install rabbitmq-server
+    else
+        die "rabbitmq-server is not installed (the RabbitMQ tests need it)" \
+            "run: sudo apt-get update && sudo apt-get install -y rabbitmq-server" \
+            "then: ./scripts/test.sh"
+    fi
+fi
+
 log "ready: $("$VENV/bin/python" -V 2>&1) in .venv, $("$redis_bin" --version | cut -d' ' -f1-3)"
