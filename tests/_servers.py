@@ -21,7 +21,7 @@ import sys
 import time
 import uuid
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -517,3 +517,46 @@ class WorkerProcess:
     def __repr__(self) -> str:
         state = "running" if self.alive else f"exited {self.returncode}"
         return f"<WorkerProcess {self.app} {self.pool}x{self.concurrency} {self.hostname} {state}>"
+
+
+def repo_worker(
+    app: str,
+    log_dir: Path,
+    *,
+    env: Mapping[str, str],
+    pool: str = "solo",
+    concurrency: int = 1,
+    queues: Sequence[str] | None = None,
+    name: str = "worker",
+) -> WorkerProcess:
+    """A (not yet started) worker of a test app importable from the repository root.
+
+    For workers shared by a test module (the ``celery_worker_process`` fixture is per test).
+    """
+    return WorkerProcess(
+        app,
+        log_path=log_dir / f"{name}-{uuid.uuid4().hex[:6]}.log",
+        pool=pool,
+        concurrency=concurrency,
+        queues=queues,
+        env=env,
+        cwd=REPO_ROOT,
+        pythonpath=(REPO_ROOT,),
+        ready_timeout=60,
+    )
+
+
+@contextlib.contextmanager
+def running(worker: WorkerProcess, session: Any) -> Iterator[WorkerProcess]:
+    """Start ``worker`` for a module; stop it afterwards and print its log when a test of the module failed."""
+    failed_before = session.testsfailed
+    try:
+        worker.start()
+    except ProcessStartError as exc:
+        raise RuntimeError(str(exc)) from None
+    try:
+        yield worker
+    finally:
+        worker.stop(timeout=10)
+        if session.testsfailed > failed_before:
+            sys.stderr.write(f"\n--- {worker!r}: {worker.log_path} ---\n{worker.log_text()[-30000:]}\n")

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import redis
-from _servers import ProcessStartError, WorkerProcess
+from _servers import WorkerProcess, repo_worker, running  # noqa: F401 - running is re-exported for the tests
 from celery import Celery
 
 from celery_policy.deadletter.record import DeadLetter
@@ -49,33 +47,7 @@ def make_worker(
         "CELERY_RESULT_BACKEND": broker_url,
         "CELERY_POLICY_FILE": str(policy),
     }
-    return WorkerProcess(
-        DLAPP,
-        log_path=log_dir / f"{name}-{uuid.uuid4().hex[:6]}.log",
-        pool=pool,
-        concurrency=concurrency,
-        queues=queues,
-        env=env,
-        cwd=REPO_ROOT,
-        pythonpath=(REPO_ROOT,),
-        ready_timeout=60,
-    )
-
-
-@contextmanager
-def running(worker: WorkerProcess, session: Any) -> Iterator[WorkerProcess]:
-    """Start ``worker`` for a module; stop it afterwards and print its log when a test of the module failed."""
-    failed_before = session.testsfailed
-    try:
-        worker.start()
-    except ProcessStartError as exc:
-        raise RuntimeError(str(exc)) from None
-    try:
-        yield worker
-    finally:
-        worker.stop(timeout=10)
-        if session.testsfailed > failed_before:
-            sys.stderr.write(f"\n--- {worker!r}: {worker.log_path} ---\n{worker.log_text()[-30000:]}\n")
+    return repo_worker(DLAPP, log_dir, env=env, pool=pool, concurrency=concurrency, queues=queues, name=name)
 
 
 def producer(broker_url: str) -> Celery:

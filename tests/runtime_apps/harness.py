@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import itertools
 import json
-import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import redis
-from _servers import ProcessStartError, WorkerProcess
+from _servers import WorkerProcess, repo_worker, running
 from celery import Celery
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -49,33 +47,10 @@ def make_worker(
     if policy is not None:
         environment["CELERY_POLICY_FILE"] = str(POLICIES / policy) if isinstance(policy, str) else str(policy)
     environment.update(env or {})
-    return WorkerProcess(
-        app,
-        log_path=log_dir / f"{name}-{uuid.uuid4().hex[:6]}.log",
-        pool=pool,
-        concurrency=concurrency,
-        queues=queues,
-        env=environment,
-        cwd=REPO_ROOT,
-        pythonpath=(REPO_ROOT,),
-        ready_timeout=60,
-    )
+    return repo_worker(app, log_dir, env=environment, pool=pool, concurrency=concurrency, queues=queues, name=name)
 
 
-@contextmanager
-def running_worker(worker: WorkerProcess, session: Any) -> Iterator[WorkerProcess]:
-    """Start ``worker`` for a module; stop it afterwards and print its log if a test of the module failed."""
-    failed_before = session.testsfailed
-    try:
-        worker.start()
-    except ProcessStartError as exc:
-        raise RuntimeError(str(exc)) from None
-    try:
-        yield worker
-    finally:
-        worker.stop(timeout=10)
-        if session.testsfailed > failed_before:
-            sys.stderr.write(f"\n--- {worker!r}: {worker.log_path} ---\n{worker.log_text()[-30000:]}\n")
+running_worker = running  # the name the runtime tests use
 
 
 def producer(broker_url: str, name: str = "rt-client") -> Celery:
