@@ -21,7 +21,7 @@ from typing import Any
 
 import click
 
-from celery_policy.cli import FORMATS, _dlq_options, _filter_options, _rule_list
+from celery_policy.cli import FORMATS, _dlq_options, _filter_options, _replay_options, _rule_list
 
 USAGE = 2
 
@@ -199,7 +199,7 @@ def dlq_show(ctx: click.Context, /, entry_id: str, **opts: Any) -> None:
 @dlq.command("replay")
 @_dlq_options
 @_filter_options
-@click.option("--dry-run", is_flag=True, help="say what would be replayed, change nothing")
+@_replay_options
 @click.option("--broker", help="broker URL to publish to (default: the app's broker)")
 @click.pass_context
 def dlq_replay(ctx: click.Context, /, **opts: Any) -> None:
@@ -207,6 +207,18 @@ def dlq_replay(ctx: click.Context, /, **opts: Any) -> None:
     from celery_policy.deadletter.commands import run_replay
 
     _finish(ctx, run_replay(**_dlq_defaults(ctx, opts)))
+
+
+@dlq.command("stats")
+@_dlq_options
+@_filter_options
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.pass_context
+def dlq_stats(ctx: click.Context, /, **opts: Any) -> None:
+    """Count dead letters by task and reason."""
+    from celery_policy.deadletter.commands import run_stats
+
+    _finish(ctx, run_stats(**_dlq_defaults(ctx, opts)))
 
 
 @dlq.command("purge")

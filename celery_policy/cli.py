@@ -216,24 +216,36 @@ def dlq_show(entry_id: str, **opts: Any) -> int:
     return run_show(entry_id, **opts)
 
 
+def _replay_options(func: Any) -> Any:
+    for option in reversed(
+        [
+            click.option("--dry-run", is_flag=True, help="say what would be replayed, change nothing"),
+            click.option(
+                "--batch",
+                type=click.IntRange(min=1),
+                default=1,
+                show_default=True,
+                help="delete records in batches of N after publishing them: faster, but if the store fails "
+                "mid-batch up to N records stay and may run twice on the next replay",
+            ),
+            click.option("--yes", is_flag=True, help="replay without asking (needed without a terminal)"),
+            click.option("--queue", help="publish the replayed tasks to this queue instead of the one they failed on"),
+            click.option(
+                "--allow-redacted",
+                is_flag=True,
+                help="also replay records whose arguments were redacted (they get '***')",
+            ),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
 @dlq.command("replay")
 @_dlq_options
 @_filter_options
-@click.option("--dry-run", is_flag=True, help="say what would be replayed, change nothing")
+@_replay_options
 @click.option("--broker", help="broker URL to publish to (default: the app's broker, else the store's Redis)")
-@click.option(
-    "--batch",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="delete records in batches of N after publishing them: faster, but if the store fails mid-batch "
-    "up to N records stay and may run twice on the next replay",
-)
-@click.option("--yes", is_flag=True, help="replay without asking (needed without a terminal)")
-@click.option("--queue", help="publish the replayed tasks to this queue instead of the one they failed on")
-@click.option(
-    "--allow-redacted", is_flag=True, help="also replay records whose arguments were redacted (they get '***')"
-)
 def dlq_replay(**opts: Any) -> int:
     """Re-publish matching dead letters with new task ids; each is deleted only after the broker took it."""
     from celery_policy.deadletter.commands import run_replay

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _servers import RedisServer
@@ -151,8 +152,16 @@ def test_dlq_list_reads_the_store_on_the_apps_broker(project: Path, clean_redis:
     )  # fmt: skip
     done = celery(project, "dlq", "list", "--format", "json", env={"PROJ_BROKER": clean_redis.url})
     assert done.returncode == 0, done.stderr
-    records = json_out(done.stdout)["records"]
-    assert [(r["task"], r["task_id"], r["reason"]) for r in records]  # type: ignore[attr-defined] == [("proj.charge", "t-1", "permanent")]
+    records: list[dict[str, Any]] = json_out(done.stdout)["records"]
+    assert [(r["task"], r["task_id"], r["reason"]) for r in records] == [("proj.charge", "t-1", "permanent")]
+    stats = celery(project, "dlq", "stats", "--format", "json", env={"PROJ_BROKER": clean_redis.url})
+    assert stats.returncode == 0, stats.stderr
+    assert json_out(stats.stdout)["counts"] == [{"task": "proj.charge", "reason": "permanent", "count": 1}]
+    replay = celery(project, "dlq", "replay", env={"PROJ_BROKER": clean_redis.url})
+    assert replay.returncode == 2  # needs --yes without a terminal, as the standalone command
+    dry = celery(project, "dlq", "replay", "--dry-run", env={"PROJ_BROKER": clean_redis.url})
+    assert dry.returncode == 0, dry.stderr
+    assert "1 would replay, 0 skipped, 0 failed" in dry.stdout
     purge = celery(project, "dlq", "purge", env={"PROJ_BROKER": clean_redis.url})
     assert purge.returncode == 2  # needs --yes, as the standalone command
     assert store.client.xlen("celery-policy:dead") == 1

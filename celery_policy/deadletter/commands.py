@@ -6,6 +6,7 @@ import contextlib
 import datetime as dt
 import json
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 import click
@@ -74,6 +75,26 @@ def _filter(task: str | None, reason: str | None, since: str | None, ids: tuple[
     return Filter(task=task, reason=reason, since_s=since_s, ids=tuple(ids))
 
 
+@dataclass(frozen=True)
+class Where:
+    """Which store and which records a dlq command works on (the options every dlq command shares)."""
+
+    url: str | None = None
+    files: tuple[str, ...] = ()
+    app: str | None = None
+    stream: str | None = None
+    task: str | None = None
+    reason: str | None = None
+    since: str | None = None
+    ids: tuple[str, ...] = ()
+
+    def store(self) -> RedisStreamStore | AmqpDeadLetterStore:
+        return _open_store(self.url, self.files, self.app, self.stream)
+
+    def filter(self) -> Filter:
+        return _filter(self.task, self.reason, self.since, self.ids)
+
+
 def _when(epoch: float) -> str:
     return dt.datetime.fromtimestamp(epoch, tz=dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -89,21 +110,11 @@ def _line(record: DeadLetter) -> str:
     )
 
 
-def run_list(
-    url: str | None,
-    files: tuple[str, ...],
-    app: str | None,
-    stream: str | None,
-    task: str | None,
-    reason: str | None,
-    since: str | None,
-    ids: tuple[str, ...],
-    limit: int,
-    fmt: str,
-) -> int:
-    store = _open_store(url, files, app, stream)
+def run_list(limit: int, fmt: str, **where: Any) -> int:
+    selection = Where(**where)
+    store = selection.store()
     try:
-        records = list(store.iter(_filter(task, reason, since, ids), limit=limit))
+        records = list(store.iter(selection.filter(), limit=limit))
         total = store.count()
     except StoreUnavailableError as exc:
         click.echo(f"error: {exc}", err=True)
@@ -139,23 +150,18 @@ def run_show(entry_id: str, url: str | None, files: tuple[str, ...], app: str | 
 
 
 def run_replay(
-    url: str | None,
-    files: tuple[str, ...],
-    app: str | None,
-    stream: str | None,
-    task: str | None,
-    reason: str | None,
-    since: str | None,
-    ids: tuple[str, ...],
     dry_run: bool,
     broker: str | None,
     batch: int = 1,
     yes: bool = False,
     queue: str | None = None,
     allow_redacted: bool = False,
+    **where: Any,
 ) -> int:
-    store = _open_store(url, files, app, stream)
-    flt = _filter(task, reason, since, ids)
+    selection = Where(**where)
+    store = selection.store()
+    flt = selection.filter()
+    app = selection.app
     if not (yes or dry_run):
         # Replaying runs the work again (a charge, an e-mail): like purge, it needs a yes.
         if not sys.stdin.isatty():
@@ -210,22 +216,13 @@ def _progress(records: list[DeadLetter]) -> Any:
     return contextlib.nullcontext(records)
 
 
-def run_stats(
-    url: str | None,
-    files: tuple[str, ...],
-    app: str | None,
-    stream: str | None,
-    task: str | None,
-    reason: str | None,
-    since: str | None,
-    ids: tuple[str, ...],
-    fmt: str,
-) -> int:
+def run_stats(fmt: str, **where: Any) -> int:
     """Counts of dead letters by task and reason."""
-    store = _open_store(url, files, app, stream)
+    selection = Where(**where)
+    store = selection.store()
     counts: dict[tuple[str, str], int] = {}
     try:
-        for record in store.iter(_filter(task, reason, since, ids)):
+        for record in store.iter(selection.filter()):
             key = (record.task, record.reason)
             counts[key] = counts.get(key, 0) + 1
     except StoreUnavailableError as exc:
@@ -245,19 +242,10 @@ def run_stats(
     return OK
 
 
-def run_purge(
-    url: str | None,
-    files: tuple[str, ...],
-    app: str | None,
-    stream: str | None,
-    task: str | None,
-    reason: str | None,
-    since: str | None,
-    ids: tuple[str, ...],
-    yes: bool,
-) -> int:
-    store = _open_store(url, files, app, stream)
-    flt = _filter(task, reason, since, ids)
+def run_purge(yes: bool, **where: Any) -> int:
+    selection = Where(**where)
+    store = selection.store()
+    flt = selection.filter()
     if not yes:
         if not sys.stdin.isatty():
             click.echo("error: purge deletes dead letters; pass --yes to confirm", err=True)
