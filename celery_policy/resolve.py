@@ -187,16 +187,19 @@ def merge_leaves(layers: Sequence[Mapping[Path, Any]]) -> tuple[dict[Path, Any],
     """
     merged: dict[Path, Any] = {}
     owners: dict[Path, int] = {}
+    inner: set[Path] = set()  # proper prefixes of merged paths (may hold stale entries: they only cost a scan)
     for index, leaves in enumerate(layers):
         for path, value in leaves.items():
             if path not in merged:
                 for size in range(1, len(path)):
                     ancestor = path[:size]
+                    inner.add(ancestor)
                     if ancestor in merged:
                         del merged[ancestor], owners[ancestor]
-                size = len(path)
-                for other in [p for p in merged if len(p) > size and p[:size] == path]:
-                    del merged[other], owners[other]
+                if path in inner:  # only then can merged hold paths below this one
+                    size = len(path)
+                    for other in [p for p in merged if len(p) > size and p[:size] == path]:
+                        del merged[other], owners[other]
             merged[path] = value
             owners[path] = index
     return merged, owners
