@@ -21,9 +21,9 @@ import sys
 import time
 import uuid
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import port_for
 import redis
@@ -560,3 +560,19 @@ def running(worker: WorkerProcess, session: Any) -> Iterator[WorkerProcess]:
         worker.stop(timeout=10)
         if session.testsfailed > failed_before:
             sys.stderr.write(f"\n--- {worker!r}: {worker.log_path} ---\n{worker.log_text()[-30000:]}\n")
+
+
+T = TypeVar("T")
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 20.0, interval: float = 0.05) -> T:
+    """Poll ``probe`` until it returns something truthy; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            msg = f"timed out after {timeout}s waiting for {what} (last: {value!r})"
+            raise AssertionError(msg)
+        time.sleep(interval)

@@ -236,7 +236,7 @@ class AmqpDeadLetterStore:
         that fails leaves its record in place (it goes back to the queue when the
         channel closes); records whose arguments were redacted are skipped.
         """
-        from celery_policy.deadletter.replay import REDACTED_SKIP, ReplayReport
+        from celery_policy.deadletter.replay import ReplayReport, publish_one
 
         report = ReplayReport()
         for queue in self.queues:
@@ -251,17 +251,8 @@ class AmqpDeadLetterStore:
                         if record is None or not flt.matches(record):
                             continue
                         entry = record.id or "?"
-                        if not record.replayable and not allow_redacted:
-                            report.skipped.append((entry, REDACTED_SKIP))
-                            continue
-                        new_id = str(uuid.uuid4())
-                        if dry_run:
-                            report.replayed.append((entry, new_id))
-                            continue
-                        try:
-                            publish(record, new_id)
-                        except Exception as exc:  # broker refused or went away: the record stays
-                            report.failed.append((entry, f"publish failed: {exc}"))
+                        new_id = publish_one(record, publish, report, dry_run=dry_run, allow_redacted=allow_redacted)
+                        if new_id is None:
                             continue
                         try:
                             channel.basic_ack(message.delivery_tag)

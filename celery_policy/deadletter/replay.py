@@ -87,20 +87,10 @@ def replay(
     published: list[tuple[str, str]] = []
     try:
         for record in records:
-            entry = record.id or "?"
-            if not record.replayable and not allow_redacted:
-                report.skipped.append((entry, REDACTED_SKIP))
+            new_id = publish_one(record, publish, report, dry_run=dry_run, allow_redacted=allow_redacted)
+            if new_id is None:
                 continue
-            new_id = str(uuid.uuid4())
-            if dry_run:
-                report.replayed.append((entry, new_id))
-                continue
-            try:
-                publish(record, new_id)
-            except Exception as exc:  # broker down: keep the record
-                report.failed.append((entry, f"publish failed: {exc}"))
-                continue
-            published.append((entry, new_id))
+            published.append((record.id or "?", new_id))
             if len(published) >= batch and not _delete_published(store, published, report):
                 return report
         _delete_published(store, published, report)
@@ -109,6 +99,30 @@ def replay(
         if close is not None:
             close()
     return report
+
+
+def publish_one(
+    record: DeadLetter, publish: Publisher, report: ReplayReport, *, dry_run: bool, allow_redacted: bool
+) -> str | None:
+    """Publish one record under a new task id; returns the id when the caller should now remove the record.
+
+    Skipped (redacted), dry-run and failed publishes are entered in ``report`` and return None:
+    the record stays where it is.
+    """
+    entry = record.id or "?"
+    if not record.replayable and not allow_redacted:
+        report.skipped.append((entry, REDACTED_SKIP))
+        return None
+    new_id = str(uuid.uuid4())
+    if dry_run:
+        report.replayed.append((entry, new_id))
+        return None
+    try:
+        publish(record, new_id)
+    except Exception as exc:  # broker down or refusing: the record stays
+        report.failed.append((entry, f"publish failed: {exc}"))
+        return None
+    return new_id
 
 
 def _delete_published(store: DeadLetterStore, published: list[tuple[str, str]], report: ReplayReport) -> bool:

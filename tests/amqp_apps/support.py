@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import json
-import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import redis
-from _servers import WorkerProcess
+from _servers import WorkerProcess, wait_for  # noqa: F401 - wait_for is re-exported for the tests
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 POLICY = REPO_ROOT / "tests" / "amqp_apps" / "policy.yaml"
 APP = "tests.amqp_apps.brokerapp"
-
-T = TypeVar("T")
 
 
 def new_key(prefix: str = "k") -> str:
@@ -53,18 +50,6 @@ def make_worker(
 
 def runs(client: redis.Redis, key: str) -> list[dict[str, Any]]:
     return [json.loads(raw) for raw in client.lrange(f"cp:runs:{key}", 0, -1)]
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 20.0, interval: float = 0.1) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            msg = f"timed out after {timeout}s waiting for {what} (last: {value!r})"
-            raise AssertionError(msg)
-        time.sleep(interval)
 
 
 def amqp_message_count(url: str, queue: str) -> int:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import redis
-from _servers import WorkerProcess, repo_worker, running  # noqa: F401 - running is re-exported for the tests
+from _servers import WorkerProcess, repo_worker, running, wait_for  # noqa: F401 - re-exported for the tests
 from celery import Celery
 
 from celery_policy.deadletter.record import DeadLetter
@@ -22,8 +21,6 @@ POLICY = POLICIES / "deadletter.yaml"
 DLAPP = "tests.deadletter_apps.dlapp"
 STREAM = "dl:dead"  # dead_letter_store.stream in deadletter.yaml
 FINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
-
-T = TypeVar("T")
 
 
 def new_key(prefix: str = "k") -> str:
@@ -60,19 +57,6 @@ def producer(broker_url: str) -> Celery:
 def runs(client: redis.Redis, key: str) -> list[dict[str, Any]]:
     """The executions ``dlapp`` recorded for ``key``."""
     return [json.loads(raw) for raw in client.lrange(f"dl:runs:{key}", 0, -1)]
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 20.0, interval: float = 0.05) -> T:
-    """Poll ``probe`` until it returns something truthy; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            msg = f"timed out after {timeout}s waiting for {what} (last: {value!r})"
-            raise AssertionError(msg)
-        time.sleep(interval)
 
 
 def records_for(store: RedisStreamStore, task_id: str) -> list[DeadLetter]:
