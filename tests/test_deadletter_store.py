@@ -14,8 +14,8 @@ from _servers import RedisServer
 from celery_policy.deadletter.record import DeadLetter
 from celery_policy.deadletter.store import Filter, RedisStreamStore, StoreUnavailableError, store_url_for
 from celery_policy.resolve import load
-from celery_policy.runtime.events import Decision
-from celery_policy.runtime.task import TaskRuntime
+from celery_policy.runtime.decision import Decision
+from celery_policy.runtime.task_runtime import TaskRuntime
 
 
 def record(task: str = "orders.charge", reason: str = "permanent", age_s: float = 0.0, **fields: Any) -> DeadLetter:
@@ -188,7 +188,7 @@ def _write(runtime: TaskRuntime, args: tuple[Any, ...], kwargs: dict[str, Any]) 
     decision = Decision(
         "dead_letter", "auth.login", "task-1", 1, None, None, "builtins.ValueError", "permanent", "p.yaml:3"
     )
-    runtime.write_dead_letter(request, exc, args, kwargs, runtime.args.render(args, kwargs), 1, "permanent", decision)
+    runtime.dead_letters.write(request, exc, args, kwargs, runtime.args.render(args, kwargs), 1, "permanent", decision)
 
 
 def _raw_stream(store: RedisStreamStore) -> bytes:
@@ -209,7 +209,7 @@ def test_redacted_arguments_never_reach_the_store_and_the_record_is_not_replayab
 ) -> None:
     policy = load([policy_file("{args: redact, redact_keys: [password, token]}")], check_imports=False)
     runtime = TaskRuntime(policy.for_task("auth.login"), login)
-    store = runtime.store = RedisStreamStore(clean_redis.url, "test:dead")
+    store = runtime.dead_letters.store = RedisStreamStore(clean_redis.url, "test:dead")
 
     _write(runtime, args, kwargs)
 
@@ -225,7 +225,7 @@ def test_unredacted_arguments_are_stored_as_they_were_and_stay_replayable(
 ) -> None:
     policy = load([policy_file("{args: redact, redact_keys: [password]}")], check_imports=False)
     runtime = TaskRuntime(policy.for_task("auth.login"), login)
-    store = runtime.store = RedisStreamStore(clean_redis.url, "test:dead")
+    store = runtime.dead_letters.store = RedisStreamStore(clean_redis.url, "test:dead")
 
     _write(runtime, ("ann", "pw-is-not-a-secret-here"), {"profile": {"age": 40, "tags": ["a", "b"]}})
 
@@ -247,7 +247,7 @@ def test_hidden_arguments_store_nothing_and_are_not_replayable(
 ) -> None:
     policy = load([policy_file("{args: hide}")], check_imports=False)
     runtime = TaskRuntime(policy.for_task("auth.login"), login)
-    store = runtime.store = RedisStreamStore(clean_redis.url, "test:dead")
+    store = runtime.dead_letters.store = RedisStreamStore(clean_redis.url, "test:dead")
 
     _write(runtime, ("ann", SECRET), {})
 

@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from celery_policy.observability import SPAN_EVENT
+from celery_policy.runtime.observability import SPAN_EVENT
 
 POLICY = """\
 version: 1

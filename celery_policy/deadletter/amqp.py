@@ -45,7 +45,7 @@ RECORD_HEADER = "celery-policy-record"
 # (two declarations with different arguments fail with PRECONDITION_FAILED).
 DEAD_QUEUE_ARGUMENTS: Mapping[str, Any] = {"x-queue-type": "classic"}
 AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
-POLICY_HEADER = "celery_policy"  # runtime/task.py HEADER: {"t0": first failure, ...}
+POLICY_HEADER = "celery_policy"  # runtime/headers.py HEADER: {"t0": first failure, ...}
 
 Publisher = Callable[[DeadLetter, str], None]
 

@@ -1,41 +1,26 @@
-"""Decisions, their structured log events, argument redaction and hook calls."""
+"""Structured log events for decisions, argument redaction and hook calls."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import reprlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import structlog
 
 from celery_policy.model import LogPolicy
-from celery_policy.observability import record_decision
+from celery_policy.runtime.decision import Decision
+from celery_policy.runtime.observability import record_decision
+
+__all__ = ["REDACTED", "ArgRenderer", "call_hook", "log_decision", "logger", "mask_exception", "scrub"]
 
 logger = structlog.get_logger("celery_policy")
 REDACTED = "***"
 _repr = reprlib.Repr()
 _repr.maxstring = 200
 _repr.maxother = 200
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """What the policy decided about one failed attempt. Hooks receive it."""
-
-    action: str  # "retry" | "fail" | "dead_letter"
-    task: str
-    task_id: str | None
-    attempt: int  # 1-based number of the attempt that failed
-    max_retries: int | None  # budget of the counter that applied
-    countdown: float | None
-    exc_type: str
-    reason: str | None  # exhausted | unknown_exhausted | permanent | unknown | time_limit | None for retries
-    policy_source: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class ArgRenderer:
@@ -111,6 +96,22 @@ def scrub(text: str, secrets: Sequence[str]) -> str:
     return text
 
 
+def mask_exception(exc: BaseException, secrets: Sequence[str]) -> None:
+    """Mask redacted argument values quoted in the exception's arguments.
+
+    Celery logs the exception (and stores it as the FAILURE/RETRY result) after the
+    wrapper re-raises it; a message like ``f"bad password {password!r}"`` would put
+    the secret there. Best effort: exceptions that build ``str()`` from other state
+    are left as they are.
+    """
+    if not secrets or not exc.args:
+        return
+    masked = tuple(scrub(arg, secrets) if isinstance(arg, str) else arg for arg in exc.args)
+    if masked != exc.args:
+        with contextlib.suppress(Exception):  # some exception types forbid setting args
+            exc.args = masked
+
+
 @functools.lru_cache(maxsize=256)
 def _keys(names: tuple[str, ...]) -> frozenset[str]:
     return frozenset(k.lower() for k in names)
@@ -143,7 +144,7 @@ def log_decision(
         policy_source=decision.policy_source,
         **rendered_args,
     )
-    # OpenTelemetry span event / Sentry breadcrumb when those libraries are installed (celery_policy.observability)
+    # OpenTelemetry span event / Sentry breadcrumb when those libraries are installed (runtime/observability.py)
     record_decision(decision, exc)
 
 

@@ -28,7 +28,8 @@ from celery_policy.references import check_references, ensure_import_root
 from celery_policy.resolve import Policy, load
 from celery_policy.runtime import amqp as _amqp
 from celery_policy.runtime.routing import PolicyRouter
-from celery_policy.runtime.task import TaskRuntime, wrap_run
+from celery_policy.runtime.task_runtime import TaskRuntime
+from celery_policy.runtime.wrappers import wrap_run
 
 _APP_ATTR = "_celery_policy_runtime"
 

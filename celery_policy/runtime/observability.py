@@ -5,7 +5,7 @@ production, ``key=value`` lines in development. It does nothing when the
 application already configured structlog, so a project's own logging setup
 always wins.
 
-:func:`record_decision` runs for every decision (``runtime.events.log_decision``
+:func:`record_decision` runs for every decision (:func:`celery_policy.runtime.events.log_decision`
 calls it after the log event). When the libraries are installed it adds
 
 - an OpenTelemetry span event ``celery_policy.decision`` to the current span
@@ -24,12 +24,11 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import structlog
 
-if TYPE_CHECKING:
-    from celery_policy.runtime.events import Decision
+from celery_policy.runtime.decision import Decision
 
 LogFormat = Literal["json", "kv"]
 FORMAT_VARIABLE = "CELERY_POLICY_LOG_FORMAT"
@@ -90,7 +89,7 @@ def _isatty(stream: Any) -> bool:
 
 # --- decisions -> OpenTelemetry / Sentry ---------------------------------------------------------
 
-Sink = Callable[["Decision", "BaseException | None"], None]
+Sink = Callable[[Decision, "BaseException | None"], None]
 _sinks: list[Sink] | None = None
 
 
