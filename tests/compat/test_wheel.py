@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 import venv
 from collections.abc import Iterator
 from pathlib import Path
@@ -108,7 +107,8 @@ def bare_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     python = target / "bin" / "python"
     done = subprocess.run(
         [str(python), "-m", "pip", "install", "--quiet", str(wheel)],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
+        check=False, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     return python
@@ -140,9 +140,11 @@ def test_the_bare_install_has_no_test_dependency_and_imports_the_redis_transport
     packages = installed(bare_venv)
     assert "celery-policy" in packages
     assert not TEST_ONLY & set(packages), sorted(TEST_ONLY & set(packages))
-    probe = "import kombu.transport.redis, celery_policy.transport.redis, celery_policy.support as s; " \
-        "print(s.reliable_fetch_problem())"  # fmt: skip
-    done = subprocess.run([str(bare_venv), "-c", probe], capture_output=True, text=True, cwd="/", timeout=60)
+    probe = (
+        "import kombu.transport.redis, celery_policy.transport.redis, celery_policy.support as s; "
+        "print(s.reliable_fetch_problem())"
+    )
+    done = subprocess.run([str(bare_venv), "-c", probe], check=False, capture_output=True, text=True, cwd="/")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "None"
 
@@ -183,7 +185,7 @@ def test_a_worker_from_the_bare_wheel_retries_dead_letters_and_lists_the_record(
             bad.get(timeout=30, propagate=True)
         if broker == "redis":
             # reliable fetch is on by default (late ack): this worker's consumer keeps a heartbeat on the broker
-            alive = [key for key in server.client().scan_iter("celery-policy:rf:alive:*")]
+            alive = list(server.client().scan_iter("celery-policy:rf:alive:*"))
             assert alive, "no reliable-fetch consumer registered"
     producer.close()
     log = worker.log_text()
@@ -200,7 +202,7 @@ def _dlq_list(python: Path, store_url: str, cwd: Path) -> list[dict[str, object]
     celery_policy = python.parent / "celery-policy"
     done = subprocess.run(
         [str(celery_policy), "dlq", "list", "--url", store_url, "--format", "json"],
-        capture_output=True, text=True, cwd=cwd, timeout=60,
+        check=False, capture_output=True, text=True, cwd=cwd, timeout=60,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     return list(json.loads(done.stdout)["records"]) if done.stdout.strip() else []
