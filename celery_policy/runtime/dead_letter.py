@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis
-from celery import Task
+from celery import Task, signals
 from celery.exceptions import Ignore, Reject
 
 from celery_policy.deadletter.record import DeadLetter
@@ -29,7 +29,7 @@ STORE_DOWN_PAUSE_S = (0.5, 10.0)
 # Redelivery counters outlive any visibility timeout or retry countdown a policy sets.
 COUNTER_TTL_S = 7 * 86400
 
-__all__ = ["COUNTER_TTL_S", "STORE_DOWN_PAUSE_S", "DeadLetterWriter", "RedeliveryCounter"]
+__all__ = ["COUNTER_TTL_S", "STORE_DOWN_PAUSE_S", "DeadLetterWriter", "RedeliveryCounter", "store_rejected_failure"]
 
 
 class DeadLetterWriter:
@@ -138,6 +138,24 @@ class RedeliveryCounter:
             # store outage would drop it: run it uncounted instead, the cap applies again once the store is back.
             logger.error("redelivery_counter_unavailable", task=self.name, task_id=request.id, error=str(counter_exc))
             return None
+
+
+def store_rejected_failure(
+    task: Task, request: Any, rejected: Reject, args: Sequence[Any], kwargs: Mapping[str, Any]
+) -> None:
+    """What Celery 5.7's worker does for ``Reject(requeue=False)`` and older releases do not (celery#4222).
+
+    Store FAILURE (which also fails the chord the task belongs to and calls its errbacks) and send
+    ``task_failure``. Without it the task stays PENDING/STARTED and a chord waiting on it never finishes.
+    """
+    store_result = not task.ignore_result or task.store_errors_even_if_ignored
+    try:
+        task.backend.mark_as_failure(request.id, rejected, request=request, store_result=store_result)
+    except Exception as exc:  # the result backend is down: the message is dropped as Celery would, the record stays
+        logger.error("rejected_failure_not_stored", task=task.name, task_id=request.id, error=str(exc))
+    signals.task_failure.send(
+        sender=task, task_id=request.id, exception=rejected, args=args, kwargs=kwargs, traceback=None, einfo=None
+    )
 
 
 def _publish_again(

@@ -23,13 +23,15 @@ from celery_policy.references import import_object
 from celery_policy.resolve import ResolvedPolicy
 from celery_policy.runtime.attributes import celery_attributes
 from celery_policy.runtime.classify import Action, Classifier, Outcome
-from celery_policy.runtime.dead_letter import DeadLetterWriter, RedeliveryCounter
+from celery_policy.runtime.dead_letter import DeadLetterWriter, RedeliveryCounter, store_rejected_failure
 from celery_policy.runtime.decision import Decision
 from celery_policy.runtime.events import ArgRenderer, call_hook, log_decision, logger, mask_exception
 from celery_policy.runtime.headers import HEADER, headers_to_copy, policy_state
 from celery_policy.runtime.idempotency import Entry, IdempotencyGuard, IdempotencyKeyError
+from celery_policy.support import celery_stores_rejected_failure
 
 RERAISE = object()  # handle_failure's answer: re-raise the original exception where it was caught
+_CELERY_STORES_REJECTED_FAILURE = celery_stores_rejected_failure()
 
 __all__ = ["RERAISE", "TaskRuntime"]
 
@@ -296,7 +298,10 @@ class TaskRuntime:
             source_path="ack.max_redeliveries",
             body_failed=False,
         )
-        raise Reject(str(exc), requeue=False)
+        rejected = Reject(str(exc), requeue=False)
+        if not _CELERY_STORES_REJECTED_FAILURE:
+            store_rejected_failure(task, request, rejected, args, kwargs)
+        raise rejected
 
     def enter(self, task: Task, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Entry | None:
         """Run before the body. Returns an idempotency entry (``duplicate`` = skip the body), or None.
