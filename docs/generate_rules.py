@@ -1,7 +1,7 @@
 """Write docs/rules/*.md from the rule registry's docstrings (what `celery-policy rules CODE` prints).
 
 .venv/bin/python docs/generate_rules.py          # rewrite the pages
-.venv/bin/python docs/generate_rules.py --check  # exit 1 when a page is missing or stale (tests/test_docs.py)
+.venv/bin/python docs/generate_rules.py --check  # exit 1 when a page is missing or stale (tests/unit/test_docs.py)
 """
 
 from __future__ import annotations

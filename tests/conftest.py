@@ -12,7 +12,7 @@ Celery workers
   ``celery_worker_process`` ``(app, *, pool="solo", concurrency=1, hostname=None, queues=None,
                             broker_url=None, env=None, cwd=None, pythonpath=(), loglevel="INFO",
                             extra_args=(), ready_timeout=60, start=True) -> WorkerProcess``
-                            starts ``celery -A app worker`` (cwd defaults to tests/apps); every
+                            starts ``celery -A app worker`` (cwd defaults to tests/support/apps/plain); every
                             worker is killed (process group) at teardown and its log is
                             printed when the test failed
 
@@ -32,7 +32,7 @@ pytest_plugins = ["pytester"]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _servers import (  # noqa: E402
+from support.servers import (  # noqa: E402
     ProcessStartError,
     RedisServer,
     RedisServerMissingError,

@@ -1,6 +1,6 @@
 """The chaos driver: real broker and evidence redis-servers, real prefork workers, random faults.
 
-It publishes a mix of tasks (tests/chaos_apps/chaosapp.py), then, until every
+It publishes a mix of tasks (tests/support/apps/chaos/chaosapp.py), then, until every
 task is accounted for, SIGKILLs pool children and main worker processes at
 random moments (a killed worker is replaced by a new one), restarts the
 broker (AOF on, appendfsync always; SIGKILL then start), and at the end
@@ -31,9 +31,9 @@ TESTS = Path(__file__).resolve().parent.parent
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
-from _servers import RedisServer, WorkerProcess  # noqa: E402
+from support.servers import RedisServer, WorkerProcess  # noqa: E402
 
-APPS = TESTS / "chaos_apps"
+APPS = TESTS / "support" / "apps" / "chaos"
 STREAM = "chaos:dead"
 FAST_LIVENESS = {"reliable_heartbeat_interval": 0.5, "reliable_heartbeat_ttl": 3.0, "reliable_recover_interval": 1.0}
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 import redis
-from _servers import RedisServer, WorkerProcess, running, wait_for
 from celery import Celery
-from rabbit_fixtures import RabbitVhost, rabbit_broker, rabbit_vhost  # noqa: F401
+from support.rabbit import RabbitVhost, rabbit_broker, rabbit_vhost  # noqa: F401
+from support.servers import RedisServer, WorkerProcess, running, wait_for
 
 pytestmark = pytest.mark.worker
 

@@ -1,4 +1,4 @@
-"""The public API as a user's code calls it; tests/test_docs.py runs ``mypy --strict`` on this file."""
+"""The public API as a user's code calls it; tests/unit/test_docs.py runs ``mypy --strict`` on this file."""
 
 from __future__ import annotations
 

@@ -1,0 +1,41 @@
+"""Each benchmark script runs end to end on a tiny size, so the scripts cannot rot.
+
+Their figures are not asserted here (speed is shown in benchmarks/README.md), only that
+they run, print their table and write their JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+CASES = {
+    "overhead": ["bench_overhead.py", "--calls", "500", "--rounds", "1"],
+    "boot": ["bench_boot.py", "--tasks", "200", "--globs", "20", "--exact", "20", "--rounds", "1"],
+    "check": ["bench_check.py", "--tasks", "200", "--globs", "20", "--exact", "20", "--rounds", "1"],
+    "e2e": ["bench_e2e.py", "--tasks", "40", "--rounds", "1", "--pools", "solo"],
+    "dlq": ["bench_dlq.py", "--records", "100", "--stream", "300"],
+    "fetch": ["bench_fetch.py", "--tasks", "40", "--rounds", "1", "--pools", "solo"],
+}
+
+
+@pytest.mark.worker
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_benchmark_script_runs_on_a_tiny_size(name: str, tmp_path: Path) -> None:
+    script, *args = CASES[name]
+    env = dict(os.environ, CELERY_POLICY_BENCH_RESULTS=str(tmp_path))
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.strip(), "the script printed no table"
+    result = json.loads((tmp_path / f"{name}.json").read_text())
+    assert result["machine"]["cores"] == os.cpu_count()
