@@ -19,10 +19,19 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from support.harness import AMQP_POLICY, BROKERAPP, amqp_message_count, amqp_runs, amqp_worker_env, new_key
+from support.harness import (
+    AMQP_POLICY,
+    BROKERAPP,
+    QUORUM_REASON,
+    amqp_message_count,
+    amqp_runs,
+    amqp_worker_env,
+    new_key,
+)
 from support.servers import REPO_ROOT, RedisServer, WorkerProcess, wait_for
 
 from celery_policy.cli import main
+from celery_policy.support import celery_consumes_quorum_queues
 
 pytest_plugins = ["support.rabbit"]  # rabbit_broker, rabbit_vhost, fresh_vhost
 
@@ -44,6 +53,8 @@ class Broker:
 def broker(request: pytest.FixtureRequest, clean_redis: RedisServer) -> Broker:
     if request.param == "redis":
         return Broker("redis", clean_redis.url)
+    if not celery_consumes_quorum_queues():
+        pytest.skip(QUORUM_REASON)
     vhost = request.getfixturevalue("fresh_vhost")
     return Broker("rabbitmq", vhost.url)
 
