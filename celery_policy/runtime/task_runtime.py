@@ -168,27 +168,15 @@ class TaskRuntime:
                         logger.error("retry_publish_failed", task=self.name, task_id=request.id, error=str(rejected))
                         if task.acks_late:
                             raise Reject(f"retry could not be published: {rejected.reason}", requeue=True) from exc
-                        return self.give_up(task, request, exc, args, kwargs, attempt, outcome, "exhausted")
-                reason = "deadline"
+                    reason = "exhausted"
+                else:
+                    reason = "deadline"
             else:
                 reason = outcome.reason
         else:
             reason = outcome.reason
-        return self.give_up(task, request, exc, args, kwargs, attempt, outcome, reason)
-
-    def give_up(
-        self,
-        task: Task,
-        request: Any,
-        exc: BaseException,
-        args: Sequence[Any],
-        kwargs: Mapping[str, Any],
-        attempt: int,
-        outcome: Outcome | None,
-        reason: str,
-    ) -> Any:
-        """The body failed for the last time: the final-failure sequence, then raise or return the error result."""
-        # early ack: the message is already gone from the broker, so a store outage publishes it again
+        # The body failed for the last time. With early ack the message is already gone from the
+        # broker, so a store outage publishes it again.
         republish_with = None if task.acks_late else task
         self.fail_finally(request, exc, args, kwargs, attempt, outcome, reason, republish_with=republish_with)
         if self.return_error:
