@@ -32,7 +32,22 @@ def _context(ctx: click.Context) -> tuple[Any, str | None]:
     obj = getattr(root, "obj", None)
     app = getattr(obj, "app", None)
     spec = root.params.get("app")
+    if not isinstance(spec, str) and app is not None:
+        spec = _spec_of(app)  # Celery 5.3 and 5.4 hand commands the loaded app, not the -A text
     return app, spec if isinstance(spec, str) and spec else None
+
+
+def _spec_of(app: Any) -> str | None:
+    """``module:attribute`` of an imported module that holds ``app`` (as ``celery -A`` would have named it)."""
+    import sys
+
+    for name, module in list(sys.modules.items()):
+        if name == "__main__" or module is None:
+            continue
+        for attribute, value in list(vars(module).items()):
+            if value is app:
+                return f"{name}:{attribute}"
+    return None
 
 
 def _app_policy(app: Any) -> tuple[list[str], str | None]:
