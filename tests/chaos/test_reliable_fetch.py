@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 import redis
-from _servers import wait_for
 from celery import Celery
 from kombu.connection import Connection
 from kombu.entity import Queue
+from support.servers import wait_for
 
 import celery_policy
 from celery_policy.transport import RELIABLE_TRANSPORT
