@@ -24,6 +24,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from celery_policy._render import is_duration_field
+from celery_policy._render import render_value as render_yaml
 from celery_policy.durations import format_duration
 from celery_policy.errors import Location
 from celery_policy.model import DeadLetterStoreSettings, ProducerSettings, TaskPolicy, WorkerSettings
@@ -269,8 +271,6 @@ def _path_order(path: str) -> tuple[int, str]:
 
 def _duration_leaves() -> frozenset[str]:
     """Dotted leaf paths whose values are durations, for rendering ``90.0`` as ``1m30s``."""
-    from celery_policy.explain import _is_duration_field
-
     found: set[str] = set()
 
     def walk(model: type[BaseModel], prefix: str) -> None:
@@ -279,7 +279,7 @@ def _duration_leaves() -> frozenset[str]:
             nested = _model_in(annotation)
             if nested is not None:
                 walk(nested, f"{prefix}{name}.")
-            elif _is_duration_field(model, name):
+            elif is_duration_field(model, name):
                 found.add(f"{prefix}{name}")
 
     walk(TaskPolicy, "")
@@ -302,8 +302,6 @@ _DURATIONS: frozenset[str] | None = None
 
 def render_value(section: str, path: str, value: Any) -> str:
     """A value as users write it in YAML; durations as ``1m30s``."""
-    from celery_policy.explain import render_value as render_yaml
-
     global _DURATIONS  # noqa: PLW0603 - computed once, on first use
     if _DURATIONS is None:
         _DURATIONS = _duration_leaves()

@@ -243,9 +243,9 @@ def test_readme_yaml_example_loads(index: int, tmp_path: Path) -> None:
 
 
 def test_check_passes_on_every_example_in_every_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    if importlib.util.find_spec("celery_policy.lint.runner") is None:
+    if importlib.util.find_spec("celery_policy.lint.engine") is None:
         warnings.warn(
-            "celery_policy.lint.runner does not exist yet, so `celery-policy check` cannot run: "
+            "celery_policy.lint.engine does not exist yet, so `celery-policy check` cannot run: "
             "the examples were only loaded, not linted",
             UserWarning,
             stacklevel=1,
@@ -263,8 +263,8 @@ def test_check_with_the_shop_app_finds_nothing(path: Path) -> None:
 
     In a subprocess: ``--app`` imports shop.celery, which installs a policy into process-wide Celery state.
     """
-    if importlib.util.find_spec("celery_policy.lint.runner") is None:
-        warnings.warn("celery_policy.lint.runner does not exist yet: `check --app` not run", UserWarning, stacklevel=1)
+    if importlib.util.find_spec("celery_policy.lint.engine") is None:
+        warnings.warn("celery_policy.lint.engine does not exist yet: `check --app` not run", UserWarning, stacklevel=1)
         return
     command = [sys.executable, "-m", "celery_policy.cli", "check", str(path.relative_to(REPO_ROOT))]
     command += ["--all-envs", "--strict", "--app", "shop.celery"]

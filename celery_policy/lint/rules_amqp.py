@@ -4,39 +4,54 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from celery_policy.deadletter.amqp import is_amqp_url, store_backend
 from celery_policy.errors import Diagnostic, PolicyError, trim
+from celery_policy.lint.appsnapshot import AppSnapshot
 from celery_policy.lint.context import LintContext, View
 from celery_policy.lint.registry import rule
+from celery_policy.queues import (
+    QueuePlan,
+    declare_queues,
+    is_amqp_url,
+    merge_arguments,
+    plan_queues,
+    queue_of,
+    queue_type_of,
+    store_backend,
+)
 from celery_policy.resolve import Policy
-from celery_policy.runtime.amqp import QueuePlan, declare_queues, merge_arguments, plan_queues
 
 
 def _queue_of(ctx: LintContext, view: View) -> str:
-    route = view.policy.route
     assert ctx.app is not None
-    return route.queue if route is not None and route.queue else ctx.app.default_queue
+    return queue_of(view.policy.route, ctx.app.default_queue)
 
 
 def _queue_type(ctx: LintContext, view: View, queue: str) -> str:
     app = ctx.app
     assert app is not None
     route = view.policy.route
-    if route is not None and route.queue_type:
-        return route.queue_type
-    declared = (app.declared_queues or {}).get(queue)
-    if declared is not None and declared.queue_type:
-        return declared.queue_type
-    return app.default_queue_type if queue == app.default_queue else "classic"
+    return queue_type_of(
+        queue,
+        route.queue_type if route is not None else None,
+        declared=app.declared_queue_types(),
+        default_queue=app.default_queue,
+        default_queue_type=app.default_queue_type,
+    )
 
 
 def _amqp_store(ctx: LintContext) -> bool:
     return ctx.app is not None and store_backend(ctx.document.dead_letter_store, ctx.app.broker_url) == "amqp"
 
 
-def _declared_types(ctx: LintContext) -> dict[str, str]:
-    assert ctx.app is not None
-    return {name: q.queue_type for name, q in (ctx.app.declared_queues or {}).items() if q.queue_type}
+def _plan(ctx: LintContext, app: AppSnapshot) -> dict[str, QueuePlan]:
+    """The queue plan the worker would apply at boot. Raises PolicyError (conflicting queue types, CP110)."""
+    return plan_queues(
+        Policy(ctx.raw, ctx.env),
+        default_queue=app.default_queue,
+        default_queue_type=app.default_queue_type,
+        amqp_store=_amqp_store(ctx),
+        declared_types=app.declared_queue_types(),
+    )
 
 
 def _plans(ctx: LintContext) -> dict[str, QueuePlan] | None:
@@ -44,13 +59,7 @@ def _plans(ctx: LintContext) -> dict[str, QueuePlan] | None:
     if app is None or not is_amqp_url(app.broker_url):
         return None
     try:
-        return plan_queues(
-            Policy(ctx.raw, ctx.env),
-            default_queue=app.default_queue,
-            default_queue_type=app.default_queue_type,
-            amqp_store=_amqp_store(ctx),
-            declared_types=_declared_types(ctx),
-        )
+        return _plan(ctx, app)
     except PolicyError:  # pattern conflicts are CP110's; queue type conflicts are reported by CP307
         return None
 
@@ -144,13 +153,7 @@ def queue_arguments_conflict(ctx: LintContext) -> Iterator[Diagnostic]:
     if app is None or not is_amqp_url(app.broker_url):
         return
     try:
-        plans = plan_queues(
-            Policy(ctx.raw, ctx.env),
-            default_queue=app.default_queue,
-            default_queue_type=app.default_queue_type,
-            amqp_store=_amqp_store(ctx),
-            declared_types=_declared_types(ctx),
-        )
+        plans = _plan(ctx, app)
     except PolicyError as exc:
         if "route.queue_type" in str(exc):
             yield ctx.diagnostic("CP307", str(exc), ("tasks",), "tasks sharing a queue must agree on its type")

@@ -5,16 +5,16 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from celery_policy._yaml import Path, render_path
-from celery_policy.backoff import base_delay
+from celery_policy.backoff import longest_delay
+from celery_policy.budgets import Budget, budgets
 from celery_policy.durations import format_duration
 from celery_policy.errors import Diagnostic, trim
 from celery_policy.lint.context import Layer, LintContext
 from celery_policy.lint.registry import rule
-from celery_policy.model import Backoff, RetryPolicy, dump_set
+from celery_policy.queues import queue_of, queue_type_of, store_backend
 
 CATCH_ALL = ("builtins.Exception", "builtins.BaseException")
 CELERY_PREFETCH_DEFAULT = 4
@@ -28,35 +28,9 @@ def _d(seconds: float) -> str:
     return format_duration(seconds)
 
 
-@dataclass(frozen=True, slots=True)
-class _Budget:
-    """One retry counter of a task: the task-level lists, unknown errors, or one `rules` entry."""
-
-    label: str
-    retries: int | None  # None: no cap
-    backoff: Backoff
-    delay_from: str | None
-    rule_index: int | None = None  # the `rules` entry, or None for the task-level counters
-
-    def rule_path(self, layer: Layer) -> Path:
-        """The key path of its `rules` entry in ``layer``."""
-        return (*layer.prefix, "retry", "rules", self.rule_index or 0)
-
-
-def _budgets(retry: RetryPolicy) -> list[_Budget]:
-    budgets: list[_Budget] = []
-    if retry.on:
-        budgets.append(_Budget("retry.on", retry.max_retries, retry.backoff, None))
-    if retry.unknown == "retry":
-        limit = retry.unknown_max_retries if retry.unknown_max_retries is not None else retry.max_retries
-        budgets.append(_Budget("unknown errors", limit, retry.backoff, None))
-    for index, retry_rule in enumerate(retry.rules):
-        backoff = retry.backoff
-        if retry_rule.backoff is not None:
-            backoff = Backoff.model_validate({**retry.backoff.model_dump(), **dump_set(retry_rule.backoff)})
-        limit = retry_rule.max_retries if retry_rule.max_retries is not None else retry.max_retries
-        budgets.append(_Budget(f"retry.rules[{index}]", limit, backoff, retry_rule.delay_from, index))
-    return [b for b in budgets if b.retries != 0]
+def _rule_path(budget: Budget, layer: Layer) -> Path:
+    """The key path of a budget's `rules` entry in ``layer``."""
+    return (*layer.prefix, "retry", "rules", budget.rule_index or 0)
 
 
 @rule("CP201", "unbounded-retries", severity="warning")
@@ -74,10 +48,12 @@ def unbounded_retries(ctx: LintContext) -> Iterator[Diagnostic]:
         retry = view.policy.retry
         if retry.deadline is not None:
             continue
-        uncapped = [b for b in _budgets(retry) if b.retries is None]
+        uncapped = [b for b in budgets(retry) if b.retries is None]
         if not uncapped:
             continue
         layer, path = view.blame(("retry", "max_retries"), ("retry", "unknown_max_retries"), ("retry", "rules"))
+        if all(b.rule_index is not None for b in uncapped):  # only rules that set `max_retries: null` themselves
+            path = _rule_path(uncapped[0], view.blame(("retry", "rules"))[0])
         names = ", ".join(b.label for b in uncapped)
         message = f"retries without a cap ({names}): max_retries is null and no deadline is set"
         hint = "set retry.max_retries or a retry.deadline such as 1h so a permanent failure ends in the dead letters"
@@ -97,7 +73,7 @@ def retry_without_backoff(ctx: LintContext) -> Iterator[Diagnostic]:
         good: retry: {on: [transient], backoff: {initial: 5s, factor: 2, jitter: full}}
     """
     for view in ctx.views():
-        for budget in _budgets(view.policy.retry):
+        for budget in budgets(view.policy.retry):
             if budget.delay_from is not None:
                 continue
             backoff = budget.backoff
@@ -112,7 +88,7 @@ def retry_without_backoff(ctx: LintContext) -> Iterator[Diagnostic]:
                 continue
             hint = "use exponential backoff with jitter, e.g. backoff: {initial: 1s, factor: 2, max: 5m, jitter: full}"
             if budget.rule_index is not None:
-                path = budget.rule_path(view.blame(("retry", "rules"))[0])
+                path = _rule_path(budget, view.blame(("retry", "rules"))[0])
                 yield Diagnostic("CP202", message, ctx.key_locate(path), hint, path=render_path(path))
                 continue
             layer, key = view.blame(("retry", "backoff", field), ("retry", "backoff"), ("retry", "on"))
@@ -226,16 +202,12 @@ def visibility_timeout(ctx: LintContext) -> Iterator[Diagnostic]:
     where = f"visibility timeout {_d(limit)} ({origin})"
     hint = "raise worker.visibility_timeout above the longest delay and hard timeout, or lower them"
     for view in ctx.views():
-        for budget in _budgets(view.policy.retry):
-            backoff = budget.backoff
-            if budget.delay_from is not None or budget.retries is None:
-                worst = backoff.max
-            else:
-                worst = base_delay(backoff, max(budget.retries - 1, 0))
+        for budget in budgets(view.policy.retry):
+            worst = longest_delay(budget.backoff, budget.retries, budget.delay_from)
             if worst < limit:
                 continue
             if budget.rule_index is not None:
-                path = budget.rule_path(view.blame(("retry", "rules"))[0])
+                path = _rule_path(budget, view.blame(("retry", "rules"))[0])
             elif view.owner(("retry", "backoff")) < 0:  # built-in backoff: the visibility timeout is what is short
                 path = ("worker", "visibility_timeout")
             else:
@@ -399,8 +371,6 @@ def dead_letter_store(ctx: LintContext) -> Iterator[Diagnostic]:
     """
     if ctx.app is None:
         return
-    from celery_policy.deadletter.amqp import store_backend
-
     if store_backend(ctx.document.dead_letter_store, ctx.app.broker_url) is not None:
         return  # a Redis store (url or Redis broker) or the AMQP broker's own dead queues
     for view in ctx.views():
@@ -435,17 +405,22 @@ def quorum_delivery_limit(ctx: LintContext) -> Iterator[Diagnostic]:
     app = ctx.app
     if app is None or app.broker_scheme != "amqp":
         return
-    from celery_policy.deadletter.amqp import store_backend
-
     amqp_store = store_backend(ctx.document.dead_letter_store, app.broker_url) == "amqp"
     for view in ctx.views():
         policy = view.policy
         ack = policy.ack
         if not (ack.late and ack.reject_on_worker_lost and ack.max_redeliveries is not None):
             continue
-        queue = policy.route.queue if policy.route is not None and policy.route.queue else app.default_queue
+        route = policy.route
+        queue = queue_of(route, app.default_queue)
         declared = (app.declared_queues or {}).get(queue)
-        queue_type = declared.queue_type if declared and declared.queue_type else app.default_queue_type
+        queue_type = queue_type_of(
+            queue,
+            route.queue_type if route is not None else None,
+            declared=app.declared_queue_types(),
+            default_queue=app.default_queue,
+            default_queue_type=app.default_queue_type,
+        )
         if queue_type != "quorum":
             continue
         limit = declared.delivery_limit if declared and declared.delivery_limit is not None else None

@@ -67,7 +67,9 @@ def import_graph() -> dict[str, set[str]]:
         for name in _imports(tree, module, path.name == "__init__.py"):
             parts = name.split(".")
             # the longest prefix that is a module of ours: the module itself, not the packages it lives in
-            found = next((".".join(parts[:end]) for end in range(len(parts), 0, -1) if ".".join(parts[:end]) in paths), None)
+            found = next(
+                (".".join(parts[:end]) for end in range(len(parts), 0, -1) if ".".join(parts[:end]) in paths), None
+            )
             if found is not None and found != module:
                 targets.add(found)
         graph[module] = targets
@@ -133,8 +135,6 @@ def test_the_graph_skips_type_checking_blocks() -> None:
 
 def test_celery_policy_has_no_import_cycle() -> None:
     cycles = [
-        component
-        for component in strongly_connected(import_graph())
-        if frozenset(component) not in ALLOWED_CYCLES
+        component for component in strongly_connected(import_graph()) if frozenset(component) not in ALLOWED_CYCLES
     ]
     assert cycles == [], "import cycles (each list imports itself through function- or module-level imports)"
