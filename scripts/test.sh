@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# Run the whole test suite: bootstrap (fast when nothing changed), then pytest.
-# Extra arguments go to pytest, e.g. ./scripts/test.sh -k worker -v
+# Run the whole test suite: bootstrap (fast when nothing changed), then
+#   1. pytest over tests/ in .venv (Python 3.11 by default, the newest Celery/kombu line);
+#   2. the real-worker tests on the oldest supported line, every runtime dependency at its
+#      lower bound, on the oldest Python (`nox -s floors`, a virtualenv under .nox/).
+# Extra arguments go to the first pytest only and skip the second, e.g. ./scripts/test.sh -k worker -v
+# The whole support matrix (every Celery/kombu line, every Python line) is `.venv/bin/nox`.
 # Exits non-zero when a test fails and also when no test was collected (pytest exit 5).
 set -euo pipefail
 
@@ -20,4 +24,14 @@ case "$status" in
     5) echo "test.sh: pytest collected no tests (exit 5); that counts as a failure" >&2 ;;
     *) echo "test.sh: pytest failed (exit $status)" >&2 ;;
 esac
+
+if [ "$#" -eq 0 ]; then
+    oldest=0
+    # nox fails the session when pytest fails or collects nothing, and when Python 3.10 is missing.
+    .venv/bin/nox --error-on-missing-interpreters -s floors || oldest=$?
+    if [ "$oldest" -ne 0 ]; then
+        echo "test.sh: the oldest-line worker tests failed (nox -s floors, exit $oldest)" >&2
+        [ "$status" -ne 0 ] || status=$oldest
+    fi
+fi
 exit "$status"

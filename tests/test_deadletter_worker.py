@@ -16,7 +16,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 from _servers import RedisServer, WorkerProcess
-from celery import Celery
+from celery import Celery, chord, group
+from celery.exceptions import ChordError, Reject
 from deadletter_apps.support import (
     STREAM,
     broker_is_drained,
@@ -281,3 +282,27 @@ def test_the_stream_holds_exactly_the_records_written_above(store: RedisStreamSt
     """One record per dead-lettered task of this module (permanent: dl.permanent and dl.secret), no duplicates."""
     reasons = Counter(found.reason for found in store.iter(Filter()))
     assert reasons == {"exhausted": 1, "permanent": 2, "unknown_exhausted": 1, "time_limit": 2, "redelivery_limit": 1}
+
+
+def test_a_chord_whose_header_holds_a_poison_pill_fails_instead_of_hanging(
+    prefork: WorkerProcess, app: Celery, client: redis.Redis, store: RedisStreamStore
+) -> None:
+    """After the redelivery cap the header task is FAILURE on every Celery line, so the chord errors out.
+
+    Celery < 5.7 leaves a task that raised ``Reject(requeue=False)`` PENDING; the runtime stores the failure.
+    """
+    key = new_key("chord-crash")
+    crash = app.signature("dl.crash", args=(key,), queue=PREFORK)
+    header = group(crash, app.signature("dl.add", args=(1, 2), queue=PREFORK))
+    result = chord(header)(app.signature("dl.total", queue=PREFORK))
+
+    # Celery's backends word the chord's failure differently by release: a ChordError naming the header
+    # task, or the header task's own exception
+    with pytest.raises((ChordError, Reject)) as failed:
+        result.get(timeout=60)
+
+    assert "max_redeliveries=2" in str(failed.value)
+    crashed_id = result.parent.results[0].id
+    assert len(runs(client, key)) == 3
+    assert [r.reason for r in records_for(store, crashed_id)] == ["redelivery_limit"]
+    assert wait_final(client, crashed_id)["status"] == "FAILURE"

@@ -27,6 +27,8 @@ import celery_policy
 from celery_policy.transport import RELIABLE_TRANSPORT
 from celery_policy.transport._liveness import CONSUMERS_KEY, OWNER_KEY, alive_key, inflight_key
 
+pytestmark = pytest.mark.worker  # real kombu consumer processes, killed mid-take
+
 APPS = Path(__file__).resolve().parent / "chaos_apps"
 FAST = {"reliable_heartbeat_interval": 0.2, "reliable_heartbeat_ttl": 1.0, "reliable_recover_interval": 0.2}
 

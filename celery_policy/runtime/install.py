@@ -12,6 +12,7 @@ leaves the app untouched.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -21,6 +22,7 @@ from celery import Celery, Task, signals
 from celery.app.annotations import prepare as prepare_annotations
 from celery.app.annotations import resolve_all as resolve_all_annotations
 
+from celery_policy import transport as _reliable_fetch
 from celery_policy.appinfo import setting as _setting
 from celery_policy.deadletter.store import RedisStreamStore, store_url_for
 from celery_policy.errors import PolicyError
@@ -170,6 +172,7 @@ def install(
     if getattr(app, _APP_ATTR, None) is not None:
         msg = "celery_policy.install() was already called for this app"
         raise PolicyError(msg)
+    check_celery_release()
     if env is None:
         env = _setting(app, "CELERY_POLICY_ENV")
     if path is None:
@@ -182,8 +185,10 @@ def install(
         if runtime.governs(name):
             runtime.compile(name, task)
     queue_plan = _amqp.plan_for(app, policy)  # RabbitMQ queue arguments (None for other brokers)
+    reliable = _reliable_fetch.decide(app, policy)  # atomic take on a Redis broker; see celery_policy/transport/
 
     _apply_conf(app, policy)
+    _reliable_fetch.configure(app, reliable)
     _amqp.apply_plan(app, policy, queue_plan)
     app.conf.task_routes = (runtime.router, *_as_routes(app.conf.task_routes))
     app.conf.task_annotations = (PolicyAnnotator(runtime, app.conf.task_annotations),)
@@ -198,6 +203,37 @@ def install(
     else:
         app.on_after_finalize.connect(lambda sender=None, **kw: _after_finalize(app), weak=False)
     return policy
+
+
+def check_celery_release() -> None:
+    """Stop the boot with :class:`PolicyError` when the installed Celery lacks an internal the runtime uses.
+
+    A Celery outside the tested lines (:data:`celery_policy.support.CELERY_LINES`) is refused too, unless
+    ``CELERY_POLICY_ALLOW_UNTESTED_CELERY=1`` says the operator accepts that (then it is logged).
+    """
+    from celery_policy import support
+
+    celery = support.installed("celery")
+    problems = support.celery_problems()
+    if problems:
+        msg = (
+            f"celery {celery.version} lacks internals celery-policy relies on: {', '.join(problems)}\n"
+            f"  help: install a tested Celery ({celery.tested_lines()})"
+        )
+        raise PolicyError(msg)
+    if celery.is_tested_line:
+        return
+    if os.environ.get("CELERY_POLICY_ALLOW_UNTESTED_CELERY") == "1":
+        logging.getLogger("celery_policy").warning(
+            "celery %s is not a tested release line (tested: %s); running because "
+            "CELERY_POLICY_ALLOW_UNTESTED_CELERY=1", celery.version, celery.tested_lines(),
+        )  # fmt: skip
+        return
+    msg = (
+        f"celery {celery.version} is not a tested release line (tested: {celery.tested_lines()})\n"
+        "  help: install a tested Celery, or set CELERY_POLICY_ALLOW_UNTESTED_CELERY=1 to run on it anyway"
+    )
+    raise PolicyError(msg)
 
 
 def _after_finalize(app: Celery) -> None:
@@ -303,10 +339,6 @@ def _apply_conf(app: Celery, policy: Policy) -> None:
         result_options = dict(conf.result_backend_transport_options or {})
         result_options.setdefault("visibility_timeout", worker.visibility_timeout)
         conf.result_backend_transport_options = result_options
-    # Reliability: atomic take on a Redis broker (worker.reliable_fetch; see celery_policy/transport/)
-    from celery_policy.transport import configure as _configure_reliable_fetch
-
-    _configure_reliable_fetch(app, policy)
     publish = policy.document.producer.publish_retry
     if "producer" in policy.document.model_fields_set:
         conf.task_publish_retry = publish.max_retries > 0

@@ -18,7 +18,7 @@ from types import FrameType
 from typing import Any
 
 import redis
-from celery import Task
+from celery import Task, signals
 from celery.exceptions import Ignore, Reject, Retry, TaskPredicate, TimeLimitExceeded
 
 from celery_policy.backoff import draw_delay
@@ -30,6 +30,7 @@ from celery_policy.resolve import ResolvedPolicy
 from celery_policy.runtime.classify import Action, Classifier, Outcome
 from celery_policy.runtime.events import ArgRenderer, Decision, call_hook, log_decision, logger, scrub
 from celery_policy.runtime.idempotency import Entry, IdempotencyGuard, IdempotencyKeyError
+from celery_policy.support import celery_stores_rejected_failure
 
 # Delay before a message whose dead letter could not be written runs again: the first, doubling up to the
 # last while the store stays down. Without it a requeued message comes straight back and re-runs in a hot loop.
@@ -37,6 +38,7 @@ STORE_DOWN_PAUSE_S = (0.5, 10.0)
 RERAISE = object()  # handle_failure's answer: re-raise the original exception where it was caught
 HEADER = "celery_policy"  # {"n": {counter: retries used}, "t0": first failure epoch seconds}
 _WRAPPED = "__celery_policy_runtime__"
+_CELERY_STORES_REJECTED_FAILURE = celery_stores_rejected_failure()
 
 __all__ = ["HEADER", "PolicyTask", "PublishError", "TaskRuntime"]
 
@@ -349,7 +351,10 @@ class TaskRuntime:
         self.write_dead_letter(request, exc, args, kwargs, rendered, attempt, "redelivery_limit", decision)
         log_decision(decision, rendered, exc, self.args.secrets(args, kwargs))
         call_hook(self.hooks["on_dead_letter"], "on_dead_letter", request, exc, decision)
-        raise Reject(str(exc), requeue=False)
+        rejected = Reject(str(exc), requeue=False)
+        if not _CELERY_STORES_REJECTED_FAILURE:
+            _store_rejected_failure(task, request, rejected, args, kwargs)
+        raise rejected
 
     # -- guards before the body: redelivery cap and idempotency ---------------------------------------
 
@@ -686,6 +691,24 @@ def _publish_again(
         logger.error("dead_letter_lost", task=task.name, task_id=request.id, error=f"{type(exc).__name__}: {exc}")
         return False
     return True
+
+
+def _store_rejected_failure(
+    task: Task, request: Any, rejected: Reject, args: Sequence[Any], kwargs: Mapping[str, Any]
+) -> None:
+    """What Celery 5.7's worker does for ``Reject(requeue=False)`` and older releases do not (celery#4222).
+
+    Store FAILURE (which also fails the chord the task belongs to and calls its errbacks) and send
+    ``task_failure``. Without it the task stays PENDING/STARTED and a chord waiting on it never finishes.
+    """
+    store_result = not task.ignore_result or task.store_errors_even_if_ignored
+    try:
+        task.backend.mark_as_failure(request.id, rejected, request=request, store_result=store_result)
+    except Exception as exc:  # the result backend is down: the message is dropped as Celery would, the record stays
+        logger.error("rejected_failure_not_stored", task=task.name, task_id=request.id, error=str(exc))
+    signals.task_failure.send(
+        sender=task, task_id=request.id, exception=rejected, args=args, kwargs=kwargs, traceback=None, einfo=None
+    )
 
 
 def _calling_request_context(task_id: str, depth: int = 8) -> Any:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from celery_policy.errors import PolicyError
+
 if TYPE_CHECKING:
     from celery_policy.resolve import Policy
 
@@ -56,9 +58,36 @@ def reliable_fetch_wanted(app: Any, policy: Policy) -> bool:
     return bool(setting) or uses_late_ack(policy)
 
 
-def configure(app: Any, policy: Policy) -> bool:
-    """Switch the app's broker transport to reliable fetch when :func:`reliable_fetch_wanted`; return whether it did."""
+def decide(app: Any, policy: Policy) -> bool:
+    """Whether the worker takes with reliable fetch: :func:`reliable_fetch_wanted`, gated on the installed kombu.
+
+    On a kombu whose Redis transport internals moved, or outside the tested lines
+    (:mod:`celery_policy.support`), a policy that asked for ``worker.reliable_fetch: true``
+    raises :class:`PolicyError` at boot; one that left it to the default falls back to
+    kombu's own fetch with a warning. Changes nothing.
+    """
     if not reliable_fetch_wanted(app, policy):
         return False
-    app.conf.broker_transport = RELIABLE_TRANSPORT
-    return True
+    from celery_policy.support import reliable_fetch_problem
+
+    problem = reliable_fetch_problem()
+    if problem is None:
+        return True
+    if policy.document.worker.reliable_fetch:
+        where = policy.location(("worker", "reliable_fetch")) or policy.files[0]
+        msg = (
+            f"{where}: worker.reliable_fetch is on, but {problem}\n"
+            "  help: install a tested kombu (pip install 'kombu>=5.3.7,<5.8') or set worker.reliable_fetch: false"
+        )
+        raise PolicyError(msg)
+    logger.warning(
+        "reliable fetch left off (kombu's own fetch is used): %s; set worker.reliable_fetch: false to silence this",
+        problem,
+    )
+    return False
+
+
+def configure(app: Any, reliable: bool) -> None:
+    """Switch the app's broker transport to reliable fetch when :func:`decide` said so."""
+    if reliable:
+        app.conf.broker_transport = RELIABLE_TRANSPORT

@@ -70,6 +70,14 @@ return false
 """
 TAKE_SHA = hashlib.sha1(TAKE_SCRIPT.encode()).hexdigest()  # Redis names scripts by SHA-1
 
+# kombu hooks the take calls where the installed kombu has them, picked once at import. The rest of the
+# surface this module relies on is the same on every tested kombu line (celery_policy.support probes it at boot).
+# kombu 5.7: after a take's reply was read, the BRPOP connection is idle: the moment to flush a pending
+# streaming re-auth token (credential providers).
+_FLUSH_REAUTH = getattr(kombu_redis.Channel, "_flush_brpop_reauth", None)
+# kombu 5.7: queues declared with x-expires get their keys' expiry refreshed on every basic_get.
+_REFRESH_EXPIRY = getattr(kombu_redis.Channel, "_maybe_update_queues_expire", None)
+
 RELIABLE_OPTIONS = (
     "reliable_idle_wait",
     "reliable_heartbeat_interval",
@@ -195,7 +203,8 @@ class Channel(kombu_redis.Channel):
             raise virtual.Empty()
         finally:
             self._in_poll = None  # type: ignore[assignment]  # kombu declares it as bool, assigns None
-            self._flush_brpop_reauth()
+            if _FLUSH_REAUTH is not None:
+                _FLUSH_REAUTH(self)
 
     def _deliver_taken(self, reply: list[Any]) -> None:
         source, item, recorded = reply
@@ -217,7 +226,8 @@ class Channel(kombu_redis.Channel):
             except NoScriptError:
                 client.script_load(TAKE_SCRIPT)
                 reply = client.evalsha(TAKE_SHA, *self._take_args(keys))
-            self._maybe_update_queues_expire(client, queue)
+            if _REFRESH_EXPIRY is not None:
+                _REFRESH_EXPIRY(self, client, queue)
         if not reply:
             raise virtual.Empty()
         # basic_get calls qos.append right after this returns (same thread, no I/O in between).

@@ -122,3 +122,9 @@ def once(self: Task, key: str, value: int) -> int:
 @app.task(name="dl.add")
 def add(x: int, y: int) -> int:
     return x + y
+
+
+@app.task(name="dl.total")
+def total(values: list[int]) -> int:
+    """A chord body."""
+    return sum(values)
