@@ -25,6 +25,7 @@ from celery import Celery
 
 import celery_policy
 from celery_policy import cli
+from celery_policy.cli.exit import OK
 from celery_policy.patterns import is_glob
 from celery_policy.references import import_exception, import_object
 
@@ -254,7 +255,7 @@ def test_check_passes_on_every_example_in_every_environment(monkeypatch: pytest.
     monkeypatch.chdir(REPO_ROOT)
     files = [str(p.relative_to(REPO_ROOT)) for p in POLICY_FILES]
     for path in files:  # each file on its own: they are independent policies, not layers
-        assert cli.main(["check", path, "--all-envs", "--strict"]) == cli.OK, path
+        assert cli.main(["check", path, "--all-envs", "--strict"]) == OK, path
 
 
 @pytest.mark.parametrize("path", POLICY_FILES, ids=lambda p: p.name)
@@ -364,7 +365,7 @@ def test_demo_policy_in_a_real_worker_retries_fails_fast_and_returns_errors(
 
     # Both failures are in the demo's dead-letter stream; the bad row (return_error, dead letters off) is not.
     capsys.readouterr()
-    assert cli.main(["dlq", "list", "--url", clean_redis.url, "--file", str(DEMO), "--format", "json"]) == cli.OK
+    assert cli.main(["dlq", "list", "--url", clean_redis.url, "--file", str(DEMO), "--format", "json"]) == OK
     records = json.loads(capsys.readouterr().out)["records"]
     assert [(r["task"], r["reason"], r["attempts"]) for r in records] == [
         ("orders.charge", "permanent", 1),

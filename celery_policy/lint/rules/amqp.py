@@ -1,4 +1,8 @@
-"""CP3xx checks for RabbitMQ brokers (``--app`` with an AMQP broker): queue types, delivery limits, queue arguments."""
+"""Checks for RabbitMQ brokers (``--app`` with an AMQP broker): queue types, delivery limits, queue arguments.
+
+CP209 (a reliability warning) and CP305-CP307 read the queue type and the
+queue plan from :mod:`celery_policy.queues`, as the worker does at boot.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,8 @@ from celery_policy.queues import (
     store_backend,
 )
 from celery_policy.resolve import Policy
+
+QUORUM_DELIVERY_LIMIT_DEFAULT = 20  # RabbitMQ 4.0+
 
 
 def _queue_of(ctx: LintContext, view: View) -> str:
@@ -192,3 +198,56 @@ def _path_of(plan: QueuePlan | None) -> tuple[str, ...]:
             if label.startswith("tasks."):
                 return ("tasks", label.removeprefix("tasks."), "route")
     return ("defaults",)
+
+
+@rule("CP209", "quorum-delivery-limit", severity="warning", needs_app=True)
+def quorum_delivery_limit(ctx: LintContext) -> Iterator[Diagnostic]:
+    """What it does: warns when a task on a RabbitMQ quorum queue allows more redeliveries than the
+    queue's delivery limit.
+
+    The limit is the queue's `x-delivery-limit`, else 20 (RabbitMQ 4.0's
+    default). Only broker redeliveries count (a lost worker with
+    `reject_on_worker_lost`); Celery's own retries publish a new message and
+    do not. Needs `--app` with an AMQP broker.
+
+    Why: RabbitMQ drops (or dead-letters at the broker) the message first, so
+    the policy's `max_redeliveries` cap and its dead-letter record never happen.
+
+    Example:
+        bad:  ack: {late: true, reject_on_worker_lost: true, max_redeliveries: 25}
+        good: ack: {late: true, reject_on_worker_lost: true, max_redeliveries: 5}
+    """
+    app = ctx.app
+    if app is None or app.broker_scheme != "amqp":
+        return
+    amqp_store = store_backend(ctx.document.dead_letter_store, app.broker_url) == "amqp"
+    for view in ctx.views():
+        policy = view.policy
+        ack = policy.ack
+        if not (ack.late and ack.reject_on_worker_lost and ack.max_redeliveries is not None):
+            continue
+        route = policy.route
+        queue = queue_of(route, app.default_queue)
+        declared = (app.declared_queues or {}).get(queue)
+        queue_type = queue_type_of(
+            queue,
+            route.queue_type if route is not None else None,
+            declared=app.declared_queue_types(),
+            default_queue=app.default_queue,
+            default_queue_type=app.default_queue_type,
+        )
+        if queue_type != "quorum":
+            continue
+        limit = declared.delivery_limit if declared and declared.delivery_limit is not None else None
+        if limit is None and amqp_store:
+            continue  # install() declares x-delivery-limit = max_redeliveries: the broker enforces the policy's cap
+        limit = limit if limit is not None else QUORUM_DELIVERY_LIMIT_DEFAULT
+        if limit < 0 or ack.max_redeliveries < limit or (amqp_store and ack.max_redeliveries == limit):
+            continue
+        _layer, path = view.blame(("ack", "max_redeliveries"))
+        message = (
+            f"ack.max_redeliveries {ack.max_redeliveries} is not below the delivery limit {limit} "
+            f"of quorum queue '{trim(queue)}'"
+        )
+        hint = "RabbitMQ drops the message at its delivery limit first; lower max_redeliveries below it"
+        yield ctx.diagnostic("CP209", message, path, hint)

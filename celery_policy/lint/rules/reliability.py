@@ -1,24 +1,24 @@
-"""CP2xx reliability warnings: settings that work but fail badly under load, outages or crashes."""
+"""CP2xx reliability warnings: settings that work but fail badly under load, outages or crashes.
+
+The idempotency key check (CP207) is in :mod:`.idempotency`, the quorum queue
+delivery limit (CP209) with the other RabbitMQ queue rules in :mod:`.amqp`.
+"""
 
 from __future__ import annotations
 
-import re
-import string
 from collections.abc import Iterator
-from typing import Any
 
-from celery_policy._yaml import Path, render_path
+from celery_policy._yaml import KeyPath, render_path
 from celery_policy.backoff import longest_delay
 from celery_policy.budgets import Budget, budgets
 from celery_policy.durations import format_duration
-from celery_policy.errors import Diagnostic, trim
+from celery_policy.errors import Diagnostic
 from celery_policy.lint.context import Layer, LintContext
 from celery_policy.lint.registry import rule
-from celery_policy.queues import queue_of, queue_type_of, store_backend
+from celery_policy.queues import store_backend
 
 CATCH_ALL = ("builtins.Exception", "builtins.BaseException")
 CELERY_PREFETCH_DEFAULT = 4
-QUORUM_DELIVERY_LIMIT_DEFAULT = 20  # RabbitMQ 4.0+
 
 _SOFT = ("timeout", "soft")
 _HARD = ("timeout", "hard")
@@ -28,7 +28,7 @@ def _d(seconds: float) -> str:
     return format_duration(seconds)
 
 
-def _rule_path(budget: Budget, layer: Layer) -> Path:
+def _rule_path(budget: Budget, layer: Layer) -> KeyPath:
     """The key path of a budget's `rules` entry in ``layer``."""
     return (*layer.prefix, "retry", "rules", budget.rule_index or 0)
 
@@ -255,105 +255,6 @@ def no_time_limit(ctx: LintContext) -> Iterator[Diagnostic]:
         yield Diagnostic("CP206", message, ctx.key_locate(path), hint, path=render_path((*layer.prefix, "timeout")))
 
 
-class _Anything:
-    """Stands in for any task argument while a key template is test-formatted."""
-
-    def __format__(self, spec: str) -> str:
-        return "x"
-
-    def __getattr__(self, name: str) -> _Anything:
-        return self
-
-    def __getitem__(self, key: object) -> _Anything:
-        return self
-
-
-class _Args(tuple[Any, ...]):
-    def __getitem__(self, key: object) -> Any:
-        return _Anything()
-
-
-class _Kwargs(dict[str, Any]):
-    def __missing__(self, key: str) -> Any:
-        return _Anything()
-
-
-_FIELD_ROOT = re.compile(r"^([^.\[]*)(.*)$")
-_INDEX = re.compile(r"^\[([^\]]*)\]")
-
-
-def template_problem(template: str) -> tuple[str | None, list[tuple[str, str]]]:
-    """Why a key template cannot be formatted (or None), and its ``(args|kwargs, index)`` look-ups."""
-    lookups: list[tuple[str, str]] = []
-    try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-    except ValueError as exc:
-        return f"cannot be formatted: {exc}", lookups
-    for name in fields:
-        match = _FIELD_ROOT.match(name)
-        root, rest = (match.group(1), match.group(2)) if match else (name, "")
-        if root == "" or root.isdigit():
-            return "uses a positional field {}; name task, args or kwargs", lookups
-        if root not in {"task", "args", "kwargs"}:
-            return f"names '{trim(root, 30)}'; the template sees only task, args and kwargs", lookups
-        if root in {"args", "kwargs"}:
-            index = _INDEX.match(rest)
-            if rest.startswith("."):
-                return f"uses {root}{rest} (attribute access); write {root}[name] instead", lookups
-            if index is not None:
-                lookups.append((root, index.group(1)))
-    try:
-        template.format(task=_Anything(), args=_Args(), kwargs=_Kwargs())
-    except (ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
-        return f"cannot be formatted: {type(exc).__name__}: {exc}", lookups
-    return None, lookups
-
-
-@rule("CP207", "idempotency-key", severity="warning")
-def idempotency_key(ctx: LintContext) -> Iterator[Diagnostic]:
-    """What it does: warns about an idempotency key template that cannot be formatted, or (with
-    `--app`) that names a parameter the task's signature lacks.
-
-    The template sees `task`, `args` and `kwargs`: `charge:{kwargs[order_id]}`.
-
-    Why: the key is built for every call; a template that fails to format, or
-    whose argument is never passed, breaks deduplication for that task.
-
-    Example:
-        bad:  idempotency: {key: "charge:{kwargs[order]}"}       (the task takes order_id)
-        good: idempotency: {key: "charge:{kwargs[order_id]}"}
-    """
-    for view in ctx.views():
-        if view.policy.idempotency is None:
-            continue
-        template = view.policy.idempotency.key
-        problem, _ = template_problem(template)
-        if problem is not None:
-            _, path = view.blame(("idempotency", "key"))
-            yield ctx.diagnostic("CP207", f"idempotency key '{trim(template)}' {problem}", path)
-    if ctx.app is None:
-        return
-    for task, view in ctx.task_views():
-        idempotency = view.policy.idempotency
-        signature = ctx.app.tasks.get(task)
-        if idempotency is None or signature is None:
-            continue
-        problem, lookups = template_problem(idempotency.key)
-        if problem is not None:
-            continue
-        for root, index in lookups:
-            missing = (root == "kwargs" and not signature.accepts_keyword(index)) or (
-                root == "args" and index.isdigit() and not signature.accepts_index(int(index))
-            )
-            if not missing:
-                continue
-            _layer, path = view.blame(("idempotency", "key"))
-            params = ", ".join(signature.keyword or signature.positional) or "none"
-            message = f"idempotency key uses {root}[{trim(index, 30)}] but task '{trim(task)}' has no such parameter"
-            hint = f"its parameters: {params}"
-            yield ctx.diagnostic("CP207", message, path, hint)
-
-
 @rule("CP208", "dead-letter-store", severity="warning", needs_app=True)
 def dead_letter_store(ctx: LintContext) -> Iterator[Diagnostic]:
     """What it does: warns when dead letters are enabled but no store is reachable: no
@@ -383,59 +284,6 @@ def dead_letter_store(ctx: LintContext) -> Iterator[Diagnostic]:
         )
         hint = "set dead_letter_store.url to a Redis URL (the broker only serves as the store when it is Redis)"
         yield ctx.diagnostic("CP208", message, path, hint)
-
-
-@rule("CP209", "quorum-delivery-limit", severity="warning", needs_app=True)
-def quorum_delivery_limit(ctx: LintContext) -> Iterator[Diagnostic]:
-    """What it does: warns when a task on a RabbitMQ quorum queue allows more redeliveries than the
-    queue's delivery limit.
-
-    The limit is the queue's `x-delivery-limit`, else 20 (RabbitMQ 4.0's
-    default). Only broker redeliveries count (a lost worker with
-    `reject_on_worker_lost`); Celery's own retries publish a new message and
-    do not. Needs `--app` with an AMQP broker.
-
-    Why: RabbitMQ drops (or dead-letters at the broker) the message first, so
-    the policy's `max_redeliveries` cap and its dead-letter record never happen.
-
-    Example:
-        bad:  ack: {late: true, reject_on_worker_lost: true, max_redeliveries: 25}
-        good: ack: {late: true, reject_on_worker_lost: true, max_redeliveries: 5}
-    """
-    app = ctx.app
-    if app is None or app.broker_scheme != "amqp":
-        return
-    amqp_store = store_backend(ctx.document.dead_letter_store, app.broker_url) == "amqp"
-    for view in ctx.views():
-        policy = view.policy
-        ack = policy.ack
-        if not (ack.late and ack.reject_on_worker_lost and ack.max_redeliveries is not None):
-            continue
-        route = policy.route
-        queue = queue_of(route, app.default_queue)
-        declared = (app.declared_queues or {}).get(queue)
-        queue_type = queue_type_of(
-            queue,
-            route.queue_type if route is not None else None,
-            declared=app.declared_queue_types(),
-            default_queue=app.default_queue,
-            default_queue_type=app.default_queue_type,
-        )
-        if queue_type != "quorum":
-            continue
-        limit = declared.delivery_limit if declared and declared.delivery_limit is not None else None
-        if limit is None and amqp_store:
-            continue  # install() declares x-delivery-limit = max_redeliveries: the broker enforces the policy's cap
-        limit = limit if limit is not None else QUORUM_DELIVERY_LIMIT_DEFAULT
-        if limit < 0 or ack.max_redeliveries < limit or (amqp_store and ack.max_redeliveries == limit):
-            continue
-        _layer, path = view.blame(("ack", "max_redeliveries"))
-        message = (
-            f"ack.max_redeliveries {ack.max_redeliveries} is not below the delivery limit {limit} "
-            f"of quorum queue '{trim(queue)}'"
-        )
-        hint = "RabbitMQ drops the message at its delivery limit first; lower max_redeliveries below it"
-        yield ctx.diagnostic("CP209", message, path, hint)
 
 
 # Reliability (celery_policy/transport/): late ack on Redis without reliable fetch
