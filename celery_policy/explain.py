@@ -63,7 +63,7 @@ from celery_policy.durations import format_duration
 from celery_policy.errors import Location
 from celery_policy.loader import environment_chain, lookup_origin
 from celery_policy.model import Backoff, RetryPolicy, TaskPolicy
-from celery_policy.resolve import BUILTIN, Policy, Provenance, ResolvedPolicy
+from celery_policy.resolve import BUILTIN_LAYER, Policy, Provenance, ResolvedPolicy
 
 MAX_ROWS = 12  # schedule rows shown; longer schedules show the first ones and the last
 
@@ -122,7 +122,7 @@ def explain(policy: Policy, task: str) -> Explanation:
     """Everything ``explain`` prints, as data. Raises :class:`PolicyError` on a pattern conflict (CP110)."""
     resolved = policy.for_task(task)
     prefixes = {layer.label: layer.prefix for layer in policy.matching_layers(task)}
-    layers: list[tuple[str, Location | None]] = [(BUILTIN, None)]
+    layers: list[tuple[str, Location | None]] = [(BUILTIN_LAYER, None)]
     layers.extend((label, _own_location(policy, prefixes[label])) for label in resolved.layers)
     overlays = tuple(environment_chain(policy.raw, policy.env)) if policy.env is not None else ()
     rules = resolved.policy.retry.rules

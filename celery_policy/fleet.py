@@ -40,7 +40,7 @@ _SETTING_MODELS: dict[str, type[BaseModel]] = {
     "producer": ProducerSettings,
     "dead_letter_store": DeadLetterStoreSettings,
 }
-BUILTIN = "built-in"  # the source of a value no file sets
+BUILTIN_SOURCE = "built-in"  # how a diff shows the source of a value no file sets
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +122,9 @@ def snapshot(policy: Policy, tasks: Iterable[str], *, include_defaults: bool = F
             fields["url"] = safe_url(str(fields["url"]))
         settings[section] = fields
         sources[section] = {
-            path: _where(policy.location((section, *path.split(".")))) if _is_set(model, path.split(".")) else BUILTIN
+            path: _where(policy.location((section, *path.split("."))))
+            if _is_set(model, path.split("."))
+            else BUILTIN_SOURCE
             for path in fields
         }
     return Snapshot(policy.env, resolved_tasks, settings, sources, tuple(policy.files))
@@ -187,7 +189,7 @@ def _provenance(found: Provenance) -> str:
 
 
 def _where(location: Location | None) -> str:
-    return BUILTIN if location is None else f"{location.file}:{location.line}"
+    return BUILTIN_SOURCE if location is None else f"{location.file}:{location.line}"
 
 
 # --- diff ---------------------------------------------------------------------------------------
@@ -254,7 +256,14 @@ def _diff_section(
         if before == after:
             continue
         changes.append(
-            Change(section, path, before, after, old_sources.get(path, BUILTIN), new_sources.get(path, BUILTIN))
+            Change(
+                section,
+                path,
+                before,
+                after,
+                old_sources.get(path, BUILTIN_SOURCE),
+                new_sources.get(path, BUILTIN_SOURCE),
+            )
         )
     return changes
 

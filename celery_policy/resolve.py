@@ -30,7 +30,7 @@ from celery_policy.model import PolicyDocument, TaskPolicy, dump_set
 from celery_policy.patterns import PatternIndex, is_glob, specificity
 from celery_policy.references import check_references, ensure_import_root, expand_refs
 
-BUILTIN = "builtin"
+BUILTIN_LAYER = "builtin"  # the provenance layer of a value no file sets (explain lists it first)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +67,7 @@ class ResolvedPolicy:
             if found is not None:
                 return found
             probe = probe.rpartition(".")[0]
-        return Provenance(BUILTIN)
+        return Provenance(BUILTIN_LAYER)
 
     def expand(self, refs: Iterable[str]) -> tuple[str, ...]:
         """Exception references with group names replaced by dotted paths."""
