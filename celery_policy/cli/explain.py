@@ -23,7 +23,8 @@ def run_explain(task: str, files: Sequence[str], env: str | None = None, fmt: st
     to ``$CELERY_POLICY_ENV``. Returns 0, 1 for an invalid policy or unknown
     environment, 2 for an unreadable file.
     """
-    from celery_policy.explain import explain, render_json, render_text
+    from celery_policy.explain import explain
+    from celery_policy.explain_report import render_json, render_text
     from celery_policy.loader import UnreadableFileError, default_policy_paths
     from celery_policy.resolve import load
 
