@@ -24,7 +24,7 @@ import click
 
 from celery_policy import appinfo
 from celery_policy.cli import options
-from celery_policy.cli.check import run_check
+from celery_policy.cli.check import run_check_options
 from celery_policy.cli.dlq import run_list, run_purge, run_replay, run_show, run_stats
 from celery_policy.cli.explain import run_explain
 from celery_policy.cli.fleet import run_status
@@ -81,21 +81,19 @@ def check(
     ignore: str | None,
 ) -> None:
     """Validate and lint the app's policy (FILES default to the app's), with the app cross-checks."""
-    if env and all_envs:
-        raise click.UsageError("--env and --all-envs exclude each other")
     app, spec = _context(ctx)
     app_files, app_env = _app_policy(app)
     if env is None and not all_envs and not files:
         env = app_env
-    code = run_check(
+    code = run_check_options(
         list(files) or app_files,
         env=env,
         all_envs=all_envs,
         app=spec,
         fmt=fmt,
         strict=strict,
-        select=options.rule_list(select),
-        ignore=options.rule_list(ignore),
+        select=select,
+        ignore=ignore,
     )
     _finish(ctx, code)
 

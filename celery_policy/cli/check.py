@@ -61,6 +61,32 @@ def run_check(
     return report.exit_code
 
 
+def run_check_options(
+    files: Sequence[str],
+    *,
+    env: str | None,
+    all_envs: bool,
+    app: str | None,
+    fmt: str,
+    strict: bool,
+    select: str | None,
+    ignore: str | None,
+) -> int:
+    """:func:`run_check` with the values as ``check`` takes them on the command line (``--select CP1,CP205``)."""
+    if env and all_envs:
+        raise click.UsageError("--env and --all-envs exclude each other")
+    return run_check(
+        files,
+        env=env,
+        all_envs=all_envs,
+        app=app,
+        fmt=fmt,
+        strict=strict,
+        select=options.rule_list(select),
+        ignore=options.rule_list(ignore),
+    )
+
+
 @click.command()
 # FILES may be omitted: then [tool.celery-policy] files in pyproject.toml, else $CELERY_POLICY_FILE or the default path.
 @options.policy_files_argument
@@ -80,19 +106,10 @@ def check(
     diff_env: str | None = None,
 ) -> int:
     """Validate policy FILES (merged in order; default: pyproject.toml [tool.celery-policy] files) and lint them."""
-    if env and all_envs:
-        raise click.UsageError("--env and --all-envs exclude each other")
     if diff_env is not None and (all_envs or fmt != "text"):
         raise click.UsageError("--diff needs text output and no --all-envs (JSON: diff FILE FILE --old-env --new-env)")
-    code = run_check(
-        list(files),
-        env=env,
-        all_envs=all_envs,
-        app=app,
-        fmt=fmt,
-        strict=strict,
-        select=options.rule_list(select),
-        ignore=options.rule_list(ignore),
+    code = run_check_options(
+        list(files), env=env, all_envs=all_envs, app=app, fmt=fmt, strict=strict, select=select, ignore=ignore
     )
     if diff_env is not None and code != USAGE:  # the diff is for review; the check alone sets the exit code
         from celery_policy.cli.fleet import run_env_diff

@@ -6,7 +6,7 @@ Two kinds of message live in a dead queue, and both read back as the same
 - records the runtime publishes (``add``): the record's JSON, persistent, with
   publisher confirms, marked by the ``celery-policy-record`` header;
 - Celery task messages the broker dead-lettered itself: a quorum queue past its
-  ``x-delivery-limit`` (``ack.max_redeliveries``, see ``runtime/amqp.py``) moves
+  ``x-delivery-limit`` (``ack.max_redeliveries``, see ``queues.py``) moves
   the message here with an ``x-death`` header, so a poison pill that kills its
   worker every time reads back as a ``redelivery_limit`` record, as on Redis.
 

@@ -70,6 +70,16 @@ def _plans(ctx: LintContext) -> dict[str, QueuePlan] | None:
         return None
 
 
+def _capped_redeliveries(ctx: LintContext, *, on_worker_lost: bool = False) -> Iterator[tuple[View, int, str]]:
+    """Views whose late ack caps broker redeliveries (``ack.max_redeliveries``), with the cap and their queue;
+    ``on_worker_lost``: only those that also requeue on a lost worker (the redeliveries a queue limit counts)."""
+    for view in ctx.views():
+        ack = view.policy.ack
+        if not ack.late or ack.max_redeliveries is None or (on_worker_lost and not ack.reject_on_worker_lost):
+            continue
+        yield view, ack.max_redeliveries, _queue_of(ctx, view)
+
+
 @rule("CP305", "classic-queue-no-limit", severity="warning", needs_app=True)
 def classic_queue_redeliveries(ctx: LintContext) -> Iterator[Diagnostic]:
     """What it does: warns about `ack.max_redeliveries` on a RabbitMQ classic queue when the dead-letter
@@ -87,16 +97,12 @@ def classic_queue_redeliveries(ctx: LintContext) -> Iterator[Diagnostic]:
     app = ctx.app
     if app is None or not is_amqp_url(app.broker_url) or not _amqp_store(ctx):
         return
-    for view in ctx.views():
-        ack = view.policy.ack
-        if not (ack.late and ack.max_redeliveries is not None):
-            continue
-        queue = _queue_of(ctx, view)
+    for view, cap, queue in _capped_redeliveries(ctx):
         if _queue_type(ctx, view, queue) == "quorum":
             continue
         _layer, path = view.blame(("ack", "max_redeliveries"))
         message = (
-            f"ack.max_redeliveries {ack.max_redeliveries} is not enforced: classic queue '{trim(queue)}' has no "
+            f"ack.max_redeliveries {cap} is not enforced: classic queue '{trim(queue)}' has no "
             "delivery limit and the dead-letter store is the broker (no Redis counter)"
         )
         hint = "set route.queue_type: quorum (RabbitMQ then dead-letters at the limit) or a Redis dead_letter_store.url"
@@ -122,17 +128,13 @@ def delivery_limit_shared(ctx: LintContext) -> Iterator[Diagnostic]:
     plans = _plans(ctx)
     if not plans:
         return
-    for view in ctx.views():
-        ack = view.policy.ack
-        if not (ack.late and ack.max_redeliveries is not None):
-            continue
-        queue = _queue_of(ctx, view)
+    for view, cap, queue in _capped_redeliveries(ctx):
         plan = plans.get(queue)
-        if plan is None or plan.delivery_limit is None or ack.max_redeliveries <= plan.delivery_limit:
+        if plan is None or plan.delivery_limit is None or cap <= plan.delivery_limit:
             continue
         _layer, path = view.blame(("ack", "max_redeliveries"))
         message = (
-            f"ack.max_redeliveries {ack.max_redeliveries} exceeds the delivery limit {plan.delivery_limit} that "
+            f"ack.max_redeliveries {cap} exceeds the delivery limit {plan.delivery_limit} that "
             f"quorum queue '{trim(queue)}' gets from {plan.sources.get('x-delivery-limit', 'another task')}"
         )
         hint = "a queue has one x-delivery-limit: route this task to its own queue or align max_redeliveries"
@@ -220,34 +222,18 @@ def quorum_delivery_limit(ctx: LintContext) -> Iterator[Diagnostic]:
     app = ctx.app
     if app is None or app.broker_scheme != "amqp":
         return
-    amqp_store = store_backend(ctx.document.dead_letter_store, app.broker_url) == "amqp"
-    for view in ctx.views():
-        policy = view.policy
-        ack = policy.ack
-        if not (ack.late and ack.reject_on_worker_lost and ack.max_redeliveries is not None):
+    amqp_store = _amqp_store(ctx)
+    for view, cap, queue in _capped_redeliveries(ctx, on_worker_lost=True):
+        if _queue_type(ctx, view, queue) != "quorum":
             continue
-        route = policy.route
-        queue = queue_of(route, app.default_queue)
         declared = (app.declared_queues or {}).get(queue)
-        queue_type = queue_type_of(
-            queue,
-            route.queue_type if route is not None else None,
-            declared=app.declared_queue_types(),
-            default_queue=app.default_queue,
-            default_queue_type=app.default_queue_type,
-        )
-        if queue_type != "quorum":
-            continue
-        limit = declared.delivery_limit if declared and declared.delivery_limit is not None else None
+        limit = declared.delivery_limit if declared is not None else None
         if limit is None and amqp_store:
             continue  # install() declares x-delivery-limit = max_redeliveries: the broker enforces the policy's cap
         limit = limit if limit is not None else QUORUM_DELIVERY_LIMIT_DEFAULT
-        if limit < 0 or ack.max_redeliveries < limit or (amqp_store and ack.max_redeliveries == limit):
+        if limit < 0 or cap < limit or (amqp_store and cap == limit):
             continue
         _layer, path = view.blame(("ack", "max_redeliveries"))
-        message = (
-            f"ack.max_redeliveries {ack.max_redeliveries} is not below the delivery limit {limit} "
-            f"of quorum queue '{trim(queue)}'"
-        )
+        message = f"ack.max_redeliveries {cap} is not below the delivery limit {limit} of quorum queue '{trim(queue)}'"
         hint = "RabbitMQ drops the message at its delivery limit first; lower max_redeliveries below it"
         yield ctx.diagnostic("CP209", message, path, hint)
