@@ -5,6 +5,7 @@
     nox -s "line(5.3)"         # ... on one line
     nox -s floors              # the worker tests with every runtime dependency at its lower bound
     nox -s python-3.13         # the whole suite on one Python line, newest Celery line
+    nox -t figures             # the README's per-line chaos and throughput figures
 
 Each session makes its own virtualenv under ``.nox/`` and runs against
 redis-server processes the tests start themselves (and the local RabbitMQ
@@ -38,7 +39,7 @@ LINES = {
 PYTHONS = ("3.10", "3.11", "3.12", "3.13")
 OLDEST_PYTHON, NEWEST_LINE = PYTHONS[0], "5.7"
 # The real-worker tests: prefork and solo workers, reliable fetch, the small chaos run, the bare wheel.
-WORKER_TESTS = ("-m", "worker")
+WORKER_TESTS = ("-m", "worker or compat")
 
 
 def _pyenv_builds() -> list[str]:
@@ -78,10 +79,17 @@ def _pytest(session: nox.Session, *args: str) -> None:
     )  # fmt: skip
 
 
+_VERSIONS = (
+    "import sys, celery, kombu, redis; "
+    "print('python', sys.version.split()[0], 'celery', celery.__version__, 'kombu', kombu.__version__, "
+    "'redis-py', redis.__version__)"
+)
+
+
 def _install_line(session: nox.Session, line: str, *extra: str) -> None:
     celery, kombu = LINES[line]
     session.install("-e", ".[test]", f"celery=={celery}", f"kombu[redis]=={kombu}", *extra)
-    session.run("python", "-c", "import celery, kombu; print('celery', celery.__version__, 'kombu', kombu.__version__)")
+    session.run("python", "-c", _VERSIONS)
 
 
 @nox.session(python=OLDEST_PYTHON, tags=["lines"])
@@ -96,7 +104,7 @@ def line(session: nox.Session, line: str) -> None:
 def floors_session(session: nox.Session) -> None:
     """The oldest Python with every runtime dependency at its lower bound: the bounds are what ran."""
     session.install("-e", ".[test]", *floors())
-    session.run("python", "-m", "pip", "list", "--format=freeze", silent=False)
+    session.run("python", "-c", _VERSIONS)
     _pytest(session, *WORKER_TESTS)
 
 
@@ -105,6 +113,23 @@ def python(session: nox.Session) -> None:
     """The whole suite on one Python line, newest Celery line."""
     _install_line(session, NEWEST_LINE)
     _pytest(session)
+
+
+@nox.session(python=OLDEST_PYTHON, tags=["figures"])
+@nox.parametrize("line", list(LINES), ids=list(LINES))
+def figures(session: nox.Session, line: str) -> None:
+    """The README's per-line figures: a small chaos run and the end-to-end throughput ratio vs plain Celery."""
+    _install_line(session, line)
+    results = ROOT / "benchmarks" / "results" / f"line-{line}"
+    results.mkdir(parents=True, exist_ok=True)
+    session.run(
+        "python", "scripts/chaos.py", "--tasks", "1000", "--main-kills", "3", "--child-kills", "2", "--restarts", "1",
+        "--json", str(results / "chaos.json"),
+    )  # fmt: skip
+    session.run(
+        "python", "benchmarks/bench_e2e.py", "--tasks", "2000", "--rounds", "3", "--pools", "solo,prefork",
+        env={"CELERY_POLICY_BENCH_RESULTS": str(results)},
+    )  # fmt: skip
 
 
 @nox.session(python=False)

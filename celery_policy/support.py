@@ -41,6 +41,11 @@ KOMBU_LINES: dict[tuple[int, int], str] = {
 # Celery marks a task FAILURE itself when it raises Reject(requeue=False) from 5.7 on (celery#4222);
 # before that the task stays PENDING/STARTED and a chord waiting on it never finishes.
 CELERY_STORES_REJECTED_FAILURE = (5, 7)
+# From 5.7 on, a hard time limit calls task.on_failure and requeues a late-ack message whose ack flag is off
+# (see celery_policy.runtime.request).
+CELERY_HANDLES_HARD_TIMEOUTS = (5, 7)
+# From 5.5 on, workers detect quorum queues and drop the global QoS that quorum queues refuse (celery#6067).
+CELERY_CONSUMES_QUORUM_QUEUES = (5, 5)
 
 
 @dataclass(frozen=True)
@@ -91,19 +96,31 @@ def celery_problems() -> list[str]:
     from celery.worker.request import Request
 
     # runtime.task finds the worker Request's context up the stack when Celery calls on_failure without one
-    request_attributes = ("id", "task", "on_failure", "on_timeout", "_context")
+    request_attributes = ("id", "task", "on_failure", "on_timeout", "reject", "_context")
     problems = _missing(Request, "celery.worker.request.Request", request_attributes)
     # install() walks the registry before finalize and resets the exec-options cache after setting class options
     if "_tasks" not in _names(Celery.__init__):
         problems.append("celery.Celery._tasks")
     if not hasattr(Task, "_exec_options"):
         problems.append("celery.Task._exec_options")
+    if not hasattr(Task, "Request"):  # runtime.request: the documented custom Request class hook
+        problems.append("celery.Task.Request")
     return problems
 
 
 def celery_stores_rejected_failure() -> bool:
     """True when the worker itself stores FAILURE for a task that raised ``Reject(requeue=False)``."""
     return installed("celery").line >= CELERY_STORES_REJECTED_FAILURE
+
+
+def celery_handles_hard_timeouts() -> bool:
+    """True when the worker's ``Request.on_timeout`` calls ``task.on_failure`` and requeues as the policy expects."""
+    return installed("celery").line >= CELERY_HANDLES_HARD_TIMEOUTS
+
+
+def celery_consumes_quorum_queues() -> bool:
+    """True when a worker can consume from a RabbitMQ quorum queue (no global QoS)."""
+    return installed("celery").line >= CELERY_CONSUMES_QUORUM_QUEUES
 
 
 def kombu_redis_problems() -> list[str]:

@@ -19,10 +19,21 @@ from typing import Any
 
 import pytest
 from _servers import RedisServer, WorkerProcess
-from amqp_apps.support import APP, POLICY, REPO_ROOT, amqp_message_count, new_key, runs, wait_for, worker_env
+from amqp_apps.support import (
+    APP,
+    POLICY,
+    QUORUM_REASON,
+    REPO_ROOT,
+    amqp_message_count,
+    new_key,
+    runs,
+    wait_for,
+    worker_env,
+)
 from celery import Celery
 
 from celery_policy.cli import main
+from celery_policy.support import celery_consumes_quorum_queues
 
 pytest_plugins = ["rabbit_fixtures"]  # rabbit_broker, rabbit_vhost, fresh_vhost
 
@@ -44,6 +55,8 @@ class Broker:
 def broker(request: pytest.FixtureRequest, clean_redis: RedisServer) -> Broker:
     if request.param == "redis":
         return Broker("redis", clean_redis.url)
+    if not celery_consumes_quorum_queues():
+        pytest.skip(QUORUM_REASON)
     vhost = request.getfixturevalue("fresh_vhost")
     return Broker("rabbitmq", vhost.url)
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from _servers import ProcessStartError, RedisServer, WorkerProcess
-from amqp_apps.support import APP, REPO_ROOT, new_key, runs, wait_for, worker_env
+from amqp_apps.support import APP, REPO_ROOT, needs_quorum_queues, new_key, runs, wait_for, worker_env
 from celery import Celery
 from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
@@ -20,6 +20,7 @@ from celery_policy.errors import PolicyError
 from celery_policy.queues import declare_queues, plan_queues
 from celery_policy.resolve import Policy, load
 from celery_policy.runtime.amqp import configure_queues
+from celery_policy.support import celery_consumes_quorum_queues
 
 if TYPE_CHECKING:
     from rabbit_fixtures import RabbitVhost
@@ -129,6 +130,7 @@ def test_declare_queues_names_the_conflicting_argument_of_an_existing_queue(
 
 
 @pytest.mark.worker
+@needs_quorum_queues
 def test_a_worker_stops_at_boot_with_a_policy_error_when_its_queue_exists_with_other_arguments(
     fresh_vhost: RabbitVhost, clean_redis: RedisServer, celery_worker_process: WorkerFactory
 ) -> None:
@@ -148,6 +150,28 @@ def test_a_worker_stops_at_boot_with_a_policy_error_when_its_queue_exists_with_o
 
 
 @pytest.mark.worker
+def test_a_quorum_queue_policy_boots_only_on_a_celery_that_can_consume_quorum_queues(
+    fresh_vhost: RabbitVhost, clean_redis: RedisServer, celery_worker_process: WorkerFactory
+) -> None:
+    """Celery < 5.5 sets a global QoS that quorum queues refuse at the first consume: refuse at boot instead."""
+    worker = celery_worker_process(
+        APP, env=worker_env(fresh_vhost.url, clean_redis.url), cwd=REPO_ROOT, pythonpath=(REPO_ROOT,), start=False
+    )
+    if celery_consumes_quorum_queues():
+        worker.start()
+        assert worker.alive
+        return
+    with pytest.raises(ProcessStartError) as caught:
+        worker.start()
+    assert "exited with code 2 before it was ready" in str(caught.value)  # install() refused: the app did not load
+    log = worker.log_text()
+    assert "PolicyError: " in log
+    assert "route.queue_type: quorum (queue 'celery') needs Celery 5.5 or newer" in log
+    assert "tests/amqp_apps/policy.yaml:" in log
+
+
+@pytest.mark.worker
+@needs_quorum_queues
 def test_replay_round_trip_on_rabbitmq_runs_the_task_again_and_empties_the_dead_queue(
     fresh_vhost: RabbitVhost,
     clean_redis: RedisServer,

@@ -57,7 +57,7 @@ def configure_queues(app: Any, plans: Mapping[str, QueuePlan]) -> None:
         default = conf.task_default_queue
         if default in wanted:
             arguments = dict(wanted[default])
-            if conf.task_default_queue_type == "quorum":
+            if conf.get("task_default_queue_type") == "quorum":  # the setting exists from Celery 5.5 on
                 arguments = merge_arguments(default, {"x-queue-type": "quorum"}, arguments)
             exchange = Exchange(conf.task_default_exchange, conf.task_default_exchange_type)  # type: ignore[no-untyped-call]
             queue = Queue(default, exchange, conf.task_default_routing_key, queue_arguments=arguments)  # type: ignore[no-untyped-call]
@@ -95,13 +95,33 @@ def plan_for(app: Any, policy: Policy) -> dict[str, QueuePlan] | None:
     if not is_amqp_url(broker):
         return None
     conf = app.conf
-    return plan_queues(
+    plans = plan_queues(
         policy,
         default_queue=str(conf.task_default_queue or "celery"),
         default_queue_type=str(conf.get("task_default_queue_type") or "classic"),
         amqp_store=store_backend(policy.document.dead_letter_store, broker) == "amqp",
         declared_types=declared_queue_types(conf.task_queues),
     )
+    _check_quorum_support(policy, plans)
+    return plans
+
+
+def _check_quorum_support(policy: Policy, plans: Mapping[str, QueuePlan]) -> None:
+    """Quorum queues refuse a global QoS, which workers before Celery 5.5 always set on RabbitMQ."""
+    from celery_policy.support import celery_consumes_quorum_queues
+
+    asked = {name: plan.sources["x-queue-type"] for name, plan in plans.items() if plan.queue_type == "quorum"}
+    if not asked or celery_consumes_quorum_queues():
+        return
+    queue, label = sorted(asked.items())[0]
+    path = ("defaults",) if label == "defaults" else ("tasks", label.removeprefix("tasks."))
+    where = policy.location((*path, "route", "queue_type")) or policy.files[0]
+    msg = (
+        f"{where}: route.queue_type: quorum (queue '{queue}') needs Celery 5.5 or newer: older workers set a "
+        "global QoS on RabbitMQ, which quorum queues refuse (NOT_IMPLEMENTED at the first consume)\n"
+        "  help: upgrade Celery, or use route.queue_type: classic"
+    )
+    raise PolicyError(msg)
 
 
 def declared_queue_types(queues: Any) -> dict[str, str]:

@@ -32,6 +32,7 @@ from celery_policy.resolve import Policy, load
 from celery_policy.runtime import amqp as _amqp
 from celery_policy.runtime.routing import PolicyRouter
 from celery_policy.runtime.task import TaskRuntime, wrap_run
+from celery_policy.support import celery_handles_hard_timeouts
 
 _APP_ATTR = "_celery_policy_runtime"
 
@@ -52,6 +53,7 @@ class AppRuntime:
         self.router = PolicyRouter(policy)
         self.tasks: dict[str, TaskRuntime] = {}
         self.has_split_acks = hasattr(Task, "acks_on_failure")
+        self.handles_hard_timeouts = celery_handles_hard_timeouts()
         self._verified = False
         self._store: RedisStreamStore | None = None
         self._compiled: dict[int, Any] = {}
@@ -128,7 +130,12 @@ class AppRuntime:
         task_cls._celery_policy = runtime
         if instance is not None and runtime.needs_wrapper:
             wrap_run(instance, runtime)
-        return runtime.task_attributes(self.has_split_acks)
+        attributes = runtime.task_attributes(self.has_split_acks)
+        if not self.handles_hard_timeouts:  # Celery < 5.7: see runtime/request.py
+            from celery_policy.runtime.request import request_class
+
+            attributes["Request"] = request_class(task_cls.Request)
+        return attributes
 
 
 class PolicyAnnotator:
