@@ -55,6 +55,17 @@ def import_app(spec: str, cwd: str | None = None, *, finalize: bool = False) -> 
     return app
 
 
+def spec_of(app: Any) -> str | None:
+    """``module:attribute`` of an imported module that holds ``app`` (as ``celery -A`` would have named it)."""
+    for name, module in list(sys.modules.items()):
+        if name == "__main__" or module is None:
+            continue
+        for attribute, value in list(vars(module).items()):
+            if value is app:
+                return f"{name}:{attribute}"
+    return None
+
+
 def import_root(spec: str, default: str) -> str:
     """The directory the app's top-level module was imported from (``default`` when unknown)."""
     module_name = spec.partition(":")[0]

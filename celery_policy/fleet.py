@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -298,12 +299,17 @@ def _duration_leaves() -> frozenset[str]:
 
 
 def _model_in(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
+    if _is_model(annotation):
+        return annotation  # type: ignore[no-any-return]  # _is_model checked it
     for arg in getattr(annotation, "__args__", ()):
-        if isinstance(arg, type) and issubclass(arg, BaseModel):
-            return arg
+        if _is_model(arg):
+            return arg  # type: ignore[no-any-return]  # _is_model checked it
     return None
+
+
+def _is_model(annotation: Any) -> bool:
+    # On Python 3.10 ``list[str]`` passes isinstance(..., type) but issubclass() rejects it.
+    return isinstance(annotation, type) and typing.get_origin(annotation) is None and issubclass(annotation, BaseModel)
 
 
 _DURATIONS: frozenset[str] | None = None

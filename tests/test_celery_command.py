@@ -16,6 +16,8 @@ from _servers import RedisServer
 from celery_policy.deadletter.record import DeadLetter
 from celery_policy.deadletter.store import RedisStreamStore
 
+pytestmark = pytest.mark.compat  # Celery's CLI hands sub-commands their app differently by release
+
 CELERY = str(Path(sys.executable).with_name("celery"))
 
 APP = """\

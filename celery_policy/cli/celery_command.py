@@ -38,6 +38,8 @@ def _context(ctx: click.Context) -> tuple[Any, str | None]:
     obj = getattr(root, "obj", None)
     app = getattr(obj, "app", None)
     spec = root.params.get("app")
+    if not isinstance(spec, str) and app is not None:
+        spec = appinfo.spec_of(app)  # Celery 5.3 and 5.4 hand commands the loaded app, not the -A text
     return app, spec if isinstance(spec, str) and spec else None
 
 
