@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
+from _servers import wait_for
 from celery import Celery
 from kombu.connection import Connection
 from kombu.entity import Queue
@@ -194,3 +196,33 @@ def test_closing_a_channel_after_its_transport_was_detached_restores_instead_of_
     channel.close()  # restore_unacked needs a new pool: it used to read None.hostname here
     assert client.llen("rs") == 1
     assert client.hlen("unacked") == 0
+
+
+def test_a_message_a_channel_held_while_the_broker_was_down_comes_back_after_the_restart(
+    redis_server_factory: Any,
+) -> None:
+    """kombu restores a closing channel's unacked messages only if the broker answers then; after a broker
+    restart they stayed in ``unacked`` under the live consumer until the visibility timeout (1 h)."""
+    server = redis_server_factory(appendonly=True)
+    _publish(server.url, "bounce", [{"n": 1}])
+    first = Connection(server.url, transport=RELIABLE_TRANSPORT, transport_options=FAST)
+    held: Any = first.default_channel
+    held.basic_consume("bounce", False, lambda message: None, "first")  # a consumer, as a worker's is
+    assert held.basic_get("bounce", no_ack=False) is not None  # held, never acked
+    server.kill()  # the broker goes away with the message recorded in unacked (AOF)
+    with contextlib.suppress(redis.exceptions.ConnectionError):  # Celery closes it inside ignore_errors
+        held.close()  # kombu's restore cannot reach Redis
+    with contextlib.suppress(redis.exceptions.ConnectionError):
+        first.release()
+    server.start()
+    client = server.client()
+    assert client.hlen("unacked") == 1  # nobody restored it, and its consumer is alive (same process)
+    with Connection(server.url, transport=RELIABLE_TRANSPORT, transport_options=FAST) as second:
+        channel: Any = second.default_channel
+        channel.basic_consume("bounce", False, lambda message: None, "second")
+        message = wait_for("the message back in its queue", lambda: channel.basic_get("bounce", no_ack=False), 10)
+        assert message.payload == {"n": 1}
+        assert message.delivery_info["redelivered"] is True
+        message.ack()
+    assert client.hlen("unacked") == 0
+    assert client.hlen(OWNER_KEY) == 0

@@ -29,6 +29,7 @@ import secrets
 import socket
 import threading
 import time
+import weakref
 from typing import Any
 
 import redis
@@ -110,6 +111,8 @@ class Liveness:
         self.client: redis.Redis = redis.Redis(connection_pool=redis.ConnectionPool(**params))
         self._recover = self.client.register_script(RECOVER_SCRIPT)
         self._missing_since: dict[str, float] = {}
+        self._orphans: dict[str, float] = {}  # tag -> when it may be given back (see give_back_later)
+        self._channels: weakref.WeakSet[Any] = weakref.WeakSet()  # this process's taking channels
         self._started = False
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -154,6 +157,8 @@ class Liveness:
         while not self._stop.wait(self.interval_s):
             try:
                 self.beat()
+                if self._orphans:
+                    self.give_back_due()
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + self.recover_interval_s
                     self.sweep()
@@ -185,25 +190,8 @@ class Liveness:
 
     def recover(self, consumer_id: str) -> int:
         """Push every message ``consumer_id`` still owns back onto the list it was taken from."""
-        restored = 0
         key = inflight_key(consumer_id)
-        for tag in self.client.smembers(key):
-            owner = self.client.hget(OWNER_KEY, tag)
-            if owner is None:
-                continue
-            owner_id, _, source = _text(owner).partition("\n")
-            if owner_id != consumer_id:
-                continue
-            keys = [self.unacked_key, self.unacked_index_key, OWNER_KEY, source]
-            entry = self.client.hget(self.unacked_key, tag)
-            if entry is None:
-                self._recover(keys=keys, args=[tag, owner, "", ""])
-                continue
-            marked = redelivered_payload(entry if isinstance(entry, bytes) else entry.encode())
-            if marked is None:
-                continue
-            payload, expected = marked
-            restored += int(self._recover(keys=keys, args=[tag, owner, expected, payload]))
+        restored = sum(self._give_back(_text(tag), consumer_id) for tag in self.client.smembers(key))
         pipe = self.client.pipeline(transaction=True)
         pipe.delete(key)
         pipe.srem(CONSUMERS_KEY, consumer_id)
@@ -211,6 +199,67 @@ class Liveness:
         if restored:
             logger.warning("reliable fetch: restored %d message(s) of dead consumer %s", restored, consumer_id)
         return restored
+
+    def give_back_later(self, tags: list[str]) -> None:
+        """Messages a closed channel of this process took and never acked: push them back after the TTL.
+
+        When the broker connection is lost, kombu gives a closing channel's unacked messages back only if
+        the broker answers at that moment (``restore_unacked``). After a broker restart it does not, and the
+        messages stay in ``unacked`` under this live consumer, so no peer recovers them: they would wait for
+        the visibility timeout (1 h by default). The heartbeat thread gives them back instead, once the TTL
+        has passed, the grace a peer gives a dead consumer (an ack that still arrives makes it a no-op).
+        """
+        due = time.monotonic() + self.ttl_s
+        with self._lock:
+            for tag in tags:
+                self._orphans.setdefault(tag, due)
+
+    def attach(self, channel: Any) -> None:
+        """A channel of this process that takes messages (its held messages are never given back)."""
+        self._channels.add(channel)
+
+    def _held_by_open_channel(self, tag: str) -> bool:
+        # kombu's restore put it back and a new channel of this process took it again (same tag): it is live
+        for channel in list(self._channels):
+            qos = getattr(channel, "_qos", None)
+            if not getattr(channel, "closed", True) and qos is not None and tag in qos._delivered:
+                return True
+        return False
+
+    def give_back_due(self) -> int:
+        """Give back the orphaned messages whose grace has passed; return how many were pushed back."""
+        now = time.monotonic()
+        with self._lock:
+            due = [tag for tag, at in self._orphans.items() if at <= now]
+        restored = 0
+        for tag in due:
+            if not self._held_by_open_channel(tag):
+                restored += self._give_back(tag, self.consumer_id)  # a RedisError keeps it for the next beat
+            self.client.srem(self.inflight_key, tag)
+            with self._lock:
+                self._orphans.pop(tag, None)
+        if restored:
+            logger.warning("reliable fetch: gave back %d message(s) a closed channel held unacked", restored)
+        return restored
+
+    def _give_back(self, tag: str, consumer_id: str) -> int:
+        """Push one message owned by ``consumer_id`` back onto its list, marked redelivered; 1 if it was."""
+        owner = self.client.hget(OWNER_KEY, tag)
+        if owner is None:
+            return 0
+        owner_id, _, source = _text(owner).partition("\n")
+        if owner_id != consumer_id:
+            return 0
+        keys = [self.unacked_key, self.unacked_index_key, OWNER_KEY, source]
+        entry = self.client.hget(self.unacked_key, tag)
+        if entry is None:  # acked or restored meanwhile: drop the stale owner record
+            self._recover(keys=keys, args=[tag, owner, "", ""])
+            return 0
+        marked = redelivered_payload(entry if isinstance(entry, bytes) else entry.encode())
+        if marked is None:
+            return 0
+        payload, expected = marked
+        return int(self._recover(keys=keys, args=[tag, owner, expected, payload]))
 
 
 _BY_BROKER: dict[tuple[Any, ...], Liveness] = {}

@@ -145,6 +145,15 @@ class Channel(kombu_redis.Channel):
         cache[asynchronous] = dict(params)
         return params
 
+    def close(self) -> None:
+        qos = self._qos
+        held = [str(tag) for tag in qos._delivered] if qos is not None else []
+        try:
+            super().close()  # kombu restores what it can reach (restore_unacked)
+        finally:
+            if held and "liveness" in self.__dict__:
+                self.liveness.give_back_later(held)  # what it could not reach (broker down) comes back later
+
     @cached_property
     def liveness(self) -> Liveness:
         return liveness_for(
@@ -158,6 +167,7 @@ class Channel(kombu_redis.Channel):
 
     def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
         self.liveness.ensure_started()
+        self.liveness.attach(self)
         return super().basic_consume(queue, *args, **kwargs)
 
     def _take_args(self, keys: list[str]) -> list[Any]:
