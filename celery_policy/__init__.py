@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from celery_policy._version import __version__
 from celery_policy.errors import PolicyError
 from celery_policy.resolve import Policy, ResolvedPolicy, load
 
 if TYPE_CHECKING:
     from celery_policy.runtime.install import install
     from celery_policy.runtime.task import PolicyTask
-
-__version__ = "0.1.0"
 
 __all__ = ["Policy", "PolicyError", "PolicyTask", "ResolvedPolicy", "__version__", "install", "load"]
 

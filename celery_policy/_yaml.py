@@ -27,7 +27,7 @@ except ImportError:  # pragma: no cover - depends on how PyYAML was built
     from yaml import SafeLoader as _Loader  # type: ignore[assignment]
 
 MAX_DEPTH = 64
-Path = tuple[str | int, ...]
+KeyPath = tuple[str | int, ...]  # a key path in a document, e.g. ("tasks", "orders.charge", "retry", "on", 0)
 
 _NULL = re.compile(r"^(?:~|null|Null|NULL|)$")
 _BOOL = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
@@ -51,7 +51,7 @@ class Span:
 @dataclass(slots=True)
 class ParsedYaml:
     data: Any
-    spans: dict[Path, Span] = field(default_factory=dict)
+    spans: dict[KeyPath, Span] = field(default_factory=dict)
     diagnostics: list[Diagnostic] = field(default_factory=list)
 
 
@@ -101,14 +101,14 @@ def _scalar(event: yaml.ScalarEvent) -> Any:
 class _Frame:
     __slots__ = ("anchor", "container", "first_key_locs", "key", "key_loc", "merges", "own_key_loc", "path")
 
-    def __init__(self, container: dict[str, Any] | list[Any], path: Path, anchor: str | None) -> None:
+    def __init__(self, container: dict[str, Any] | list[Any], path: KeyPath, anchor: str | None) -> None:
         self.container = container
         self.path = path
         self.anchor = anchor
         self.key: str | None = None
         self.key_loc: Location | None = None
         self.own_key_loc: Location | None = None
-        self.merges: list[tuple[Any, Path | None, Location]] = []
+        self.merges: list[tuple[Any, KeyPath | None, Location]] = []
         # Where each key was first written: a repeated key whose value is a
         # mapping or list has already replaced the span of its path.
         self.first_key_locs: dict[str, Location | None] = {}
@@ -121,7 +121,7 @@ def parse_yaml(text: str, filename: str) -> ParsedYaml:
     leave no usable data. Duplicate keys are collected as diagnostics.
     """
     result = ParsedYaml(data=None)
-    anchors: dict[str, tuple[Any, Path]] = {}
+    anchors: dict[str, tuple[Any, KeyPath]] = {}
     stack: list[_Frame] = []
     documents = 0
 
@@ -131,7 +131,7 @@ def parse_yaml(text: str, filename: str) -> ParsedYaml:
     def fail(message: str, mark: Any, hint: str | None = None) -> YamlError:
         return YamlError(Diagnostic("CP100", message, loc(mark), hint))
 
-    def place(value: Any, start: Location, origin: Path | None) -> bool:
+    def place(value: Any, start: Location, origin: KeyPath | None) -> bool:
         """Attach a finished value to its parent; False when it is the document root."""
         if not stack:
             result.data = value
@@ -242,7 +242,7 @@ def parse_yaml(text: str, filename: str) -> ParsedYaml:
     return result
 
 
-def _pending_path(stack: list[_Frame]) -> Path:
+def _pending_path(stack: list[_Frame]) -> KeyPath:
     if not stack:
         return ()
     top = stack[-1]
@@ -259,7 +259,7 @@ def _copy(value: Any) -> Any:
     return value
 
 
-def _copy_spans(spans: dict[Path, Span], origin: Path, target: Path) -> None:
+def _copy_spans(spans: dict[KeyPath, Span], origin: KeyPath, target: KeyPath) -> None:
     size = len(origin)
     for path, span in list(spans.items()):
         if path[:size] == origin and len(path) > size:
@@ -291,7 +291,7 @@ def _apply_merges(frame: _Frame, result: ParsedYaml, fail: Any) -> None:
 _SIMPLE_KEY = re.compile(r"^[A-Za-z_][\w-]*$")
 
 
-def render_path(path: Path) -> str:
+def render_path(path: KeyPath) -> str:
     """``('tasks', 'reports.*', 'timeout')`` -> ``tasks."reports.*".timeout``."""
     parts: list[str] = []
     for part in path:

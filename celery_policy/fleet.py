@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel
 
+from celery_policy._render import is_duration_field
+from celery_policy._render import render_value as render_yaml
 from celery_policy.durations import format_duration
 from celery_policy.errors import Location
 from celery_policy.model import DeadLetterStoreSettings, ProducerSettings, TaskPolicy, WorkerSettings
@@ -38,7 +41,7 @@ _SETTING_MODELS: dict[str, type[BaseModel]] = {
     "producer": ProducerSettings,
     "dead_letter_store": DeadLetterStoreSettings,
 }
-BUILTIN = "built-in"  # the source of a value no file sets
+BUILTIN_SOURCE = "built-in"  # how a diff shows the source of a value no file sets
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +123,9 @@ def snapshot(policy: Policy, tasks: Iterable[str], *, include_defaults: bool = F
             fields["url"] = safe_url(str(fields["url"]))
         settings[section] = fields
         sources[section] = {
-            path: _where(policy.location((section, *path.split(".")))) if _is_set(model, path.split(".")) else BUILTIN
+            path: _where(policy.location((section, *path.split("."))))
+            if _is_set(model, path.split("."))
+            else BUILTIN_SOURCE
             for path in fields
         }
     return Snapshot(policy.env, resolved_tasks, settings, sources, tuple(policy.files))
@@ -185,7 +190,7 @@ def _provenance(found: Provenance) -> str:
 
 
 def _where(location: Location | None) -> str:
-    return BUILTIN if location is None else f"{location.file}:{location.line}"
+    return BUILTIN_SOURCE if location is None else f"{location.file}:{location.line}"
 
 
 # --- diff ---------------------------------------------------------------------------------------
@@ -252,7 +257,14 @@ def _diff_section(
         if before == after:
             continue
         changes.append(
-            Change(section, path, before, after, old_sources.get(path, BUILTIN), new_sources.get(path, BUILTIN))
+            Change(
+                section,
+                path,
+                before,
+                after,
+                old_sources.get(path, BUILTIN_SOURCE),
+                new_sources.get(path, BUILTIN_SOURCE),
+            )
         )
     return changes
 
@@ -269,8 +281,6 @@ def _path_order(path: str) -> tuple[int, str]:
 
 def _duration_leaves() -> frozenset[str]:
     """Dotted leaf paths whose values are durations, for rendering ``90.0`` as ``1m30s``."""
-    from celery_policy.explain import _is_duration_field
-
     found: set[str] = set()
 
     def walk(model: type[BaseModel], prefix: str) -> None:
@@ -279,7 +289,7 @@ def _duration_leaves() -> frozenset[str]:
             nested = _model_in(annotation)
             if nested is not None:
                 walk(nested, f"{prefix}{name}.")
-            elif _is_duration_field(model, name):
+            elif is_duration_field(model, name):
                 found.add(f"{prefix}{name}")
 
     walk(TaskPolicy, "")
@@ -289,12 +299,17 @@ def _duration_leaves() -> frozenset[str]:
 
 
 def _model_in(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
+    if _is_model(annotation):
+        return annotation  # type: ignore[no-any-return]  # _is_model checked it
     for arg in getattr(annotation, "__args__", ()):
-        if isinstance(arg, type) and issubclass(arg, BaseModel):
-            return arg
+        if _is_model(arg):
+            return arg  # type: ignore[no-any-return]  # _is_model checked it
     return None
+
+
+def _is_model(annotation: Any) -> bool:
+    # On Python 3.10 ``list[str]`` passes isinstance(..., type) but issubclass() rejects it.
+    return isinstance(annotation, type) and typing.get_origin(annotation) is None and issubclass(annotation, BaseModel)
 
 
 _DURATIONS: frozenset[str] | None = None
@@ -302,8 +317,6 @@ _DURATIONS: frozenset[str] | None = None
 
 def render_value(section: str, path: str, value: Any) -> str:
     """A value as users write it in YAML; durations as ``1m30s``."""
-    from celery_policy.explain import render_value as render_yaml
-
     global _DURATIONS  # noqa: PLW0603 - computed once, on first use
     if _DURATIONS is None:
         _DURATIONS = _duration_leaves()

@@ -14,12 +14,12 @@ import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path as FsPath
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from celery_policy._yaml import Path, Span, YamlError, parse_yaml, render_path
+from celery_policy._yaml import KeyPath, Span, YamlError, parse_yaml, render_path
 from celery_policy.errors import Diagnostic, Location, PolicyError, trim
 from celery_policy.model import Overlay, PolicyDocument
 
@@ -40,7 +40,7 @@ class Origin:
     layer: str  # "base" or "env:NAME"
 
 
-SourceMap = dict[Path, Origin]
+SourceMap = dict[KeyPath, Origin]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +63,7 @@ def read_policy_file(path: str | os.PathLike[str]) -> RawPolicy:
             raise PolicyError(
                 diagnostics=[Diagnostic("CP100", msg, Location(name), "split it or remove generated entries")]
             )
-        raw = FsPath(name).read_bytes()
+        raw = Path(name).read_bytes()
     except PolicyError:
         raise
     except OSError as exc:
@@ -133,10 +133,10 @@ def merge_raw(layers: Sequence[RawPolicy]) -> RawPolicy:
 def _deep_merge(
     target: dict[str, Any],
     overlay: Mapping[str, Any],
-    path: Path,
+    path: KeyPath,
     target_source: SourceMap,
     overlay_source: SourceMap,
-    overlay_prefix: Path | None,
+    overlay_prefix: KeyPath | None,
     layer: str | None = None,
 ) -> None:
     """Merge ``overlay`` into ``target`` in place, moving source entries along."""
@@ -245,10 +245,10 @@ def validate_document(raw: RawPolicy) -> PolicyDocument:
     return document
 
 
-def translate_validation_error(exc: ValidationError, raw: RawPolicy, prefix: Path = ()) -> list[Diagnostic]:
+def translate_validation_error(exc: ValidationError, raw: RawPolicy, prefix: KeyPath = ()) -> list[Diagnostic]:
     """Turn Pydantic's ``loc`` tuples into file:line:col findings with hints."""
     found: list[Diagnostic] = []
-    seen: set[tuple[str, Path]] = set()
+    seen: set[tuple[str, KeyPath]] = set()
     for error in exc.errors(include_url=False):
         loc = (*prefix, *_clean_loc(error["loc"]))
         kind = error["type"]
@@ -259,7 +259,7 @@ def translate_validation_error(exc: ValidationError, raw: RawPolicy, prefix: Pat
     return found
 
 
-def _clean_loc(loc: Iterable[Any]) -> Path:
+def _clean_loc(loc: Iterable[Any]) -> KeyPath:
     # Pydantic adds union member names ("function-after[...]", "int", "str") to loc; drop them.
     return tuple(p for p in loc if isinstance(p, int) or not _is_union_tag(str(p)))
 
@@ -268,7 +268,7 @@ def _is_union_tag(part: str) -> bool:
     return ("[" in part and part.endswith("]")) or part in {"int", "float", "str", "bool", "none", "list", "dict"}
 
 
-def _diagnostic_for(error: Any, loc: Path, raw: RawPolicy) -> Diagnostic:
+def _diagnostic_for(error: Any, loc: KeyPath, raw: RawPolicy) -> Diagnostic:
     kind = error["type"]
     path_text = render_path(loc)
     value = error.get("input")
@@ -301,7 +301,7 @@ def _diagnostic_for(error: Any, loc: Path, raw: RawPolicy) -> Diagnostic:
     return Diagnostic(code, f"{message}{shown}", location, hint, path=path_text)
 
 
-def _hint_for(kind: str, loc: Path, error: Any) -> str | None:
+def _hint_for(kind: str, loc: KeyPath, error: Any) -> str | None:
     if "duration" in str(error["msg"]):
         return "write a number of seconds or a duration such as 500ms, 30s, 5m, 1h30m, 1d"
     if (
@@ -322,7 +322,7 @@ def _hint_for(kind: str, loc: Path, error: Any) -> str | None:
     return None
 
 
-def lookup_origin(source: SourceMap, path: Path) -> Origin | None:
+def lookup_origin(source: SourceMap, path: KeyPath) -> Origin | None:
     """The origin of ``path`` or of its nearest ancestor that has one."""
     while True:
         origin = source.get(path)
@@ -336,7 +336,7 @@ def _did_you_mean(word: str, choices: Iterable[str]) -> str | None:
     return f"did you mean '{matches[0]}'?" if matches else None
 
 
-def allowed_keys(path: Path) -> list[str]:
+def allowed_keys(path: KeyPath) -> list[str]:
     """The keys a model accepts at ``path`` (used for "did you mean" hints)."""
     node: Any = PolicyDocument
     for part in path:

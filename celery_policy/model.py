@@ -148,7 +148,7 @@ class RoutePolicy(_Section):
     exchange: str | None = None
     routing_key: str | None = None
     priority: int | None = Field(None, ge=0, le=255, description="message priority (0-9 on Redis)")
-    # RabbitMQ (celery_policy/runtime/amqp.py): the type the queue is declared with
+    # RabbitMQ (celery_policy/queues.py): the type the queue is declared with
     queue_type: Literal["classic", "quorum"] | None = Field(
         None,
         description="RabbitMQ queue type of the task's queue (default: Celery's task_default_queue_type); on quorum "

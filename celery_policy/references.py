@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from functools import cache
 from typing import Any
 
-from celery_policy._yaml import Path, render_path
+from celery_policy._yaml import KeyPath, render_path
 from celery_policy.errors import Diagnostic, Location
 from celery_policy.model import PolicyDocument, RetryPolicy, TaskPolicy
 
@@ -86,13 +86,13 @@ def ensure_import_root(root: str | None) -> None:
         sys.path.insert(0, directory)
 
 
-def _task_sections(document: PolicyDocument) -> Iterator[tuple[Path, TaskPolicy]]:
+def _task_sections(document: PolicyDocument) -> Iterator[tuple[KeyPath, TaskPolicy]]:
     yield ("defaults",), document.defaults
     for name, section in document.tasks.items():
         yield ("tasks", name), section
 
 
-def iter_exception_refs(document: PolicyDocument) -> Iterator[tuple[Path, str]]:
+def iter_exception_refs(document: PolicyDocument) -> Iterator[tuple[KeyPath, str]]:
     """Every exception reference with its key path, groups included."""
     for group, members in document.errors.items():
         for index, ref in enumerate(members):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from celery_policy._yaml import Path, render_path
+from celery_policy._yaml import KeyPath, render_path
 from celery_policy.errors import Diagnostic, Location, PolicyError, trim
 from celery_policy.loader import (
     RawPolicy,
@@ -30,7 +30,7 @@ from celery_policy.model import PolicyDocument, TaskPolicy, dump_set
 from celery_policy.patterns import PatternIndex, is_glob, specificity
 from celery_policy.references import check_references, ensure_import_root, expand_refs
 
-BUILTIN = "builtin"
+BUILTIN_LAYER = "builtin"  # the provenance layer of a value no file sets (explain lists it first)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +67,7 @@ class ResolvedPolicy:
             if found is not None:
                 return found
             probe = probe.rpartition(".")[0]
-        return Provenance(BUILTIN)
+        return Provenance(BUILTIN_LAYER)
 
     def expand(self, refs: Iterable[str]) -> tuple[str, ...]:
         """Exception references with group names replaced by dotted paths."""
@@ -75,11 +75,41 @@ class ResolvedPolicy:
 
 
 @dataclass(frozen=True, slots=True)
-class _Layer:
-    label: str
-    prefix: Path
-    leaves: Mapping[Path, Any]
-    rank: tuple[int, int, int]
+class Layer:
+    """One section of the document that sets task policy fields."""
+
+    label: str  # "defaults", 'tasks."reports.*"', "tasks.orders.charge"
+    prefix: KeyPath  # ("defaults",) or ("tasks", NAME)
+    leaves: Mapping[KeyPath, Any]  # the fields it sets, flattened: ("timeout", "soft") -> 360.0
+    rank: tuple[int, int, int] = (0, 0, 0)  # (0 defaults | 1 glob | 2 exact name, *glob specificity)
+
+
+class Layering:
+    """The task-policy layers of a validated document, and which of them apply to a task name.
+
+    The one definition of precedence: ``defaults`` < glob patterns (less specific
+    first: more wildcards, then shorter literal prefix; document order on a tie)
+    < the exact task name. The resolver and the lint views both read it.
+    """
+
+    def __init__(self, document: PolicyDocument) -> None:
+        self.defaults = Layer("defaults", ("defaults",), flatten(dump_set(document.defaults)))
+        self.tasks: dict[str, Layer] = {}
+        for name, section in document.tasks.items():
+            rank = (1, *specificity(name).sort_key()) if is_glob(name) else (2, 0, 0)
+            self.tasks[name] = Layer(render_path(("tasks", name)), ("tasks", name), flatten(dump_set(section)), rank)
+        self._exact = {name: layer for name, layer in self.tasks.items() if not is_glob(name)}
+        globs = {name: layer for name, layer in self.tasks.items() if is_glob(name)}
+        self.globs = sorted(globs.values(), key=lambda layer: layer.rank)  # weakest first
+        self._order = {layer.label: index for index, layer in enumerate(self.globs)}
+        self._by_name = globs
+        self._index = PatternIndex(globs)
+
+    def matching(self, task: str) -> list[Layer]:
+        """The layers that apply to ``task``, weakest first."""
+        globs = sorted((self._by_name[p] for p in self._index.matches(task)), key=lambda g: self._order[g.label])
+        exact = self._exact.get(task)
+        return [self.defaults, *globs, *([exact] if exact is not None else [])]
 
 
 class Policy:
@@ -97,11 +127,7 @@ class Policy:
         self.document: PolicyDocument = validate_document(effective)
         self.files = raw.files
         self._envs: dict[str | None, Policy] = {env: self}
-        self._layers = self._build_layers()
-        self._exact = {name: layer for name, layer in self._layers.items() if not is_glob(name)}
-        self._globs = {name: layer for name, layer in self._layers.items() if is_glob(name)}
-        self._index = PatternIndex(self._globs)
-        self._defaults = _Layer("defaults", ("defaults",), flatten(dump_set(self.document.defaults)), (0, 0, 0))
+        self.layering = Layering(self.document)
         self._cache: dict[tuple[str, ...], tuple[TaskPolicy, Mapping[str, Provenance]]] = {}
 
     @property
@@ -110,12 +136,12 @@ class Policy:
         envs = self.raw.data.get("environments")
         return [str(name) for name in envs] if isinstance(envs, dict) else []
 
-    def location(self, path: Path) -> Location | None:
+    def location(self, path: KeyPath) -> Location | None:
         """The file position of a key path (or of its nearest ancestor)."""
         origin = lookup_origin(self.source, path)
         return origin.location if origin else None
 
-    def key_location(self, path: Path) -> Location | None:
+    def key_location(self, path: KeyPath) -> Location | None:
         origin = lookup_origin(self.source, path)
         return (origin.key_location or origin.location) if origin else None
 
@@ -128,27 +154,9 @@ class Policy:
             self._envs[env] = found
         return found
 
-    def _build_layers(self) -> dict[str, _Layer]:
-        layers: dict[str, _Layer] = {}
-        for name, section in self.document.tasks.items():
-            if is_glob(name):
-                spec = specificity(name)
-                rank = (1, *spec.sort_key())
-            else:
-                rank = (2, 0, 0)
-            label = render_path(("tasks", name))
-            layers[name] = _Layer(label, ("tasks", name), flatten(dump_set(section)), rank)
-        return layers
-
-    def matching_layers(self, task: str) -> list[_Layer]:
+    def matching_layers(self, task: str) -> list[Layer]:
         """The layers that apply to ``task``, weakest first."""
-        globs = [self._globs[p] for p in self._index.matches(task)]
-        globs.sort(key=lambda layer: layer.rank)
-        layers = [self._defaults, *globs]
-        exact = self._exact.get(task)
-        if exact is not None:
-            layers.append(exact)
-        return layers
+        return self.layering.matching(task)
 
     def for_task(self, task: str, env: str | None = None) -> ResolvedPolicy:
         """The effective policy of ``task``. Raises :class:`PolicyError` on a pattern conflict (CP110)."""
@@ -164,7 +172,7 @@ class Policy:
         policy, provenance = cached
         return ResolvedPolicy(task, self.env, policy, provenance, key, self.document.errors)
 
-    def _merge(self, layers: Sequence[_Layer]) -> tuple[TaskPolicy, Mapping[str, Provenance]]:
+    def _merge(self, layers: Sequence[Layer]) -> tuple[TaskPolicy, Mapping[str, Provenance]]:
         merged, owners = merge_leaves([layer.leaves for layer in layers])
         policy = TaskPolicy.model_validate(unflatten(merged))
         provenance: dict[str, Provenance] = {}
@@ -179,15 +187,15 @@ class Policy:
         return policy, MappingProxyType(provenance)
 
 
-def merge_leaves(layers: Sequence[Mapping[Path, Any]]) -> tuple[dict[Path, Any], dict[Path, int]]:
+def merge_leaves(layers: Sequence[Mapping[KeyPath, Any]]) -> tuple[dict[KeyPath, Any], dict[KeyPath, int]]:
     """Per-field merge, weakest layer first: the merged leaves and the index of the layer that set each.
 
     Setting a path replaces its ancestors (``route: null`` then ``route.queue``) and its
     descendants (``route.queue`` then ``route: null``); lists are leaves and replace whole.
     """
-    merged: dict[Path, Any] = {}
-    owners: dict[Path, int] = {}
-    inner: set[Path] = set()  # proper prefixes of merged paths (may hold stale entries: they only cost a scan)
+    merged: dict[KeyPath, Any] = {}
+    owners: dict[KeyPath, int] = {}
+    inner: set[KeyPath] = set()  # proper prefixes of merged paths (may hold stale entries: they only cost a scan)
     for index, leaves in enumerate(layers):
         for path, value in leaves.items():
             if path not in merged:
@@ -205,9 +213,9 @@ def merge_leaves(layers: Sequence[Mapping[Path, Any]]) -> tuple[dict[Path, Any],
     return merged, owners
 
 
-def flatten(data: Mapping[str, Any], prefix: Path = ()) -> dict[Path, Any]:
+def flatten(data: Mapping[str, Any], prefix: KeyPath = ()) -> dict[KeyPath, Any]:
     """Nested set fields -> ``{("timeout", "soft"): 360.0}``; lists and scalars are leaves."""
-    leaves: dict[Path, Any] = {}
+    leaves: dict[KeyPath, Any] = {}
     for key, value in data.items():
         path = (*prefix, key)
         if isinstance(value, dict):
@@ -219,7 +227,7 @@ def flatten(data: Mapping[str, Any], prefix: Path = ()) -> dict[Path, Any]:
     return leaves
 
 
-def unflatten(leaves: Mapping[Path, Any]) -> dict[str, Any]:
+def unflatten(leaves: Mapping[KeyPath, Any]) -> dict[str, Any]:
     root: dict[str, Any] = {}
     for path, value in leaves.items():
         node = root
@@ -229,11 +237,11 @@ def unflatten(leaves: Mapping[Path, Any]) -> dict[str, Any]:
     return root
 
 
-def _dotted(path: Path) -> str:
+def _dotted(path: KeyPath) -> str:
     return ".".join(str(p) for p in path)
 
 
-def _check_conflicts(task: str, layers: Sequence[_Layer], policy: Policy) -> None:
+def _check_conflicts(task: str, layers: Sequence[Layer], policy: Policy) -> None:
     """Equal-specificity globs that set the same field differently for one task (CP110)."""
     globs = [layer for layer in layers if layer.rank[0] == 1]
     diagnostics: list[Diagnostic] = []
@@ -249,7 +257,7 @@ def _check_conflicts(task: str, layers: Sequence[_Layer], policy: Policy) -> Non
         raise PolicyError(diagnostics=diagnostics)
 
 
-def conflict_diagnostic(task: str, first: _Layer, second: _Layer, path: Path, policy: Policy) -> Diagnostic:
+def conflict_diagnostic(task: str, first: Layer, second: Layer, path: KeyPath, policy: Policy) -> Diagnostic:
     where_first = policy.location((*first.prefix, *path))
     where_second = policy.location((*second.prefix, *path))
     msg = (

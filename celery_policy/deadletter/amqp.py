@@ -6,7 +6,7 @@ Two kinds of message live in a dead queue, and both read back as the same
 - records the runtime publishes (``add``): the record's JSON, persistent, with
   publisher confirms, marked by the ``celery-policy-record`` header;
 - Celery task messages the broker dead-lettered itself: a quorum queue past its
-  ``x-delivery-limit`` (``ack.max_redeliveries``, see ``runtime/amqp.py``) moves
+  ``x-delivery-limit`` (``ack.max_redeliveries``, see ``queues.py``) moves
   the message here with an ``x-death`` header, so a poison pill that kills its
   worker every time reads back as a ``redelivery_limit`` record, as on Redis.
 
@@ -38,43 +38,12 @@ from typing import Any
 
 from celery_policy.deadletter.record import DeadLetter, Reason
 from celery_policy.deadletter.store import Filter, StoreUnavailableError, _safe_url
+from celery_policy.queues import dead_queue_for, declare_dead_queue
 
-DEAD_SUFFIX = ".dead"
 RECORD_HEADER = "celery-policy-record"
-# What every dead queue is declared with, by the store and by the worker's boot check alike
-# (two declarations with different arguments fail with PRECONDITION_FAILED).
-DEAD_QUEUE_ARGUMENTS: Mapping[str, Any] = {"x-queue-type": "classic"}
-AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
 POLICY_HEADER = "celery_policy"  # runtime/headers.py HEADER: {"t0": first failure, ...}
 
 Publisher = Callable[[DeadLetter, str], None]
-
-
-def is_amqp_url(url: str | None) -> bool:
-    return bool(url) and str(url).split("://", 1)[0].lower() in AMQP_SCHEMES
-
-
-def store_backend(settings: Any, broker_url: str | None) -> str | None:
-    """Which store ``dead_letter_store`` resolves to with this broker: "redis", "amqp", or None (none derivable).
-
-    ``backend: auto`` is amqp when ``url`` is an AMQP URL, or when no url is set and
-    the broker is AMQP; otherwise redis (the store's URL or the Redis broker's).
-    """
-    backend = getattr(settings, "backend", "auto")
-    url = getattr(settings, "url", None)
-    if backend == "amqp":
-        return "amqp" if is_amqp_url(url) or (not url and is_amqp_url(broker_url)) else None
-    if backend == "redis":
-        return "redis" if url or (broker_url or "").split("://", 1)[0] in {"redis", "rediss"} else None
-    if url:
-        return "amqp" if is_amqp_url(url) else "redis"
-    if is_amqp_url(broker_url):
-        return "amqp"
-    return "redis" if (broker_url or "").split("://", 1)[0] in {"redis", "rediss"} else None
-
-
-def dead_queue_for(queue: str) -> str:
-    return queue + DEAD_SUFFIX
 
 
 class AmqpDeadLetterStore:
@@ -361,10 +330,6 @@ class AmqpDeadLetterStore:
 
 class _QueueMissing(Exception):
     """The dead queue was never declared: nothing was dead-lettered there."""
-
-
-def declare_dead_queue(channel: Any, dead: str) -> None:
-    channel.queue_declare(dead, durable=True, auto_delete=False, arguments=dict(DEAD_QUEUE_ARGUMENTS))
 
 
 def _get_all(channel: Any, dead: str, at_most: int) -> Iterator[Any]:

@@ -1,17 +1,14 @@
 """A small, Celery-free picture of an app for the ``--app`` cross-checks.
 
-This is the one module of ``lint`` that imports a Celery app. It finds the app
-the way ``celery -A`` does (``proj`` -> ``proj.app``/``proj.celery``,
-``proj.celery`` -> its ``app``/``celery`` attribute, or ``module:attr``) with
-the working directory on ``sys.path``, imports the task modules the app
-declares, finalizes it, and copies out what the rules need. No broker
+This is the one module of ``lint`` that looks at a Celery app. It loads the
+app with :func:`celery_policy.appinfo.import_app` (as ``celery -A`` does, task
+modules imported, finalized) and copies out what the rules need. No broker
 connection is made.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import inspect
 import os
 import sys
@@ -20,12 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from celery_policy.appinfo import AppLoadError, import_app, import_root
+
+__all__ = ["AppLoadError", "AppSnapshot", "QueueInfo", "TaskSignature", "load_app"]
+
 REDIS_VISIBILITY_DEFAULT_S = 3600.0  # kombu's Redis Channel.visibility_timeout (SQS uses 30 min, see below)
 SQS_VISIBILITY_DEFAULT_S = 1800.0
-
-
-class AppLoadError(Exception):
-    """The ``--app`` module could not be imported or holds no Celery app."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +87,10 @@ class AppSnapshot:
             return SQS_VISIBILITY_DEFAULT_S
         return None
 
+    def declared_queue_types(self) -> dict[str, str]:
+        """``x-queue-type`` of the queues the app declares in ``task_queues``."""
+        return {name: q.queue_type for name, q in (self.declared_queues or {}).items() if q.queue_type}
+
     def user_tasks(self) -> list[str]:
         """Registered task names without Celery's own ``celery.*`` built-ins."""
         return sorted(name for name in self.tasks if not name.startswith("celery."))
@@ -98,43 +99,13 @@ class AppSnapshot:
 def load_app(spec: str, cwd: str | None = None) -> AppSnapshot:
     """Import ``spec`` like ``celery -A``, finalize the app and snapshot it. Raises :class:`AppLoadError`."""
     directory = os.path.abspath(cwd or os.getcwd())
-    if directory not in sys.path:
-        sys.path.insert(0, directory)
-    celery: Any = importlib.import_module("celery")  # celery ships no type information
-    find_app = importlib.import_module("celery.app.utils").find_app
-    # Whatever the app prints while it loads (its own prints, structlog's default
-    # stdout logger in install()) goes to stderr: stdout carries the report (json, sarif).
+    app = import_app(spec, directory, finalize=True)
     try:
-        with contextlib.redirect_stdout(sys.stderr):
-            app = find_app(spec)
-    except (Exception, SystemExit) as exc:
-        msg = f"cannot import Celery app '{spec}': {type(exc).__name__}: {exc}"
-        raise AppLoadError(msg) from exc
-    if not isinstance(app, celery.Celery):
-        msg = f"'{spec}' is not a Celery app (it is {type(app).__name__})"
-        raise AppLoadError(msg)
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            app.loader.import_default_modules()  # `include=`, `imports` and autodiscover_tasks, as a worker does
-            app.finalize(auto=True)
-            return _snapshot(app, spec, _import_root(spec, directory))
+        with contextlib.redirect_stdout(sys.stderr):  # stdout carries the report
+            return _snapshot(app, spec, import_root(spec, directory))
     except (Exception, SystemExit) as exc:
         msg = f"cannot load the tasks of Celery app '{spec}': {type(exc).__name__}: {exc}"
         raise AppLoadError(msg) from exc
-
-
-def _import_root(spec: str, default: str) -> str:
-    """The directory the app's top-level module was imported from."""
-    module_name = spec.partition(":")[0]
-    top = module_name.split(".")[0]
-    module = sys.modules.get(top)
-    location = getattr(module, "__file__", None) if module is not None else None
-    if not isinstance(location, str) or not location:
-        return default
-    path = os.path.dirname(os.path.abspath(location))
-    if os.path.basename(location) == "__init__.py":
-        path = os.path.dirname(path)
-    return path
 
 
 def _snapshot(app: Any, spec: str, root: str) -> AppSnapshot:

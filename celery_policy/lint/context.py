@@ -6,35 +6,30 @@ matches it (and, with ``--app``, each registered task that several globs
 match). Checking views instead of raw sections catches problems that only
 appear after merging: a glob setting ``soft: 30m`` under a default
 ``hard: 5m30s``. A view remembers which layer supplied each field, so a
-finding points at the key that layer wrote; the runner drops the repeats
+finding points at the key that layer wrote; the engine drops the repeats
 when several views inherit the same problem.
+
+The layers and their order are the resolver's (:class:`celery_policy.resolve.Layering`),
+so a view merges exactly what a worker would run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from pydantic import ValidationError
 
-from celery_policy._yaml import Path, render_path
+from celery_policy._yaml import KeyPath, render_path
 from celery_policy.errors import Diagnostic, Location
 from celery_policy.lint.appsnapshot import AppSnapshot
 from celery_policy.loader import RawPolicy, SourceMap, lookup_origin
-from celery_policy.model import PolicyDocument, TaskPolicy, dump_set
-from celery_policy.patterns import PatternIndex, is_glob, specificity
+from celery_policy.model import PolicyDocument, TaskPolicy
+from celery_policy.patterns import is_glob
 from celery_policy.references import check_references, expand_refs
-from celery_policy.resolve import flatten, merge_leaves, unflatten
+from celery_policy.resolve import Layer, Layering, merge_leaves, unflatten
 
-
-@dataclass(frozen=True, slots=True)
-class Layer:
-    """One section of the document that sets task policy fields."""
-
-    label: str  # "defaults", 'tasks."reports.*"', "tasks.orders.charge"
-    prefix: Path  # ("defaults",) or ("tasks", NAME)
-    leaves: Mapping[Path, Any]  # the fields it sets, flattened: ("timeout", "soft") -> 360.0
+__all__ = ["Layer", "LintContext", "View"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,13 +40,13 @@ class View:
     kind: str  # "defaults", "pattern", "task"
     layers: tuple[Layer, ...]
     policy: TaskPolicy
-    owners: Mapping[Path, int]  # leaf path -> index into layers
+    owners: Mapping[KeyPath, int]  # leaf path -> index into layers
 
     @property
     def top(self) -> Layer:
         return self.layers[-1]
 
-    def owner(self, path: Path) -> int:
+    def owner(self, path: KeyPath) -> int:
         """Index of the strongest layer that set ``path``, an ancestor or a descendant of it; -1 for built-in."""
         found = -1
         for leaf, index in self.owners.items():
@@ -60,11 +55,11 @@ class View:
                 found = max(found, index)
         return found
 
-    def sets(self, path: Path) -> bool:
+    def sets(self, path: KeyPath) -> bool:
         """True when the view's own (strongest) layer sets ``path``."""
         return self.owner(path) == len(self.layers) - 1
 
-    def blame(self, *paths: Path) -> tuple[Layer, Path]:
+    def blame(self, *paths: KeyPath) -> tuple[Layer, KeyPath]:
         """The layer and full key path to point at: the strongest-owned of ``paths`` (first on ties)."""
         best_index, best_path = -1, paths[0]
         for path in paths:
@@ -92,28 +87,25 @@ class LintContext:
     app: AppSnapshot | None = None
     _views: list[View] | None = field(default=None, repr=False)
     _references: list[Diagnostic] | None = field(default=None, repr=False)
-    _layers: dict[str, Layer] | None = field(default=None, repr=False)
-    _globs: list[str] | None = field(default=None, repr=False)
-    _index: PatternIndex | None = field(default=None, repr=False)
-    _rank: dict[str, int] = field(default_factory=dict, repr=False)
+    _layering: Layering | None = field(default=None, repr=False)
 
     @property
     def files(self) -> tuple[str, ...]:
         return self.raw.files
 
-    def locate(self, path: Path) -> Location:
+    def locate(self, path: KeyPath) -> Location:
         """Where the value at ``path`` (or its nearest ancestor) starts."""
         origin = lookup_origin(self.source, path)
         return origin.location if origin else Location(self.files[0])
 
-    def key_locate(self, path: Path) -> Location:
+    def key_locate(self, path: KeyPath) -> Location:
         """Where the key of ``path`` is written (falls back to its value, then to an ancestor)."""
         origin = lookup_origin(self.source, path)
         if origin is None:
             return Location(self.files[0])
         return origin.key_location or origin.location
 
-    def diagnostic(self, code: str, message: str, path: Path, hint: str | None = None) -> Diagnostic:
+    def diagnostic(self, code: str, message: str, path: KeyPath, hint: str | None = None) -> Diagnostic:
         """A finding at the key of ``path`` (severity is set by the registry)."""
         return Diagnostic(code, message, self.key_locate(path), hint, path=render_path(path))
 
@@ -134,37 +126,27 @@ class LintContext:
 
     # --- layers and views ---------------------------------------------------
 
+    @property
+    def layering(self) -> Layering:
+        """The resolver's layers of the document (built once)."""
+        if self._layering is None:
+            self._layering = Layering(self.document)
+        return self._layering
+
     def defaults_layer(self) -> Layer:
-        return Layer("defaults", ("defaults",), flatten(dump_set(self.document.defaults)))
+        return self.layering.defaults
 
     def task_layers(self) -> dict[str, Layer]:
-        """One layer per entry of ``tasks`` (built once)."""
-        if self._layers is None:
-            self._layers = {
-                name: Layer(render_path(("tasks", name)), ("tasks", name), flatten(dump_set(section)))
-                for name, section in self.document.tasks.items()
-            }
-        return self._layers
+        """One layer per entry of ``tasks``."""
+        return self.layering.tasks
 
     def globs(self) -> list[str]:
         """The glob patterns of ``tasks``, weakest first (more wildcards, then shorter literal prefix)."""
-        if self._globs is None:
-            patterns = [name for name in self.document.tasks if is_glob(name)]
-            self._globs = sorted(patterns, key=lambda p: specificity(p).sort_key())
-        return self._globs
+        return [str(layer.prefix[-1]) for layer in self.layering.globs]
 
     def layers_for(self, task: str) -> list[Layer]:
-        """The layers that apply to a task name, weakest first (as the resolver orders them)."""
-        layers = self.task_layers()
-        globs = self.globs()
-        if self._index is None:
-            self._index = PatternIndex(globs)
-            self._rank = {pattern: index for index, pattern in enumerate(globs)}
-        matched = sorted(self._index.matches(task), key=self._rank.__getitem__)
-        found = [self.defaults_layer(), *(layers[p] for p in matched)]
-        if task in layers and not is_glob(task):
-            found.append(layers[task])
-        return found
+        """The layers that apply to a task name, weakest first (the resolver's own order)."""
+        return self.layering.matching(task)
 
     def views(self) -> list[View]:
         """Effective views (see the module docstring), built once."""

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Literal
 from celery_policy.errors import Diagnostic, Severity
 
 if TYPE_CHECKING:
-    from celery_policy.lint.rules import LintContext
+    from celery_policy.lint.context import LintContext
 
 RuleFunc = Callable[["LintContext"], Iterator[Diagnostic]]
 EmittedBy = Literal["lint", "loader"]

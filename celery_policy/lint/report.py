@@ -231,7 +231,7 @@ SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 
 def render_sarif(report: CheckReport) -> str:
     """A SARIF 2.1.0 log for code-scanning dashboards (GitHub code scanning, GitLab, Azure DevOps)."""
-    from celery_policy import __version__
+    from celery_policy._version import __version__
     from celery_policy.lint.registry import RULES
 
     everything = [(f, False) for f in report.findings] + [(f, True) for f in report.suppressed]
@@ -349,3 +349,16 @@ def render_rule_list(rows: Sequence[tuple[str, str, str, str]]) -> str:
     """``celery-policy rules``: code, name, severity, one line each."""
     width = max((len(name) for _, name, _, _ in rows), default=0)
     return "".join(f"{code}  {name:<{width}}  {severity:<7}  {summary}\n" for code, name, severity, summary in rows)
+
+
+def describe_rule(entry: Rule) -> str:
+    """The text ``celery-policy rules CODE`` prints."""
+    notes = []
+    if entry.needs_app:
+        notes.append("needs --app")
+    if entry.emitted_by == "loader":
+        notes.append("reported while the file is read and validated")
+    if entry.aliases:
+        notes.append(f"formerly {', '.join(entry.aliases)}")
+    head = f"{entry.code} {entry.name} ({entry.severity}{'; ' + '; '.join(notes) if notes else ''})"
+    return f"{head}\n\n{entry.doc}\n"

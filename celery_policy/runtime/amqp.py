@@ -1,16 +1,9 @@
-"""RabbitMQ queue arguments from the policy, and the boot check that they fit the broker's queues.
+"""RabbitMQ at worker boot: the policy's queue arguments on Celery's queue objects, and the check that
+they fit the broker's existing queues.
 
-What the policy asks of a queue becomes its declaration arguments, through
-Celery's own queue objects (``task_queues`` and the queues Celery creates on
-demand), so every declaration the worker and producers make carries them:
-
-- ``route.queue_type`` -> ``x-queue-type``;
-- on a quorum queue, with the ``amqp`` dead-letter store: ``ack.max_redeliveries``
-  -> ``x-delivery-limit`` plus ``x-dead-letter-exchange: ""`` and
-  ``x-dead-letter-routing-key: <queue>.dead``, so the broker itself stops a poison
-  pill that kills its worker and moves it to the dead queue (a classic queue has
-  no delivery limit; there only the Redis counter can cap redeliveries);
-- ``route.priority`` -> ``x-max-priority`` (classic queues; quorum queues refuse it).
+The plan (which queue needs which ``x-`` arguments) is :mod:`celery_policy.queues`.
+This module puts it on ``task_queues`` and on the queues Celery creates on
+demand, so every declaration the worker and producers make carries it.
 
 A queue's arguments cannot change once it exists; declaring it with others
 fails with PRECONDITION_FAILED and a worker retries that forever. So the worker
@@ -20,120 +13,22 @@ declares its queues once at boot (:class:`QueueCheck`) and stops with a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 from celery import bootsteps
 
-from celery_policy.deadletter.amqp import DEAD_QUEUE_ARGUMENTS, dead_queue_for, declare_dead_queue
 from celery_policy.errors import PolicyError
+from celery_policy.queues import (
+    DEFAULTS_TASK,
+    QueuePlan,
+    declare_queues,
+    is_amqp_url,
+    merge_arguments,
+    plan_queues,
+    store_backend,
+)
 from celery_policy.resolve import Policy
-
-_DEFAULTS = "\x00defaults"  # a task name no pattern but "*" matches: the defaults layer alone
-
-
-@dataclass(frozen=True, slots=True)
-class QueuePlan:
-    """What the policy needs of one queue."""
-
-    name: str
-    queue_type: str | None = None  # x-queue-type; None: whatever Celery declares
-    delivery_limit: int | None = None  # x-delivery-limit (quorum, amqp store)
-    max_priority: int | None = None  # x-max-priority (classic)
-    dead_queue: str | None = None  # where records (and broker dead letters) of this queue go, amqp store
-    sources: Mapping[str, str] = field(default_factory=dict)  # argument -> task or layer that asked for it
-
-    def arguments(self) -> dict[str, Any]:
-        args: dict[str, Any] = {}
-        if self.queue_type is not None:
-            args["x-queue-type"] = self.queue_type
-        if self.delivery_limit is not None:
-            args["x-delivery-limit"] = self.delivery_limit
-            args["x-dead-letter-exchange"] = ""  # the default exchange routes by queue name
-            args["x-dead-letter-routing-key"] = dead_queue_for(self.name)
-        if self.max_priority is not None:
-            args["x-max-priority"] = self.max_priority
-        return args
-
-
-def plan_queues(
-    policy: Policy,
-    *,
-    default_queue: str = "celery",
-    default_queue_type: str = "classic",
-    amqp_store: bool = False,
-    task_names: Iterable[str] = (),
-    declared_types: Mapping[str, str] | None = None,
-) -> dict[str, QueuePlan]:
-    """The queues the policy routes to (the default queue included) and the arguments each needs.
-
-    Looks at the defaults, every name and pattern under ``tasks`` and
-    ``task_names``; ``declared_types`` are the ``x-queue-type`` of queues the app
-    declares itself (``task_queues``). Raises :class:`PolicyError` when tasks sharing a queue
-    ask for different queue types. Tasks sharing a quorum queue with different
-    ``max_redeliveries`` get the smallest as the queue's limit (``check`` warns).
-    """
-    types: dict[str, dict[str, str]] = {}
-    limits: dict[str, dict[str, int]] = {}
-    priorities: dict[str, dict[str, int]] = {}
-    names = [_DEFAULTS, *policy.document.tasks, *task_names]
-    for name in dict.fromkeys(names):
-        resolved = policy.for_task(name).policy
-        route = resolved.route
-        queue = route.queue if route is not None and route.queue else default_queue
-        label = "defaults" if name == _DEFAULTS else f"tasks.{name}"
-        types.setdefault(queue, {})
-        if route is not None and route.queue_type is not None:
-            types[queue][label] = route.queue_type
-        ack = resolved.ack
-        if ack.late and ack.max_redeliveries is not None:
-            limits.setdefault(queue, {})[label] = ack.max_redeliveries
-        if route is not None and route.priority:
-            priorities.setdefault(queue, {})[label] = route.priority
-    plans: dict[str, QueuePlan] = {}
-    for queue, asked in types.items():
-        distinct = sorted(set(asked.values()))
-        if len(distinct) > 1:
-            who = ", ".join(f"{value} ({label})" for label, value in sorted(asked.items()))
-            msg = f"tasks routed to queue '{queue}' ask for different route.queue_type: {who}"
-            raise PolicyError(msg)
-        queue_type = distinct[0] if distinct else None
-        declared = (declared_types or {}).get(queue)
-        effective = queue_type or declared or (default_queue_type if queue == default_queue else "classic")
-        sources: dict[str, str] = {}
-        if queue_type is not None:
-            sources["x-queue-type"] = next(iter(sorted(asked)))
-        limit = None
-        if amqp_store and effective == "quorum" and limits.get(queue):
-            label, limit = min(limits[queue].items(), key=lambda item: (item[1], item[0]))
-            sources["x-delivery-limit"] = label
-        priority = None
-        if effective != "quorum" and priorities.get(queue):
-            label, priority = max(priorities[queue].items(), key=lambda item: (item[1], item[0]))
-            sources["x-max-priority"] = label
-        plans[queue] = QueuePlan(
-            queue,
-            queue_type=queue_type,
-            delivery_limit=limit,
-            max_priority=priority,
-            dead_queue=dead_queue_for(queue) if amqp_store else None,
-            sources=sources,
-        )
-    return plans
-
-
-def merge_arguments(queue: str, declared: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> dict[str, Any]:
-    """``declared`` (the app's own ``queue_arguments``) with ``wanted`` added; PolicyError where they differ."""
-    merged = dict(declared or {})
-    for key, value in wanted.items():
-        if key in merged and merged[key] != value:
-            msg = (
-                f"queue '{queue}': the app declares {key}={merged[key]!r} in task_queues but the policy needs {value!r}"
-            )
-            raise PolicyError(msg)
-        merged[key] = value
-    return merged
 
 
 def configure_queues(app: Any, plans: Mapping[str, QueuePlan]) -> None:
@@ -179,69 +74,6 @@ def configure_queues(app: Any, plans: Mapping[str, QueuePlan]) -> None:
     app.amqp.__dict__.pop("queues", None)  # a cached_property: rebuild with the new class and settings
 
 
-def declare_queues(
-    url: str, plans: Iterable[QueuePlan], *, create: bool = True, where: str = "", connect_timeout_s: float = 10.0
-) -> list[str]:
-    """Declare each planned queue (and its dead queue) on the broker with the planned arguments.
-
-    With ``create=False`` only queues that already exist are checked (nothing is
-    created). Returns the names of the queues checked. Raises :class:`PolicyError`
-    when an existing queue was declared with other arguments (PRECONDITION_FAILED),
-    naming the queue, the argument and what to do; connection errors propagate.
-    """
-    from kombu.connection import Connection
-
-    checked: list[str] = []
-    with Connection(url, connect_timeout=connect_timeout_s) as connection:  # type: ignore[no-untyped-call]
-        connection.connect()
-        raw = connection.connection
-        for plan in plans:
-            targets: list[tuple[str, dict[str, Any], str | None]] = [(plan.name, plan.arguments(), None)]
-            if plan.dead_queue is not None:
-                targets.append((plan.dead_queue, dict(DEAD_QUEUE_ARGUMENTS), plan.name))
-            for name, arguments, owner in targets:
-                channel = raw.channel()
-                try:
-                    if not create:
-                        try:
-                            channel.queue_declare(name, passive=True)
-                        except Exception as exc:
-                            if getattr(exc, "reply_code", None) == 404:
-                                channel = None
-                                continue
-                            raise
-                    if owner is not None:
-                        declare_dead_queue(channel, name)
-                    else:
-                        channel.queue_declare(name, durable=True, auto_delete=False, arguments=arguments)
-                    checked.append(name)
-                except Exception as exc:
-                    if getattr(exc, "reply_code", None) != 406:
-                        raise
-                    channel = None  # the broker closed it
-                    raise PolicyError(_conflict_message(name, arguments, exc, plan, owner, where)) from exc
-                finally:
-                    if channel is not None:
-                        channel.close()
-    return checked
-
-
-def _conflict_message(
-    name: str, arguments: Mapping[str, Any], exc: BaseException, plan: QueuePlan, owner: str | None, where: str
-) -> str:
-    reply = str(getattr(exc, "reply_text", "") or exc)
-    needs = ", ".join(f"{key}={value!r}" for key, value in sorted(arguments.items())) or "no arguments"
-    asked = ", ".join(f"{key} from {label}" for key, label in sorted(plan.sources.items()))
-    role = f"dead queue of '{owner}'" if owner is not None else "queue"
-    return (
-        f"{role} '{name}' already exists on the broker with other arguments than the policy needs ({needs}): {reply}"
-        + (f"; the policy sets {asked}" if asked and owner is None else "")
-        + (f" ({where})" if where else "")
-        + f"\n  help: a queue's arguments cannot change; drain and delete it (rabbitmqctl delete_queue {name}) so it "
-        "is declared again, or make the policy match the existing queue"
-    )
-
-
 # -- wiring for install() ------------------------------------------------------------------------------------
 
 _PLAN_ATTR = "_celery_policy_queue_plan"
@@ -259,8 +91,6 @@ def broker_url_of(app: Any) -> str | None:
 
 def plan_for(app: Any, policy: Policy) -> dict[str, QueuePlan] | None:
     """The queue plan of ``app`` under ``policy`` when its broker is AMQP, else None. Raises PolicyError."""
-    from celery_policy.deadletter.amqp import is_amqp_url, store_backend
-
     broker = broker_url_of(app)
     if not is_amqp_url(broker):
         return None
@@ -315,7 +145,7 @@ def apply_plan(app: Any, policy: Policy, plans: Mapping[str, QueuePlan] | None) 
 
 def amqp_store_for(app: Any, policy: Policy) -> Any:
     """The :class:`AmqpDeadLetterStore` when the policy's store resolves to the broker's dead queues, else None."""
-    from celery_policy.deadletter.amqp import AmqpDeadLetterStore, store_backend
+    from celery_policy.deadletter.amqp import AmqpDeadLetterStore
 
     settings = policy.document.dead_letter_store
     broker = broker_url_of(app)
@@ -323,7 +153,7 @@ def amqp_store_for(app: Any, policy: Policy) -> Any:
         return None
     url = settings.url or broker
     where = policy.location(("dead_letter_store",)) or policy.files[0]
-    names = [_DEFAULTS, *policy.document.tasks]
+    names = [DEFAULTS_TASK, *policy.document.tasks]
     if any(policy.for_task(name).policy.idempotency is not None for name in names):
         msg = (
             "idempotency keys need Redis but the dead-letter store is the AMQP broker; "
@@ -363,7 +193,7 @@ def cli_store(url: str | None, policy: Policy | None, broker_url: str | None, ap
     The dead queues read are those of the queues the policy routes to, plus the
     default queue (the ``--app``'s ``task_default_queue``, else ``celery``).
     """
-    from celery_policy.deadletter.amqp import AmqpDeadLetterStore, is_amqp_url, store_backend
+    from celery_policy.deadletter.amqp import AmqpDeadLetterStore
 
     settings = policy.document.dead_letter_store if policy is not None else None
     found: str | None

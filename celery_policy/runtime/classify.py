@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
+from celery_policy.budgets import rule_budgets, unknown_budget
 from celery_policy.model import Backoff, RetryPolicy
 from celery_policy.references import expand_refs, import_exception
 
@@ -53,27 +54,23 @@ class Classifier:
         self._on = _classes(expand_refs(retry.on, groups))
         self._never = _classes(expand_refs(retry.never, groups))
         self._rules: list[_CompiledRule] = []
-        for index, rule in enumerate(retry.rules):
-            backoff = retry.backoff
-            if rule.backoff is not None:
-                backoff = retry.backoff.model_copy(update=rule.backoff.model_dump(exclude_unset=True))
-            budget = rule.max_retries if "max_retries" in rule.model_fields_set else retry.max_retries
+        for index, (budget, rule) in enumerate(zip(rule_budgets(retry), retry.rules, strict=True)):
             outcome = Outcome(
                 Action.RETRY,
-                f"r{index}",
-                budget,
-                backoff,
-                rule.delay_from,
+                budget.counter,
+                budget.retries,
+                budget.backoff,
+                budget.delay_from,
                 "exhausted",
-                f"retry.rules[{index}]",
+                budget.label,
             )
             self._rules.append(_CompiledRule(index, _classes(expand_refs(rule.on, groups)), outcome))
         self._retry_on = Outcome(Action.RETRY, "on", retry.max_retries, retry.backoff, None, "exhausted", "retry.on")
         self._fail = Outcome(Action.FAIL, "", 0, retry.backoff, None, "permanent", "retry.never")
-        unknown_budget = retry.unknown_max_retries if retry.unknown_max_retries is not None else retry.max_retries
         if retry.unknown == "retry":
+            limit = unknown_budget(retry)
             self._unknown = Outcome(
-                Action.RETRY, "unknown", unknown_budget, retry.backoff, None, "unknown_exhausted", "retry.unknown"
+                Action.RETRY, "unknown", limit, retry.backoff, None, "unknown_exhausted", "retry.unknown"
             )
         else:
             self._unknown = Outcome(Action.FAIL, "", 0, retry.backoff, None, "unknown", "retry.unknown")

@@ -23,6 +23,7 @@ from celery.app.annotations import prepare as prepare_annotations
 from celery.app.annotations import resolve_all as resolve_all_annotations
 
 from celery_policy import transport as _reliable_fetch
+from celery_policy.appinfo import setting as _setting
 from celery_policy.deadletter.store import RedisStreamStore, store_url_for
 from celery_policy.errors import PolicyError
 from celery_policy.redis_urls import RedisUrlError
@@ -305,17 +306,6 @@ def _registered_instance(task_cls: type[Task]) -> Task | None:
 def _body(task: Any) -> Any:
     run = task.__dict__.get("_orig_run") or getattr(task, "run", None)
     return getattr(run, "__wrapped__", run)
-
-
-def _setting(app: Celery, name: str) -> str | None:
-    value = os.environ.get(name)
-    if value:
-        return value
-    try:  # Django: app.config_from_object("django.conf:settings", namespace="CELERY")
-        configured = app.conf.get(name) or app.conf.get(name.removeprefix("CELERY_").lower())
-    except Exception:  # configuration not loadable yet
-        return None
-    return str(configured) if configured else None
 
 
 def _broker_url(app: Celery) -> str | None:

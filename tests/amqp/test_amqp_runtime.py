@@ -17,8 +17,9 @@ from support.servers import REPO_ROOT, ProcessStartError, RedisServer, WorkerPro
 
 from celery_policy.cli import main
 from celery_policy.errors import PolicyError
+from celery_policy.queues import declare_queues, plan_queues
 from celery_policy.resolve import Policy, load
-from celery_policy.runtime.amqp import configure_queues, declare_queues, plan_queues
+from celery_policy.runtime.amqp import configure_queues
 from celery_policy.support import celery_consumes_quorum_queues
 
 if TYPE_CHECKING:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from celery_policy.cli import LINT_FAILED, OK, USAGE, main
+from celery_policy.cli import main
+from celery_policy.cli.exit import FAILED, OK, USAGE
 
 HERE = Path(__file__).resolve().parent
 FIXTURES = HERE / "fixtures" / "explain"
@@ -69,9 +70,9 @@ CASES = [
         environ={"CELERY_POLICY_ENV": "development"},
         expected="production",
     ),
-    Case("invalid_file", ["explain", "x", "--file", "invalid.yaml"], LINT_FAILED),
-    Case("pattern_conflict", ["explain", "orders.charge", "--file", "conflict.yaml"], LINT_FAILED),
-    Case("unknown_env", ["explain", "orders.charge", "--file", "shop.yaml", "--env", "prodution"], LINT_FAILED),
+    Case("invalid_file", ["explain", "x", "--file", "invalid.yaml"], FAILED),
+    Case("pattern_conflict", ["explain", "orders.charge", "--file", "conflict.yaml"], FAILED),
+    Case("unknown_env", ["explain", "orders.charge", "--file", "shop.yaml", "--env", "prodution"], FAILED),
     Case("missing_file", ["explain", "orders.charge", "--file", "missing.yaml"], USAGE),
     Case("no_default_file", ["explain", "orders.charge"], USAGE),
 ]

@@ -17,7 +17,8 @@ import structlog
 from celery import Celery
 
 import celery_policy
-from celery_policy.cli import LINT_FAILED, OK, USAGE, main
+from celery_policy.cli import main
+from celery_policy.cli.exit import FAILED, OK, USAGE
 from celery_policy.fleet import DEFAULTS, diff, snapshot
 from celery_policy.resolve import load
 from celery_policy.runtime.control import policy_report
@@ -89,10 +90,10 @@ def test_defaults_are_compared_as_their_own_section() -> None:
 # --- CLI output, in full ------------------------------------------------------------------------
 
 CASES = [
-    ("files", ["diff", "old.yaml", "new.yaml"], LINT_FAILED),
-    ("files_json", ["diff", "old.yaml", "new.yaml", "--format", "json"], LINT_FAILED),
+    ("files", ["diff", "old.yaml", "new.yaml"], FAILED),
+    ("files_json", ["diff", "old.yaml", "new.yaml", "--format", "json"], FAILED),
     ("same", ["diff", "old.yaml", "reordered.yaml", "--env", "production"], OK),
-    ("envs", ["diff", "old.yaml", "old.yaml", "--old-env", "staging", "--new-env", "production"], LINT_FAILED),
+    ("envs", ["diff", "old.yaml", "old.yaml", "--old-env", "staging", "--new-env", "production"], FAILED),
     ("check_envs", ["check", "old.yaml", "--env", "production", "--diff", "staging"], OK),
 ]
 
@@ -133,7 +134,7 @@ def test_diff_with_an_app_compares_exactly_its_registered_tasks(
     expected = EXPECTED / "diff_app.txt"
     if UPDATE:
         expected.write_text(out)
-    assert (code, err) == (LINT_FAILED, "")
+    assert (code, err) == (FAILED, "")
     assert out == expected.read_text()
 
 

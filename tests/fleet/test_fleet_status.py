@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 
-from celery_policy.cli import CONNECT, LINT_FAILED, OK, main
+from celery_policy.cli import main
+from celery_policy.cli.exit import CONNECT, FAILED, OK
 from celery_policy.fleet import short, snapshot
 from celery_policy.resolve import load
 
@@ -105,7 +106,7 @@ def test_status_sees_every_worker_and_expect_names_the_one_that_drifts(
     assert groups == [(short(v1), "2"), (short(v2), "1")]
 
     code, out = _status(capsys, "--expect", str(V1), "--env", "production")
-    assert code == LINT_FAILED
+    assert code == FAILED
     drift = out[out.index("drift: ") :]
     assert drift == (
         f"drift: gamma@fleet runs {short(v2)}, expected {short(v1)} (expected → running)\n"
@@ -119,7 +120,7 @@ def test_status_sees_every_worker_and_expect_names_the_one_that_drifts(
     )
 
     code, out = _status(capsys, "--expect", str(V1), "--env", "production", "--format", "json")
-    assert code == LINT_FAILED
+    assert code == FAILED
     report = json.loads(out)
     assert report["drift"] == ["gamma@fleet"]
     assert [group["workers"] for group in report["groups"]] == [["alpha@fleet", "beta@fleet"], ["gamma@fleet"]]
@@ -139,7 +140,7 @@ def test_status_sees_every_worker_and_expect_names_the_one_that_drifts(
 
     # the new release is what gamma runs: against it, alpha and beta drift
     code, out = _status(capsys, "--expect", str(V2), "--env", "production", "--format", "json")
-    assert code == LINT_FAILED
+    assert code == FAILED
     assert json.loads(out)["drift"] == ["alpha@fleet", "beta@fleet"]
 
     # the same through Celery's own CLI: `celery -A app policy status` (the environment comes from the app)
@@ -147,13 +148,13 @@ def test_status_sees_every_worker_and_expect_names_the_one_that_drifts(
         [sys.executable, "-m", "celery", "-A", APP, "policy", "status", "--expect", str(V2), "--format", "json"],
         cwd=ROOT, env={**os.environ, **deployed}, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
-    assert done.returncode == LINT_FAILED, done.stderr[-2000:]
+    assert done.returncode == FAILED, done.stderr[-2000:]
     assert json.loads(done.stdout[done.stdout.index("{") :])["drift"] == ["alpha@fleet", "beta@fleet"]
 
 
 def test_status_with_no_worker_exits_1(deployed: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["status", "--app", APP, "--timeout", "0.3"])
-    assert code == LINT_FAILED
+    assert code == FAILED
     assert capsys.readouterr().out == "no worker replied within 0.3s\n"
 
 

@@ -25,6 +25,7 @@ from support.servers import REPO_ROOT, RedisServer, WorkerProcess
 
 import celery_policy
 from celery_policy import cli
+from celery_policy.cli.exit import OK
 from celery_policy.patterns import is_glob
 from celery_policy.references import import_exception, import_object
 
@@ -243,9 +244,9 @@ def test_readme_yaml_example_loads(index: int, tmp_path: Path) -> None:
 
 
 def test_check_passes_on_every_example_in_every_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    if importlib.util.find_spec("celery_policy.lint.runner") is None:
+    if importlib.util.find_spec("celery_policy.lint.engine") is None:
         warnings.warn(
-            "celery_policy.lint.runner does not exist yet, so `celery-policy check` cannot run: "
+            "celery_policy.lint.engine does not exist yet, so `celery-policy check` cannot run: "
             "the examples were only loaded, not linted",
             UserWarning,
             stacklevel=1,
@@ -254,7 +255,7 @@ def test_check_passes_on_every_example_in_every_environment(monkeypatch: pytest.
     monkeypatch.chdir(REPO_ROOT)
     files = [str(p.relative_to(REPO_ROOT)) for p in POLICY_FILES]
     for path in files:  # each file on its own: they are independent policies, not layers
-        assert cli.main(["check", path, "--all-envs", "--strict"]) == cli.OK, path
+        assert cli.main(["check", path, "--all-envs", "--strict"]) == OK, path
 
 
 @pytest.mark.parametrize("path", POLICY_FILES, ids=lambda p: p.name)
@@ -263,8 +264,8 @@ def test_check_with_the_shop_app_finds_nothing(path: Path) -> None:
 
     In a subprocess: ``--app`` imports shop.celery, which installs a policy into process-wide Celery state.
     """
-    if importlib.util.find_spec("celery_policy.lint.runner") is None:
-        warnings.warn("celery_policy.lint.runner does not exist yet: `check --app` not run", UserWarning, stacklevel=1)
+    if importlib.util.find_spec("celery_policy.lint.engine") is None:
+        warnings.warn("celery_policy.lint.engine does not exist yet: `check --app` not run", UserWarning, stacklevel=1)
         return
     command = [sys.executable, "-m", "celery_policy.cli", "check", str(path.relative_to(REPO_ROOT))]
     command += ["--all-envs", "--strict", "--app", "shop.celery"]
@@ -364,7 +365,7 @@ def test_demo_policy_in_a_real_worker_retries_fails_fast_and_returns_errors(
 
     # Both failures are in the demo's dead-letter stream; the bad row (return_error, dead letters off) is not.
     capsys.readouterr()
-    assert cli.main(["dlq", "list", "--url", clean_redis.url, "--file", str(DEMO), "--format", "json"]) == cli.OK
+    assert cli.main(["dlq", "list", "--url", clean_redis.url, "--file", str(DEMO), "--format", "json"]) == OK
     records = json.loads(capsys.readouterr().out)["records"]
     assert [(r["task"], r["reason"], r["attempts"]) for r in records] == [
         ("orders.charge", "permanent", 1),

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from celery_policy import Policy, PolicyError, load
-from celery_policy.resolve import BUILTIN, Provenance
+from celery_policy.resolve import BUILTIN_LAYER, Provenance
 
 
 def policy_from(tmp_path: Path, text: str, *, env: str | None = None, name: str = "policy.yaml") -> Policy:
@@ -31,7 +31,7 @@ def test_builtin_is_used_when_nothing_sets_a_field(tmp_path: Path) -> None:
     resolved = policy.for_task("orders.charge")
     assert resolved.policy.retry.max_retries == 3
     assert resolved.policy.retry.backoff.max == 600.0
-    assert resolved.source_of("retry.max_retries") == Provenance(BUILTIN)
+    assert resolved.source_of("retry.max_retries") == Provenance(BUILTIN_LAYER)
     assert str(resolved.source_of("retry.max_retries")) == "builtin"
 
 
@@ -224,7 +224,7 @@ def test_max_retries_zero_survives(tmp_path: Path, text: str) -> None:
     policy = policy_from(tmp_path, "version: 1\n" + text + "\n", env=env)
     resolved = policy.for_task("orders.charge")
     assert resolved.policy.retry.max_retries == 0
-    assert resolved.source_of("retry.max_retries").layer != BUILTIN
+    assert resolved.source_of("retry.max_retries").layer != BUILTIN_LAYER
 
 
 def test_false_and_empty_list_override_stronger_defaults(tmp_path: Path) -> None:
@@ -337,7 +337,7 @@ def test_a_task_matched_by_no_pattern_gets_defaults_and_builtins(tmp_path: Path)
     assert resolved.layers == ("defaults",)
     assert resolved.policy.retry.max_retries == 5
     assert resolved.policy.timeout.soft is None
-    assert resolved.source_of("timeout.soft").layer == BUILTIN
+    assert resolved.source_of("timeout.soft").layer == BUILTIN_LAYER
 
 
 def test_globs_match_case_sensitively_and_whole_names(tmp_path: Path) -> None:
@@ -449,7 +449,7 @@ def test_source_of_a_section_falls_back_to_its_set_ancestor(tmp_path: Path) -> N
     policy = policy_from(tmp_path, "version: 1\ntasks:\n  t:\n    route: null\n")
     resolved = policy.for_task("t")
     assert resolved.source_of("route.queue").layer == "tasks.t"
-    assert resolved.source_of("hooks.on_retry").layer == BUILTIN
+    assert resolved.source_of("hooks.on_retry").layer == BUILTIN_LAYER
 
 
 def test_groups_expand_to_dotted_paths(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from celery_policy import Policy, PolicyError, load
 from celery_policy._yaml import render_path
 from celery_policy.durations import parse_duration
 from celery_policy.model import TaskPolicy
-from celery_policy.resolve import BUILTIN, ResolvedPolicy
+from celery_policy.resolve import BUILTIN_LAYER, ResolvedPolicy
 
 FieldPath = tuple[str, ...]
 Layer = dict[FieldPath, Any]
@@ -200,7 +200,7 @@ def test_the_strongest_layer_that_sets_a_field_wins_and_provenance_points_at_it(
             source = resolved.source_of(dotted)
             if not setters:
                 assert effective(resolved.policy, field) == effective(builtin, field), dotted
-                assert source.layer == BUILTIN, dotted
+                assert source.layer == BUILTIN_LAYER, dotted
                 continue
             prefix, layer = setters[-1]
             assert effective(resolved.policy, field) == normalize(layer[field]), dotted
@@ -281,7 +281,7 @@ def test_max_retries_zero_survives_every_merge(
     with policy_files(document) as ([path], _):
         resolved = load(path).for_task(TASK)
     assert resolved.policy.retry.max_retries == 0
-    assert resolved.source_of("retry.max_retries").layer != BUILTIN
+    assert resolved.source_of("retry.max_retries").layer != BUILTIN_LAYER
 
 
 @SETTINGS

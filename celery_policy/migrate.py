@@ -1,6 +1,6 @@
-"""``celery-policy init --app proj.celery``: write a policy equivalent to an app's current failure handling.
+"""A policy file equivalent to an app's current failure handling (``celery-policy init --app proj.celery``).
 
-It imports the app as ``celery -A`` does, finalizes it, and reads
+:func:`generate` imports the app as ``celery -A`` does, finalizes it, and reads
 
 - ``app.conf``: ``task_acks_late``, ``task_reject_on_worker_lost``,
   ``task_acks_on_failure_or_timeout``, ``task_time_limit``, ``task_soft_time_limit``,
@@ -39,19 +39,16 @@ task_routes {name: {queue: q}}         tasks.<name>.route.queue
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import click
 import yaml
 
+from celery_policy.appinfo import import_app
 from celery_policy.durations import format_duration
-
-OK, USAGE = 0, 2
 
 CELERY_DEFAULT_RETRY_DELAY = 180.0
 CELERY_DEFAULT_BACKOFF_MAX = 600.0
@@ -86,48 +83,9 @@ class Section:
     skipped: list[str] = field(default_factory=list)
 
 
-class InitError(Exception):
-    """The app could not be loaded."""
-
-
-def run_init(app_spec: str, output: str | None, *, force: bool = False) -> int:
-    """Write the policy for ``app_spec`` to ``output`` (stdout when None). Returns the exit code."""
-    if output and os.path.exists(output) and not force:
-        click.echo(f"celery-policy init: error: {output} exists; pass --force to overwrite it", err=True)
-        return USAGE
-    try:
-        text = generate(app_spec)
-    except InitError as exc:
-        click.echo(f"celery-policy init: error: {exc}", err=True)
-        return USAGE
-    if output is None:
-        click.echo(text, nl=False)
-        return OK
-    directory = os.path.dirname(output)
-    if directory:
-        os.makedirs(directory, exist_ok=True)
-    with open(output, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    click.echo(f"wrote {output}; next: celery-policy check {output} --app {app_spec}", err=True)
-    return OK
-
-
-def load_celery_app(spec: str) -> Any:
-    """Import and finalize the app like ``celery -A`` (and ``check --app``) do."""
-    from celery_policy.lint.appsnapshot import AppLoadError, load_app
-
-    try:
-        load_app(spec)  # imports the task modules and finalizes the app; errors become messages
-    except AppLoadError as exc:
-        raise InitError(str(exc)) from exc
-    from celery.app.utils import find_app
-
-    return find_app(spec)
-
-
 def generate(spec: str) -> str:
-    """The commented policy file for the app ``spec``."""
-    app = load_celery_app(spec)
+    """The commented policy file for the app ``spec``. Raises :class:`~celery_policy.appinfo.AppLoadError`."""
+    app = import_app(spec, finalize=True)
     defaults = _defaults(app)
     tasks = _tasks(app)
     _routes(app.conf.task_routes, tasks, defaults)

@@ -6,7 +6,7 @@ import difflib
 import fnmatch
 from collections.abc import Iterator
 
-from celery_policy._yaml import Path, render_path
+from celery_policy._yaml import KeyPath, render_path
 from celery_policy.durations import format_duration
 from celery_policy.errors import Diagnostic, trim
 from celery_policy.lint.context import LintContext
@@ -77,7 +77,7 @@ def undeclared_queue(ctx: LintContext) -> Iterator[Diagnostic]:
         known = [app.default_queue]
     else:
         return
-    sections: list[tuple[Path, TaskPolicy]] = [(("defaults",), ctx.document.defaults)]
+    sections: list[tuple[KeyPath, TaskPolicy]] = [(("defaults",), ctx.document.defaults)]
     sections.extend((("tasks", name), section) for name, section in ctx.document.tasks.items())
     for prefix, section in sections:
         route = section.route
@@ -127,7 +127,7 @@ def pool_ignores_time_limits(ctx: LintContext) -> Iterator[Diagnostic]:
             yield ctx.diagnostic("CP303", message, path, hint)
 
 
-_OPTION_FIELDS: dict[str, Path] = {
+_OPTION_FIELDS: dict[str, KeyPath] = {
     "time_limit": ("timeout", "hard"),
     "soft_time_limit": ("timeout", "soft"),
     "expires": ("timeout", "expires"),
@@ -172,7 +172,7 @@ def decorator_overridden(ctx: LintContext) -> Iterator[Diagnostic]:
             continue
         for option, shown in sorted(options.items()):
             if option in _RETRY_OPTIONS:
-                path: Path = ("retry",)
+                path: KeyPath = ("retry",)
             elif option in _OPTION_FIELDS:
                 path = _OPTION_FIELDS[option]
             else:

@@ -1,4 +1,8 @@
-"""The ``celery-policy dlq`` commands: locate the store, print, replay, purge."""
+"""The ``celery-policy dlq`` commands: locate the store, list, show, count, replay, purge.
+
+Every command handles a store that cannot be reached the same way: a message
+on stderr and exit 3 (:data:`~celery_policy.cli.exit.CONNECT`), never a traceback.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,9 @@ from typing import Any
 
 import click
 
+from celery_policy import appinfo
+from celery_policy.cli import options
+from celery_policy.cli.exit import CONNECT, FAILED, OK, USAGE
 from celery_policy.deadletter.amqp import AmqpDeadLetterStore, confirmed_publisher
 from celery_policy.deadletter.record import DeadLetter
 from celery_policy.deadletter.replay import celery_publisher, purge, replay
@@ -18,14 +25,12 @@ from celery_policy.deadletter.store import Filter, RedisStreamStore, StoreUnavai
 from celery_policy.durations import DurationError, parse_duration
 from celery_policy.errors import PolicyError
 
-OK, FAILED, USAGE, CONNECT = 0, 1, 2, 3
-
 
 def _load_app(module: str) -> Any:
-    from celery.app.utils import find_app
-
-    sys.path.insert(0, ".")
-    return find_app(module)
+    try:
+        return appinfo.import_app(module)
+    except appinfo.AppLoadError as exc:  # a usage error (exit 2), as for an unreadable --file
+        raise click.UsageError(str(exc)) from exc
 
 
 def _open_store(
@@ -170,7 +175,7 @@ def run_replay(
             )
             return USAGE
         try:
-            matching = sum(1 for _ in store.iter(flt))
+            matching = _matching(store, flt)
         except StoreUnavailableError as exc:
             click.echo(f"error: {exc}", err=True)
             return CONNECT
@@ -207,6 +212,11 @@ def run_replay(
         click.echo(f"stopped: {report.stopped}", err=True)
     click.echo(f"{len(report.replayed)} {verb}, {len(report.skipped)} skipped, {len(report.failed)} failed")
     return CONNECT if report.failed else OK
+
+
+def _matching(store: RedisStreamStore | AmqpDeadLetterStore, flt: Filter) -> int:
+    """How many records ``flt`` selects (for the confirmation question). Raises StoreUnavailableError."""
+    return sum(1 for _ in store.iter(flt))
 
 
 def _progress(records: list[DeadLetter]) -> Any:
@@ -246,17 +256,69 @@ def run_purge(yes: bool, **where: Any) -> int:
     selection = Where(**where)
     store = selection.store()
     flt = selection.filter()
-    if not yes:
-        if not sys.stdin.isatty():
-            click.echo("error: purge deletes dead letters; pass --yes to confirm", err=True)
-            return USAGE
-        matching = sum(1 for _ in store.iter(flt))
-        if not click.confirm(f"delete {matching} dead letters from {store.describe()}?"):
-            return USAGE
+    if not yes and not sys.stdin.isatty():
+        click.echo("error: purge deletes dead letters; pass --yes to confirm", err=True)
+        return USAGE
     try:
+        # The count for the question reads the store too: it fails like the purge itself.
+        if not yes and not click.confirm(f"delete {_matching(store, flt)} dead letters from {store.describe()}?"):
+            return USAGE
         deleted = purge(store, flt)
     except StoreUnavailableError as exc:
         click.echo(f"error: {exc}", err=True)
         return CONNECT
     click.echo(f"deleted {deleted} dead letters from {store.describe()}")
     return OK
+
+
+# --- the commands -------------------------------------------------------------------------------
+
+
+@click.group()
+def dlq() -> None:
+    """List, show, replay and purge dead letters."""
+
+
+@dlq.command("list")
+@options.store_options
+@options.filter_options
+@options.list_options
+def dlq_list(**opts: Any) -> int:
+    """List dead letters, oldest first."""
+    return run_list(**opts)
+
+
+@dlq.command("show")
+@click.argument("entry_id")
+@options.store_options
+def dlq_show(entry_id: str, **opts: Any) -> int:
+    """Show one dead letter with its traceback."""
+    return run_show(entry_id, **opts)
+
+
+@dlq.command("replay")
+@options.store_options
+@options.filter_options
+@options.replay_options
+@click.option("--broker", help="broker URL to publish to (default: the app's broker, else the store's Redis)")
+def dlq_replay(**opts: Any) -> int:
+    """Re-publish matching dead letters with new task ids; each is deleted only after the broker took it."""
+    return run_replay(**opts)
+
+
+@dlq.command("stats")
+@options.store_options
+@options.filter_options
+@options.format_option()
+def dlq_stats(**opts: Any) -> int:
+    """Count dead letters by task and reason."""
+    return run_stats(**opts)
+
+
+@dlq.command("purge")
+@options.store_options
+@options.filter_options
+@options.purge_options
+def dlq_purge(**opts: Any) -> int:
+    """Delete matching dead letters (needs --yes)."""
+    return run_purge(**opts)

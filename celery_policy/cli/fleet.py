@@ -1,5 +1,8 @@
 """``celery-policy status``, ``celery-policy diff`` and ``check --diff``: fleets of workers and policy reviews.
 
+Snapshots and diffs are :mod:`celery_policy.fleet`; this module loads the
+files and the app, asks the workers, prints, and picks the exit code.
+
 Exit codes: ``diff`` 0 no difference, 1 differences, 2 usage or an invalid
 file; ``status`` 0 every worker replied (and, with ``--expect``, runs the
 expected policy), 1 drift or no worker replied, 2 usage, 3 the broker could
@@ -8,21 +11,20 @@ not be reached.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import click
 
+from celery_policy import appinfo
+from celery_policy.cli import options
+from celery_policy.cli.exit import CONNECT, FAILED, OK, USAGE
 from celery_policy.errors import PolicyError
 from celery_policy.fleet import Change, Snapshot, diff, policy_task_names, render_changes, short, snapshot, summary
 from celery_policy.resolve import Policy, load
-
-OK, DIFFERENT, USAGE, CONNECT = 0, 1, 2, 3
 
 
 class _Usage(Exception):
@@ -62,7 +64,7 @@ def run_diff(
         click.echo(json.dumps(_diff_json(old, new, changes), indent=2, ensure_ascii=False))
     else:
         click.echo("\n".join(_diff_text(old, new, changes)))
-    return DIFFERENT if changes else OK
+    return FAILED if changes else OK
 
 
 def _label(snap: Snapshot) -> str:
@@ -95,28 +97,16 @@ def _load(files: Sequence[str], env: str | None) -> Policy:
     return policy.with_env(env)
 
 
-def _import_app(spec: str) -> Any:
-    directory = os.getcwd()
-    if directory not in sys.path:
-        sys.path.insert(0, directory)
-    find_app = importlib.import_module("celery.app.utils").find_app
+def _import_app(spec: str, *, finalize: bool = False) -> Any:
     try:
-        return find_app(spec)
-    except (Exception, SystemExit) as exc:
-        msg = f"cannot import Celery app '{spec}': {type(exc).__name__}: {exc}"
-        raise _Usage(msg) from exc
+        return appinfo.import_app(spec, finalize=finalize)
+    except appinfo.AppLoadError as exc:
+        raise _Usage(str(exc)) from exc
 
 
 def _app_task_names(spec: str, policies: Iterable[Policy]) -> list[str]:
     """The app's registered tasks (``celery.*`` only when a policy names them), as a worker would see them."""
-    app = _import_app(spec)
-    try:
-        app.loader.import_default_modules()
-        app.finalize(auto=True)
-        registered = list(app.tasks.keys())
-    except (Exception, SystemExit) as exc:
-        msg = f"cannot load the tasks of Celery app '{spec}': {type(exc).__name__}: {exc}"
-        raise _Usage(msg) from exc
+    registered = list(_import_app(spec, finalize=True).tasks.keys())
     named = {name for policy in policies for name in policy.document.tasks}
     return sorted(name for name in registered if not name.startswith("celery.") or name in named)
 
@@ -165,9 +155,9 @@ def run_status(app: str, expect: Sequence[str], env: str | None, fmt: str, timeo
     else:
         click.echo("\n".join(_status_text(workers, expected_policy, expect, timeout)))
     if not workers:
-        return DIFFERENT
+        return FAILED
     if expected_policy is not None and any(w.drifting for w in workers):
-        return DIFFERENT
+        return FAILED
     return OK
 
 
@@ -287,3 +277,33 @@ def run_env_diff(files: Sequence[str], *, old_env: str | None, new_env: str | No
 
         files = list(default_policy_paths())
     return run_diff(files, files, old_env=old_env, new_env=new_env, app=app, fmt="text", command="check")
+
+
+# --- the commands -------------------------------------------------------------------------------
+
+
+@click.command()
+@click.option("--app", "app", required=True, help="Celery app module whose workers are asked (e.g. proj.celery)")
+@options.status_options
+@options.env_option("environment of --expect")
+@options.status_format_options
+def status(app: str, expect: tuple[str, ...], env: str | None, fmt: str, timeout: float) -> int:
+    """Show which policy each running worker runs, grouped by fingerprint; with --expect exit 1 on drift."""
+    if env is not None and not expect:
+        raise click.UsageError("--env applies to --expect")
+    return run_status(app, list(expect), env, fmt, timeout)
+
+
+@click.command("diff")
+@click.argument("old", type=click.Path(dir_okay=False))
+@click.argument("new", type=click.Path(dir_okay=False))
+@options.env_option("environment of both files")
+@click.option("--old-env", help="environment of OLD (default: --env)")
+@click.option("--new-env", help="environment of NEW (default: --env)")
+@click.option("--app", "app", help="compare the app's tasks (default: tasks named in either file, and defaults)")
+@options.format_option()
+def diff_command(
+    old: str, new: str, env: str | None, old_env: str | None, new_env: str | None, app: str | None, fmt: str
+) -> int:
+    """Print the resolved difference of two policy files, task by task and field by field (exit 1 if any)."""
+    return run_diff([old], [new], old_env=old_env or env, new_env=new_env or env, app=app, fmt=fmt)

@@ -1,8 +1,6 @@
-"""The lint rules: one function per rule, each yielding :class:`Diagnostic`.
+"""CP1xx structure: findings that make the file invalid or its meaning ambiguous (errors).
 
-CP1xx structure (errors), CP2xx reliability (warnings), CP3xx cross-checks
-against the app given with ``--app``. Codes are stable; see
-:mod:`celery_policy.lint.registry` for the docstring format.
+Also documents the findings the loader emits while it reads and validates.
 """
 
 from __future__ import annotations
@@ -10,22 +8,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from celery_policy._yaml import Path, render_path
+from celery_policy._yaml import KeyPath, render_path
 from celery_policy.durations import format_duration
 from celery_policy.errors import Diagnostic, PolicyError, trim
-from celery_policy.lint import (  # noqa: F401  (importing registers the CP2xx/CP3xx rules)
-    rules_amqp,
-    rules_app,
-    rules_reliability,
-)
 from celery_policy.lint.context import LintContext
 from celery_policy.lint.globs import candidate_pairs, common_match
 from celery_policy.lint.registry import rule
 from celery_policy.loader import RawPolicy
 from celery_policy.patterns import Specificity, glob_problem, is_glob, specificity
 from celery_policy.resolve import Policy
-
-__all__ = ["LintContext"]
 
 _SOFT = ("timeout", "soft")
 _HARD = ("timeout", "hard")
@@ -391,7 +382,7 @@ def retry_limits(ctx: LintContext) -> Iterator[Diagnostic]:
             if not overlap:
                 continue
             layer, _ = view.blame(("retry", "rules"), ("retry", "never"))
-            rule_path: Path = (*layer.prefix, "retry", "rules", index, "on")
+            rule_path: KeyPath = (*layer.prefix, "retry", "rules", index, "on")
             if view.owner(("retry", "rules")) < view.owner(("retry", "never")):
                 rule_path = (*layer.prefix, "retry", "never")
             message = f"{trim(', '.join(overlap))} is in retry.never but retry.rules[{index}] retries it"

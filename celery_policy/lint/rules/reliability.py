@@ -1,24 +1,24 @@
-"""CP2xx reliability warnings: settings that work but fail badly under load, outages or crashes."""
+"""CP2xx reliability warnings: settings that work but fail badly under load, outages or crashes.
+
+The idempotency key check (CP207) is in :mod:`.idempotency`, the quorum queue
+delivery limit (CP209) with the other RabbitMQ queue rules in :mod:`.amqp`.
+"""
 
 from __future__ import annotations
 
-import re
-import string
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
 
-from celery_policy._yaml import Path, render_path
-from celery_policy.backoff import base_delay
+from celery_policy._yaml import KeyPath, render_path
+from celery_policy.backoff import longest_delay
+from celery_policy.budgets import Budget, budgets
 from celery_policy.durations import format_duration
-from celery_policy.errors import Diagnostic, trim
+from celery_policy.errors import Diagnostic
 from celery_policy.lint.context import Layer, LintContext
 from celery_policy.lint.registry import rule
-from celery_policy.model import Backoff, RetryPolicy, dump_set
+from celery_policy.queues import store_backend
 
 CATCH_ALL = ("builtins.Exception", "builtins.BaseException")
 CELERY_PREFETCH_DEFAULT = 4
-QUORUM_DELIVERY_LIMIT_DEFAULT = 20  # RabbitMQ 4.0+
 
 _SOFT = ("timeout", "soft")
 _HARD = ("timeout", "hard")
@@ -28,35 +28,9 @@ def _d(seconds: float) -> str:
     return format_duration(seconds)
 
 
-@dataclass(frozen=True, slots=True)
-class _Budget:
-    """One retry counter of a task: the task-level lists, unknown errors, or one `rules` entry."""
-
-    label: str
-    retries: int | None  # None: no cap
-    backoff: Backoff
-    delay_from: str | None
-    rule_index: int | None = None  # the `rules` entry, or None for the task-level counters
-
-    def rule_path(self, layer: Layer) -> Path:
-        """The key path of its `rules` entry in ``layer``."""
-        return (*layer.prefix, "retry", "rules", self.rule_index or 0)
-
-
-def _budgets(retry: RetryPolicy) -> list[_Budget]:
-    budgets: list[_Budget] = []
-    if retry.on:
-        budgets.append(_Budget("retry.on", retry.max_retries, retry.backoff, None))
-    if retry.unknown == "retry":
-        limit = retry.unknown_max_retries if retry.unknown_max_retries is not None else retry.max_retries
-        budgets.append(_Budget("unknown errors", limit, retry.backoff, None))
-    for index, retry_rule in enumerate(retry.rules):
-        backoff = retry.backoff
-        if retry_rule.backoff is not None:
-            backoff = Backoff.model_validate({**retry.backoff.model_dump(), **dump_set(retry_rule.backoff)})
-        limit = retry_rule.max_retries if retry_rule.max_retries is not None else retry.max_retries
-        budgets.append(_Budget(f"retry.rules[{index}]", limit, backoff, retry_rule.delay_from, index))
-    return [b for b in budgets if b.retries != 0]
+def _rule_path(budget: Budget, layer: Layer) -> KeyPath:
+    """The key path of a budget's `rules` entry in ``layer``."""
+    return (*layer.prefix, "retry", "rules", budget.rule_index or 0)
 
 
 @rule("CP201", "unbounded-retries", severity="warning")
@@ -74,10 +48,12 @@ def unbounded_retries(ctx: LintContext) -> Iterator[Diagnostic]:
         retry = view.policy.retry
         if retry.deadline is not None:
             continue
-        uncapped = [b for b in _budgets(retry) if b.retries is None]
+        uncapped = [b for b in budgets(retry) if b.retries is None]
         if not uncapped:
             continue
         layer, path = view.blame(("retry", "max_retries"), ("retry", "unknown_max_retries"), ("retry", "rules"))
+        if all(b.rule_index is not None for b in uncapped):  # only rules that set `max_retries: null` themselves
+            path = _rule_path(uncapped[0], view.blame(("retry", "rules"))[0])
         names = ", ".join(b.label for b in uncapped)
         message = f"retries without a cap ({names}): max_retries is null and no deadline is set"
         hint = "set retry.max_retries or a retry.deadline such as 1h so a permanent failure ends in the dead letters"
@@ -97,7 +73,7 @@ def retry_without_backoff(ctx: LintContext) -> Iterator[Diagnostic]:
         good: retry: {on: [transient], backoff: {initial: 5s, factor: 2, jitter: full}}
     """
     for view in ctx.views():
-        for budget in _budgets(view.policy.retry):
+        for budget in budgets(view.policy.retry):
             if budget.delay_from is not None:
                 continue
             backoff = budget.backoff
@@ -112,7 +88,7 @@ def retry_without_backoff(ctx: LintContext) -> Iterator[Diagnostic]:
                 continue
             hint = "use exponential backoff with jitter, e.g. backoff: {initial: 1s, factor: 2, max: 5m, jitter: full}"
             if budget.rule_index is not None:
-                path = budget.rule_path(view.blame(("retry", "rules"))[0])
+                path = _rule_path(budget, view.blame(("retry", "rules"))[0])
                 yield Diagnostic("CP202", message, ctx.key_locate(path), hint, path=render_path(path))
                 continue
             layer, key = view.blame(("retry", "backoff", field), ("retry", "backoff"), ("retry", "on"))
@@ -226,16 +202,12 @@ def visibility_timeout(ctx: LintContext) -> Iterator[Diagnostic]:
     where = f"visibility timeout {_d(limit)} ({origin})"
     hint = "raise worker.visibility_timeout above the longest delay and hard timeout, or lower them"
     for view in ctx.views():
-        for budget in _budgets(view.policy.retry):
-            backoff = budget.backoff
-            if budget.delay_from is not None or budget.retries is None:
-                worst = backoff.max
-            else:
-                worst = base_delay(backoff, max(budget.retries - 1, 0))
+        for budget in budgets(view.policy.retry):
+            worst = longest_delay(budget.backoff, budget.retries, budget.delay_from)
             if worst < limit:
                 continue
             if budget.rule_index is not None:
-                path = budget.rule_path(view.blame(("retry", "rules"))[0])
+                path = _rule_path(budget, view.blame(("retry", "rules"))[0])
             elif view.owner(("retry", "backoff")) < 0:  # built-in backoff: the visibility timeout is what is short
                 path = ("worker", "visibility_timeout")
             else:
@@ -283,105 +255,6 @@ def no_time_limit(ctx: LintContext) -> Iterator[Diagnostic]:
         yield Diagnostic("CP206", message, ctx.key_locate(path), hint, path=render_path((*layer.prefix, "timeout")))
 
 
-class _Anything:
-    """Stands in for any task argument while a key template is test-formatted."""
-
-    def __format__(self, spec: str) -> str:
-        return "x"
-
-    def __getattr__(self, name: str) -> _Anything:
-        return self
-
-    def __getitem__(self, key: object) -> _Anything:
-        return self
-
-
-class _Args(tuple[Any, ...]):
-    def __getitem__(self, key: object) -> Any:
-        return _Anything()
-
-
-class _Kwargs(dict[str, Any]):
-    def __missing__(self, key: str) -> Any:
-        return _Anything()
-
-
-_FIELD_ROOT = re.compile(r"^([^.\[]*)(.*)$")
-_INDEX = re.compile(r"^\[([^\]]*)\]")
-
-
-def template_problem(template: str) -> tuple[str | None, list[tuple[str, str]]]:
-    """Why a key template cannot be formatted (or None), and its ``(args|kwargs, index)`` look-ups."""
-    lookups: list[tuple[str, str]] = []
-    try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-    except ValueError as exc:
-        return f"cannot be formatted: {exc}", lookups
-    for name in fields:
-        match = _FIELD_ROOT.match(name)
-        root, rest = (match.group(1), match.group(2)) if match else (name, "")
-        if root == "" or root.isdigit():
-            return "uses a positional field {}; name task, args or kwargs", lookups
-        if root not in {"task", "args", "kwargs"}:
-            return f"names '{trim(root, 30)}'; the template sees only task, args and kwargs", lookups
-        if root in {"args", "kwargs"}:
-            index = _INDEX.match(rest)
-            if rest.startswith("."):
-                return f"uses {root}{rest} (attribute access); write {root}[name] instead", lookups
-            if index is not None:
-                lookups.append((root, index.group(1)))
-    try:
-        template.format(task=_Anything(), args=_Args(), kwargs=_Kwargs())
-    except (ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
-        return f"cannot be formatted: {type(exc).__name__}: {exc}", lookups
-    return None, lookups
-
-
-@rule("CP207", "idempotency-key", severity="warning")
-def idempotency_key(ctx: LintContext) -> Iterator[Diagnostic]:
-    """What it does: warns about an idempotency key template that cannot be formatted, or (with
-    `--app`) that names a parameter the task's signature lacks.
-
-    The template sees `task`, `args` and `kwargs`: `charge:{kwargs[order_id]}`.
-
-    Why: the key is built for every call; a template that fails to format, or
-    whose argument is never passed, breaks deduplication for that task.
-
-    Example:
-        bad:  idempotency: {key: "charge:{kwargs[order]}"}       (the task takes order_id)
-        good: idempotency: {key: "charge:{kwargs[order_id]}"}
-    """
-    for view in ctx.views():
-        if view.policy.idempotency is None:
-            continue
-        template = view.policy.idempotency.key
-        problem, _ = template_problem(template)
-        if problem is not None:
-            _, path = view.blame(("idempotency", "key"))
-            yield ctx.diagnostic("CP207", f"idempotency key '{trim(template)}' {problem}", path)
-    if ctx.app is None:
-        return
-    for task, view in ctx.task_views():
-        idempotency = view.policy.idempotency
-        signature = ctx.app.tasks.get(task)
-        if idempotency is None or signature is None:
-            continue
-        problem, lookups = template_problem(idempotency.key)
-        if problem is not None:
-            continue
-        for root, index in lookups:
-            missing = (root == "kwargs" and not signature.accepts_keyword(index)) or (
-                root == "args" and index.isdigit() and not signature.accepts_index(int(index))
-            )
-            if not missing:
-                continue
-            _layer, path = view.blame(("idempotency", "key"))
-            params = ", ".join(signature.keyword or signature.positional) or "none"
-            message = f"idempotency key uses {root}[{trim(index, 30)}] but task '{trim(task)}' has no such parameter"
-            hint = f"its parameters: {params}"
-            yield ctx.diagnostic("CP207", message, path, hint)
-
-
 @rule("CP208", "dead-letter-store", severity="warning", needs_app=True)
 def dead_letter_store(ctx: LintContext) -> Iterator[Diagnostic]:
     """What it does: warns when dead letters are enabled but no store is reachable: no
@@ -399,8 +272,6 @@ def dead_letter_store(ctx: LintContext) -> Iterator[Diagnostic]:
     """
     if ctx.app is None:
         return
-    from celery_policy.deadletter.amqp import store_backend
-
     if store_backend(ctx.document.dead_letter_store, ctx.app.broker_url) is not None:
         return  # a Redis store (url or Redis broker) or the AMQP broker's own dead queues
     for view in ctx.views():
@@ -413,54 +284,6 @@ def dead_letter_store(ctx: LintContext) -> Iterator[Diagnostic]:
         )
         hint = "set dead_letter_store.url to a Redis URL (the broker only serves as the store when it is Redis)"
         yield ctx.diagnostic("CP208", message, path, hint)
-
-
-@rule("CP209", "quorum-delivery-limit", severity="warning", needs_app=True)
-def quorum_delivery_limit(ctx: LintContext) -> Iterator[Diagnostic]:
-    """What it does: warns when a task on a RabbitMQ quorum queue allows more redeliveries than the
-    queue's delivery limit.
-
-    The limit is the queue's `x-delivery-limit`, else 20 (RabbitMQ 4.0's
-    default). Only broker redeliveries count (a lost worker with
-    `reject_on_worker_lost`); Celery's own retries publish a new message and
-    do not. Needs `--app` with an AMQP broker.
-
-    Why: RabbitMQ drops (or dead-letters at the broker) the message first, so
-    the policy's `max_redeliveries` cap and its dead-letter record never happen.
-
-    Example:
-        bad:  ack: {late: true, reject_on_worker_lost: true, max_redeliveries: 25}
-        good: ack: {late: true, reject_on_worker_lost: true, max_redeliveries: 5}
-    """
-    app = ctx.app
-    if app is None or app.broker_scheme != "amqp":
-        return
-    from celery_policy.deadletter.amqp import store_backend
-
-    amqp_store = store_backend(ctx.document.dead_letter_store, app.broker_url) == "amqp"
-    for view in ctx.views():
-        policy = view.policy
-        ack = policy.ack
-        if not (ack.late and ack.reject_on_worker_lost and ack.max_redeliveries is not None):
-            continue
-        queue = policy.route.queue if policy.route is not None and policy.route.queue else app.default_queue
-        declared = (app.declared_queues or {}).get(queue)
-        queue_type = declared.queue_type if declared and declared.queue_type else app.default_queue_type
-        if queue_type != "quorum":
-            continue
-        limit = declared.delivery_limit if declared and declared.delivery_limit is not None else None
-        if limit is None and amqp_store:
-            continue  # install() declares x-delivery-limit = max_redeliveries: the broker enforces the policy's cap
-        limit = limit if limit is not None else QUORUM_DELIVERY_LIMIT_DEFAULT
-        if limit < 0 or ack.max_redeliveries < limit or (amqp_store and ack.max_redeliveries == limit):
-            continue
-        _layer, path = view.blame(("ack", "max_redeliveries"))
-        message = (
-            f"ack.max_redeliveries {ack.max_redeliveries} is not below the delivery limit {limit} "
-            f"of quorum queue '{trim(queue)}'"
-        )
-        hint = "RabbitMQ drops the message at its delivery limit first; lower max_redeliveries below it"
-        yield ctx.diagnostic("CP209", message, path, hint)
 
 
 # Reliability (celery_policy/transport/): late ack on Redis without reliable fetch

@@ -1,42 +1,63 @@
-"""CP3xx checks for RabbitMQ brokers (``--app`` with an AMQP broker): queue types, delivery limits, queue arguments."""
+"""Checks for RabbitMQ brokers (``--app`` with an AMQP broker): queue types, delivery limits, queue arguments.
+
+CP209 (a reliability warning) and CP305-CP307 read the queue type and the
+queue plan from :mod:`celery_policy.queues`, as the worker does at boot.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from celery_policy.deadletter.amqp import is_amqp_url, store_backend
 from celery_policy.errors import Diagnostic, PolicyError, trim
+from celery_policy.lint.appsnapshot import AppSnapshot
 from celery_policy.lint.context import LintContext, View
 from celery_policy.lint.registry import rule
+from celery_policy.queues import (
+    QueuePlan,
+    declare_queues,
+    is_amqp_url,
+    merge_arguments,
+    plan_queues,
+    queue_of,
+    queue_type_of,
+    store_backend,
+)
 from celery_policy.resolve import Policy
-from celery_policy.runtime.amqp import QueuePlan, declare_queues, merge_arguments, plan_queues
+
+QUORUM_DELIVERY_LIMIT_DEFAULT = 20  # RabbitMQ 4.0+
 
 
 def _queue_of(ctx: LintContext, view: View) -> str:
-    route = view.policy.route
     assert ctx.app is not None
-    return route.queue if route is not None and route.queue else ctx.app.default_queue
+    return queue_of(view.policy.route, ctx.app.default_queue)
 
 
 def _queue_type(ctx: LintContext, view: View, queue: str) -> str:
     app = ctx.app
     assert app is not None
     route = view.policy.route
-    if route is not None and route.queue_type:
-        return route.queue_type
-    declared = (app.declared_queues or {}).get(queue)
-    if declared is not None and declared.queue_type:
-        return declared.queue_type
-    return app.default_queue_type if queue == app.default_queue else "classic"
+    return queue_type_of(
+        queue,
+        route.queue_type if route is not None else None,
+        declared=app.declared_queue_types(),
+        default_queue=app.default_queue,
+        default_queue_type=app.default_queue_type,
+    )
 
 
 def _amqp_store(ctx: LintContext) -> bool:
     return ctx.app is not None and store_backend(ctx.document.dead_letter_store, ctx.app.broker_url) == "amqp"
 
 
-def _declared_types(ctx: LintContext) -> dict[str, str]:
-    assert ctx.app is not None
-    return {name: q.queue_type for name, q in (ctx.app.declared_queues or {}).items() if q.queue_type}
+def _plan(ctx: LintContext, app: AppSnapshot) -> dict[str, QueuePlan]:
+    """The queue plan the worker would apply at boot. Raises PolicyError (conflicting queue types, CP110)."""
+    return plan_queues(
+        Policy(ctx.raw, ctx.env),
+        default_queue=app.default_queue,
+        default_queue_type=app.default_queue_type,
+        amqp_store=_amqp_store(ctx),
+        declared_types=app.declared_queue_types(),
+    )
 
 
 def _plans(ctx: LintContext) -> dict[str, QueuePlan] | None:
@@ -44,15 +65,19 @@ def _plans(ctx: LintContext) -> dict[str, QueuePlan] | None:
     if app is None or not is_amqp_url(app.broker_url):
         return None
     try:
-        return plan_queues(
-            Policy(ctx.raw, ctx.env),
-            default_queue=app.default_queue,
-            default_queue_type=app.default_queue_type,
-            amqp_store=_amqp_store(ctx),
-            declared_types=_declared_types(ctx),
-        )
+        return _plan(ctx, app)
     except PolicyError:  # pattern conflicts are CP110's; queue type conflicts are reported by CP307
         return None
+
+
+def _capped_redeliveries(ctx: LintContext, *, on_worker_lost: bool = False) -> Iterator[tuple[View, int, str]]:
+    """Views whose late ack caps broker redeliveries (``ack.max_redeliveries``), with the cap and their queue;
+    ``on_worker_lost``: only those that also requeue on a lost worker (the redeliveries a queue limit counts)."""
+    for view in ctx.views():
+        ack = view.policy.ack
+        if not ack.late or ack.max_redeliveries is None or (on_worker_lost and not ack.reject_on_worker_lost):
+            continue
+        yield view, ack.max_redeliveries, _queue_of(ctx, view)
 
 
 @rule("CP305", "classic-queue-no-limit", severity="warning", needs_app=True)
@@ -72,16 +97,12 @@ def classic_queue_redeliveries(ctx: LintContext) -> Iterator[Diagnostic]:
     app = ctx.app
     if app is None or not is_amqp_url(app.broker_url) or not _amqp_store(ctx):
         return
-    for view in ctx.views():
-        ack = view.policy.ack
-        if not (ack.late and ack.max_redeliveries is not None):
-            continue
-        queue = _queue_of(ctx, view)
+    for view, cap, queue in _capped_redeliveries(ctx):
         if _queue_type(ctx, view, queue) == "quorum":
             continue
         _layer, path = view.blame(("ack", "max_redeliveries"))
         message = (
-            f"ack.max_redeliveries {ack.max_redeliveries} is not enforced: classic queue '{trim(queue)}' has no "
+            f"ack.max_redeliveries {cap} is not enforced: classic queue '{trim(queue)}' has no "
             "delivery limit and the dead-letter store is the broker (no Redis counter)"
         )
         hint = "set route.queue_type: quorum (RabbitMQ then dead-letters at the limit) or a Redis dead_letter_store.url"
@@ -107,17 +128,13 @@ def delivery_limit_shared(ctx: LintContext) -> Iterator[Diagnostic]:
     plans = _plans(ctx)
     if not plans:
         return
-    for view in ctx.views():
-        ack = view.policy.ack
-        if not (ack.late and ack.max_redeliveries is not None):
-            continue
-        queue = _queue_of(ctx, view)
+    for view, cap, queue in _capped_redeliveries(ctx):
         plan = plans.get(queue)
-        if plan is None or plan.delivery_limit is None or ack.max_redeliveries <= plan.delivery_limit:
+        if plan is None or plan.delivery_limit is None or cap <= plan.delivery_limit:
             continue
         _layer, path = view.blame(("ack", "max_redeliveries"))
         message = (
-            f"ack.max_redeliveries {ack.max_redeliveries} exceeds the delivery limit {plan.delivery_limit} that "
+            f"ack.max_redeliveries {cap} exceeds the delivery limit {plan.delivery_limit} that "
             f"quorum queue '{trim(queue)}' gets from {plan.sources.get('x-delivery-limit', 'another task')}"
         )
         hint = "a queue has one x-delivery-limit: route this task to its own queue or align max_redeliveries"
@@ -144,13 +161,7 @@ def queue_arguments_conflict(ctx: LintContext) -> Iterator[Diagnostic]:
     if app is None or not is_amqp_url(app.broker_url):
         return
     try:
-        plans = plan_queues(
-            Policy(ctx.raw, ctx.env),
-            default_queue=app.default_queue,
-            default_queue_type=app.default_queue_type,
-            amqp_store=_amqp_store(ctx),
-            declared_types=_declared_types(ctx),
-        )
+        plans = _plan(ctx, app)
     except PolicyError as exc:
         if "route.queue_type" in str(exc):
             yield ctx.diagnostic("CP307", str(exc), ("tasks",), "tasks sharing a queue must agree on its type")
@@ -189,3 +200,40 @@ def _path_of(plan: QueuePlan | None) -> tuple[str, ...]:
             if label.startswith("tasks."):
                 return ("tasks", label.removeprefix("tasks."), "route")
     return ("defaults",)
+
+
+@rule("CP209", "quorum-delivery-limit", severity="warning", needs_app=True)
+def quorum_delivery_limit(ctx: LintContext) -> Iterator[Diagnostic]:
+    """What it does: warns when a task on a RabbitMQ quorum queue allows more redeliveries than the
+    queue's delivery limit.
+
+    The limit is the queue's `x-delivery-limit`, else 20 (RabbitMQ 4.0's
+    default). Only broker redeliveries count (a lost worker with
+    `reject_on_worker_lost`); Celery's own retries publish a new message and
+    do not. Needs `--app` with an AMQP broker.
+
+    Why: RabbitMQ drops (or dead-letters at the broker) the message first, so
+    the policy's `max_redeliveries` cap and its dead-letter record never happen.
+
+    Example:
+        bad:  ack: {late: true, reject_on_worker_lost: true, max_redeliveries: 25}
+        good: ack: {late: true, reject_on_worker_lost: true, max_redeliveries: 5}
+    """
+    app = ctx.app
+    if app is None or app.broker_scheme != "amqp":
+        return
+    amqp_store = _amqp_store(ctx)
+    for view, cap, queue in _capped_redeliveries(ctx, on_worker_lost=True):
+        if _queue_type(ctx, view, queue) != "quorum":
+            continue
+        declared = (app.declared_queues or {}).get(queue)
+        limit = declared.delivery_limit if declared is not None else None
+        if limit is None and amqp_store:
+            continue  # install() declares x-delivery-limit = max_redeliveries: the broker enforces the policy's cap
+        limit = limit if limit is not None else QUORUM_DELIVERY_LIMIT_DEFAULT
+        if limit < 0 or cap < limit or (amqp_store and cap == limit):
+            continue
+        _layer, path = view.blame(("ack", "max_redeliveries"))
+        message = f"ack.max_redeliveries {cap} is not below the delivery limit {limit} of quorum queue '{trim(queue)}'"
+        hint = "RabbitMQ drops the message at its delivery limit first; lower max_redeliveries below it"
+        yield ctx.diagnostic("CP209", message, path, hint)

@@ -1,0 +1,229 @@
+"""The check pipeline as a library: files in, a :class:`CheckReport` out (``celery-policy check`` prints it).
+
+1. ``app``: import and snapshot the Celery app (a failure is a :class:`CheckUsageError`).
+2. Read every file (a missing or unreadable one is a usage error); syntax problems stop here.
+3. Merge the files in order; structural checks of the whole file (duplicate
+   keys, each environment overlay on its own, every ``extends`` chain).
+4. For the base file, ``env``, or the base and every environment
+   (``all_envs``): apply the overlays, validate, run the lint rules.
+5. Keep each finding once (the first place it shows; with ``all_envs`` a
+   finding that never shows in the base file names its environments), filter
+   by ``select``/``ignore``, and set aside the findings that a
+   ``# celery-policy: ignore[CODE]`` comment suppresses (:mod:`.suppressions`).
+
+Unexpected input becomes findings, and a rule that crashes becomes a finding
+of its own code; only the usage problems above raise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+import celery_policy.lint.rules  # noqa: F401  (registers the rules)
+from celery_policy.errors import Diagnostic, Location, PolicyError
+from celery_policy.lint.appsnapshot import AppLoadError, AppSnapshot, load_app
+from celery_policy.lint.context import LintContext
+from celery_policy.lint.registry import RULES, is_selected, unknown_selectors
+from celery_policy.lint.report import CheckReport, Finding
+from celery_policy.lint.suppressions import read_suppressions
+from celery_policy.loader import (
+    RawPolicy,
+    UnreadableFileError,
+    apply_environment,
+    environment_chain,
+    merge_raw,
+    read_policy_file,
+    translate_validation_error,
+    validate_overlays,
+)
+from celery_policy.model import PolicyDocument
+from celery_policy.references import ensure_import_root
+
+_Tagged = tuple[Diagnostic, str | None]  # a finding and the environment it showed in (None: base)
+
+
+class CheckUsageError(Exception):
+    """Not a finding: bad arguments, a missing file, an app that does not import (``check`` exits 2)."""
+
+
+def check(
+    files: Sequence[str],
+    *,
+    env: str | None = None,
+    all_envs: bool = False,
+    app: str | None = None,
+    strict: bool = False,
+    select: Sequence[str] = (),
+    ignore: Sequence[str] = (),
+) -> CheckReport:
+    """Run the whole check and return the report. Raises :class:`CheckUsageError` for exit-2 situations."""
+    if not files:
+        raise CheckUsageError("no policy file given")
+    if env is not None and all_envs:
+        raise CheckUsageError("--env and --all-envs exclude each other")
+    bad = unknown_selectors([*select, *ignore])
+    if bad:
+        raise CheckUsageError(f"unknown rule or prefix {', '.join(repr(b) for b in bad)} (see: celery-policy rules)")
+    snapshot = _load_app(app)
+    ensure_import_root(snapshot.root if snapshot is not None else None)
+
+    envs: list[str | None] = [env] if env is not None else [None]
+    tagged: list[_Tagged] = []
+    raw = _read(files, tagged)
+    if raw is not None:
+        tagged.extend((d, None) for d in raw.diagnostics)
+        tagged.extend((d, None) for d in _structure(raw))
+        clean = RawPolicy(raw.files, raw.data, raw.source)  # duplicate keys are reported above, not again per env
+        if all_envs:
+            envs += _environment_names(raw)
+        for name in envs:
+            tagged.extend((d, name) for d in _check_env(clean, name, snapshot, select, ignore))
+    mode = "env" if env is not None else "all" if all_envs else "base"
+    findings = _dedupe(tagged, mode)
+    findings = [f for f in findings if is_selected(f.diagnostic.code, select, ignore)]
+    findings.sort(key=lambda f: _order(f, files))
+    comments = read_suppressions(files)
+    kept = [f for f in findings if not comments.suppresses(f.diagnostic)]
+    suppressed = [f for f in findings if comments.suppresses(f.diagnostic)]
+    errors = any(f.diagnostic.is_error for f in kept)
+    warnings = any(not f.diagnostic.is_error for f in kept)
+    exit_code = 1 if errors or (strict and warnings) else 0  # what the JSON and SARIF reports carry (cli/exit.py)
+    return CheckReport(
+        tuple(files), tuple(kept), tuple(envs), exit_code, mode, suppressed=tuple(suppressed), notes=comments.problems
+    )
+
+
+def _load_app(spec: str | None) -> AppSnapshot | None:
+    if spec is None:
+        return None
+    try:
+        return load_app(spec)
+    except AppLoadError as exc:
+        raise CheckUsageError(str(exc)) from exc
+
+
+def _read(files: Sequence[str], tagged: list[_Tagged]) -> RawPolicy | None:
+    """Read and merge the files; None (with findings added) when one cannot be parsed."""
+    layers: list[RawPolicy] = []
+    for path in files:
+        try:
+            layers.append(read_policy_file(path))
+        except UnreadableFileError as exc:
+            raise CheckUsageError(str(exc)) from exc
+        except PolicyError as exc:
+            tagged.extend((d, None) for d in exc.diagnostics)
+        except (Exception, RecursionError) as exc:  # the reader promises findings; never let a crash escape
+            message = f"cannot parse the file: {type(exc).__name__}: {exc}"
+            tagged.append((Diagnostic("CP100", message, Location(path)), None))
+    if len(layers) != len(files):
+        return None
+    try:
+        return merge_raw(layers)
+    except Exception as exc:
+        tagged.append((Diagnostic("CP101", f"cannot merge the files: {type(exc).__name__}: {exc}", None), None))
+        return None
+
+
+def _environment_names(raw: RawPolicy) -> list[str | None]:
+    environments = raw.data.get("environments")
+    return [str(name) for name in environments] if isinstance(environments, dict) else []
+
+
+def _structure(raw: RawPolicy) -> list[Diagnostic]:
+    """Whole-file findings: each overlay validated on its own and every ``extends`` chain followed."""
+    found: list[Diagnostic] = []
+    environments = raw.data.get("environments")
+    if environments is not None and not isinstance(environments, dict):
+        try:
+            PolicyDocument.model_validate({"version": 1, "environments": environments})
+        except ValidationError as exc:
+            found.extend(translate_validation_error(exc, raw))
+        return found
+    try:
+        found.extend(validate_overlays(raw))
+    except Exception as exc:
+        found.append(_internal("CP101", "validating the environments", exc, raw))
+    for name in _environment_names(raw):
+        assert name is not None
+        try:
+            environment_chain(raw, name)
+        except PolicyError as exc:
+            found.extend(exc.diagnostics)
+        except Exception as exc:
+            found.append(_internal("CP111", f"following environment '{name}'", exc, raw))
+    return found
+
+
+def _check_env(
+    raw: RawPolicy, env: str | None, app: AppSnapshot | None, select: Sequence[str], ignore: Sequence[str]
+) -> list[Diagnostic]:
+    """Validate the document as seen in ``env`` and run every selected lint rule over it."""
+    try:
+        effective = apply_environment(raw, env)
+    except PolicyError as exc:
+        return list(exc.diagnostics)
+    except Exception as exc:
+        return [_internal("CP101", "applying the environment overlays", exc, raw)]
+    try:
+        document = PolicyDocument.model_validate(effective.data)
+    except ValidationError as exc:
+        return translate_validation_error(exc, effective)
+    ctx = LintContext(document, effective.source, raw, env, app)
+    found: list[Diagnostic] = []
+    for code, entry in RULES.items():
+        if entry.emitted_by == "loader" or (entry.needs_app and app is None):
+            continue
+        if not is_selected(code, select, ignore):
+            continue
+        try:
+            found.extend(entry.run(ctx))
+        except Exception as exc:
+            found.append(_internal(code, f"rule {code} {entry.name}", exc, raw))
+    return found
+
+
+def _internal(code: str, doing: str, exc: BaseException, raw: RawPolicy) -> Diagnostic:
+    message = f"internal error while {doing}: {type(exc).__name__}: {exc}"
+    return Diagnostic(code, message, Location(raw.files[0]), "please report this with the policy file")
+
+
+def _dedupe(tagged: Iterable[_Tagged], mode: str) -> list[Finding]:
+    """Each finding once (see :func:`_key`): the first seen, with the environments it showed in."""
+    first: dict[Any, Diagnostic] = {}
+    seen_in: dict[Any, list[str | None]] = {}
+    for diagnostic, env in tagged:
+        key = _key(diagnostic)
+        if key not in first:
+            first[key] = diagnostic
+            seen_in[key] = []
+        if env not in seen_in[key]:
+            seen_in[key].append(env)
+    findings: list[Finding] = []
+    for key, diagnostic in first.items():
+        envs = seen_in[key]
+        limited = () if mode != "all" or None in envs else tuple(e for e in envs if e is not None)
+        entry = RULES.get(diagnostic.code)
+        findings.append(Finding(diagnostic, entry.name if entry else "", limited))
+    return findings
+
+
+def _key(diagnostic: Diagnostic) -> tuple[Any, ...]:
+    """Loader findings are keyed by place only (an overlay error reads differently once merged into the
+    document); lint findings by place and message, so an environment that changes a value shows its own."""
+    entry = RULES.get(diagnostic.code)
+    if diagnostic.location is None:
+        return (diagnostic.code, diagnostic.message)
+    if entry is None or entry.emitted_by == "loader":
+        return (diagnostic.code, diagnostic.location)
+    return (diagnostic.code, diagnostic.location, diagnostic.message)
+
+
+def _order(finding: Finding, files: Sequence[str]) -> tuple[Any, ...]:
+    location = finding.diagnostic.location
+    if location is None:
+        return (len(files) + 1, 0, 0, finding.diagnostic.code)
+    index = list(files).index(location.file) if location.file in files else len(files)
+    return (index, location.line, location.column, finding.diagnostic.code)
