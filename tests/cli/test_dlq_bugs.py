@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import get_args
 
 import pytest
-from _servers import RedisServer
+from support.servers import RedisServer
 
 from celery_policy.cli import main
 from celery_policy.cli.exit import CONNECT
