@@ -149,10 +149,12 @@ class Channel(kombu_redis.Channel):
         qos = self._qos
         held = [str(tag) for tag in qos._delivered] if qos is not None else []
         try:
-            super().close()  # kombu restores what it can reach (restore_unacked)
-        finally:
+            super().close()  # kombu gives back what it holds (restore_unacked) when Redis answers
+        except self.connection_errors:
+            # Redis did not answer (a broker restart): the messages stay in unacked under this live consumer.
             if held and "liveness" in self.__dict__:
-                self.liveness.give_back_later(held)  # what it could not reach (broker down) comes back later
+                self.liveness.give_back_later(held)
+            raise
 
     @cached_property
     def liveness(self) -> Liveness:
