@@ -150,15 +150,26 @@ def _filter_from(params: Any) -> tuple[Filter, dict[str, str], str | None]:
     return Filter(task=task, reason=reason, since_s=since_s), shown, error
 
 
-def _bar_chart(points: list[tuple[int, int]], width: int = 720, height: int = 140) -> dict[str, Any]:
+def hourly(points: list[tuple[int, int]], hours: int = 24) -> list[tuple[int, int]]:
+    """``points`` on a continuous hourly axis ending at the latest hour (at least ``hours`` slots, at most 48)."""
+    if not points:
+        return []
+    counts = dict(points)
+    last = max(counts)
+    first = min(min(counts), last - (hours - 1) * 3600)
+    first = max(first, last - 47 * 3600)
+    return [(hour, counts.get(hour, 0)) for hour in range(first, last + 1, 3600)]
+
+
+def _bar_chart(points: list[tuple[int, int]], width: int = 1100, height: int = 150) -> dict[str, Any]:
     """Bars for an SVG chart (drawn by the template): one per hour, scaled to the largest."""
     if not points:
         return {"bars": [], "width": width, "height": height, "top": 0}
-    top = max(n for _, n in points)
-    slot = width / max(len(points), 1)
+    top = max(n for _, n in points) or 1
+    slot = width / len(points)
     bars = []
     for i, (hour, n) in enumerate(points):
-        h = max(2.0, (height - 20) * n / top) if top else 0
+        h = (height - 34) * n / top if n else 0.0
         bars.append(
             {
                 "x": round(i * slot + 1, 1),
@@ -264,7 +275,7 @@ def build_app(config: WebConfig) -> Starlette:  # noqa: PLR0915 - the handlers s
             who,
             page=page,
             groups=groups,
-            chart=_bar_chart(groups.hours[-48:]),
+            chart=_bar_chart(hourly(groups.hours)),
             filter=shown,
             query=urlencode(shown),
             error=error,

@@ -43,25 +43,29 @@ def task_names(console: Console) -> list[str]:
     return policy_task_names(policy)
 
 
-def _schedule_chart(schedule: Any, width: int = 640, height: int = 160) -> dict[str, Any]:
-    """Bars from the shortest to the longest delay of each retry (full jitter draws in between)."""
+def _schedule_chart(schedule: Any, width: int = 1100, height: int = 170) -> dict[str, Any]:
+    """One bar per retry: solid up to the shortest wait, light up to the longest (the jitter's range)."""
     rows = list(schedule.rows)
     if not rows:
         return {"bars": [], "width": width, "height": height}
     top = max(row.delay_max for row in rows) or 1.0
     slot = width / len(rows)
+    usable = height - 40
     bars = []
     for i, row in enumerate(rows):
-        high = (height - 24) * row.delay_max / top
-        low = (height - 24) * row.delay_min / top
+        high = max(usable * row.delay_max / top, 1.5)
+        low = usable * row.delay_min / top
+        base = height - 18
         bars.append(
             {
-                "x": round(i * slot + 2, 1),
-                "w": round(max(slot - 4, 1), 1),
-                "y": round(height - 18 - high, 1),
-                "h": round(max(high - low, 1.5), 1),
+                "x": round(i * slot + 3, 1),
+                "w": round(min(max(slot - 6, 1), 90), 1),
+                "y_max": round(base - high, 1),
+                "h_max": round(high, 1),
+                "y_min": round(base - low, 1),
+                "h_min": round(low, 1),
                 "retry": row.retry,
-                "label": f"#{row.retry}: {_seconds(row.delay_min)}–{_seconds(row.delay_max)}",
+                "label": f"retry {row.retry}: waits {_seconds(row.delay_min)} to {_seconds(row.delay_max)}",
                 "past_deadline": row.past_deadline,
             }
         )
