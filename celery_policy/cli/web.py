@@ -62,9 +62,7 @@ def build_config(
     policy_files = list(files)
     env = None
     if not policy_files and celery_app is not None:
-        from celery_policy.cli.celery_command import _app_policy
-
-        policy_files, env = _app_policy(celery_app)
+        policy_files, env = _policy_of(celery_app)
     policy = None
     try:
         policy = load(policy_files or None, env=env, check_imports=False)
@@ -94,6 +92,20 @@ def build_config(
         broker_url=url,
         allowed_hosts=allowed_hosts,
     )
+
+
+def _policy_of(app: Any) -> tuple[list[str], str | None]:
+    """The policy files and environment ``app`` installed (else its CELERY_POLICY_FILE / _ENV settings)."""
+    import os
+
+    from celery_policy import appinfo
+    from celery_policy.runtime.install import runtime_for
+
+    runtime = runtime_for(app)
+    if runtime is not None:
+        return list(runtime.policy.files), runtime.policy.env
+    configured = appinfo.setting(app, "CELERY_POLICY_FILE")
+    return [p for p in (configured or "").split(os.pathsep) if p], appinfo.setting(app, "CELERY_POLICY_ENV")
 
 
 def serve(config: Any) -> int:

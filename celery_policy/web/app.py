@@ -156,7 +156,7 @@ def hourly(points: list[tuple[int, int]], hours: int = 24) -> list[tuple[int, in
         return []
     counts = dict(points)
     last = max(counts)
-    first = min(min(counts), last - (hours - 1) * 3600)
+    first = min(*counts, last - (hours - 1) * 3600)
     first = max(first, last - 47 * 3600)
     return [(hour, counts.get(hour, 0)) for hour in range(first, last + 1, 3600)]
 

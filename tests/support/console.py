@@ -28,10 +28,12 @@ CONSOLE_BIN = Path(sys.executable).with_name("celery-policy")
 class Console:
     """One ``celery-policy web`` subprocess in its own process group."""
 
-    def __init__(self, args: list[str], env: Mapping[str, str], log_path: Path) -> None:
+    def __init__(
+        self, args: list[str], env: Mapping[str, str], log_path: Path, command: list[str] | None = None
+    ) -> None:
         self.port = int(port_for.select_random())
         self.base = f"http://127.0.0.1:{self.port}"
-        self.args = [str(CONSOLE_BIN), "web", *args, "--bind", f"127.0.0.1:{self.port}"]
+        self.args = [*(command or [str(CONSOLE_BIN), "web"]), *args, "--bind", f"127.0.0.1:{self.port}"]
         self.env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **env}
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None

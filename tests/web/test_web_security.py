@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 from celery import Celery
-from support.console import OPERATOR_TOKEN, READONLY_TOKEN, Console
-from support.harness import new_key, wait_record
+from support.console import OPERATOR_TOKEN, READONLY_TOKEN, Console, console_env
+from support.harness import DEADLETTER_POLICY, DLAPP, new_key, wait_record
 from support.servers import WorkerProcess
 
 from celery_policy.cli import main
@@ -50,6 +52,24 @@ def test_a_non_loopback_bind_without_a_token_is_refused(
     monkeypatch.delenv("CELERY_POLICY_WEB_READONLY_TOKEN", raising=False)
     assert main(["web", "--url", "redis://127.0.0.1:1/0", "--bind", "0.0.0.0:8808"]) == 2
     assert "refusing to listen on 0.0.0.0 without authentication" in capsys.readouterr().err
+
+
+def test_celery_policy_web_runs_as_a_celery_sub_command(
+    broker_url: str, tmp_path: Path, worker: WorkerProcess, app: Celery, store: RedisStreamStore
+) -> None:
+    """``celery -A proj policy web``: the app's broker is the store, its policy file the policy pages'."""
+    wait_record(store, app.send_task("dl.permanent", args=(new_key("sub"),)).id)
+    celery = [str(Path(sys.executable).with_name("celery")), "-A", DLAPP, "policy", "web"]
+    env = console_env(broker_url, DEADLETTER_POLICY)
+    sub = Console([], env, tmp_path / "sub.log", command=celery).start()
+    try:
+        policies = httpx.get(sub.base + "/policies", headers=READONLY)
+        assert policies.status_code == 200
+        assert '<a href="/policies/dl.crash">dl.crash</a>' in policies.text
+        listing = httpx.get(sub.base + "/dead-letters", headers={**READONLY, "Accept": "application/json"}).json()
+        assert "dl.permanent" in {r["task"] for r in listing["records"]}
+    finally:
+        sub.stop()
 
 
 def test_a_short_token_is_refused(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
