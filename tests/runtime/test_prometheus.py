@@ -180,3 +180,35 @@ def test_each_decision_moves_its_counters(
 ) -> None:
     decision = Decision(action, "t", "id", 1, 3, None, "E", reason, "builtin", rule)
     assert [(spec.name, labels) for spec, labels in decision_counts(decision)] == expected
+
+
+def test_check_points_at_a_bad_port(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from celery_policy.cli import main
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\nobservability:\n  prometheus: {port: 70000}\n")
+    assert main(["check", str(policy)]) == 1
+    assert (
+        f"{policy}:3:22: CP101 error: input should be less than or equal to 65535, got 70000" in capsys.readouterr().out
+    )
+
+
+def test_install_stops_with_the_fix_when_prometheus_client_is_missing(tmp_path: Path) -> None:
+    """A policy that asks for metrics on a machine without the extra: PolicyError at install, naming the extra."""
+    import subprocess
+    import sys
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\nobservability:\n  prometheus: {port: 9808}\n")
+    script = (
+        "import sys; sys.modules['prometheus_client'] = None\n"  # makes `import prometheus_client` fail
+        "from celery import Celery; import celery_policy\n"
+        "app = Celery('x', broker='memory://')\n"
+        "try:\n"
+        f"    celery_policy.install(app, {str(policy)!r})\n"
+        "except celery_policy.PolicyError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    assert "observability.prometheus is set but prometheus_client is not installed; run: pip install " in done.stdout
+    assert f"'celery-policy[metrics]' ({policy}:3:15)" in done.stdout
