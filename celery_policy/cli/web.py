@@ -34,6 +34,7 @@ def build_config(
     token_file: str | None,
     readonly_token_file: str | None,
     allowed_hosts: tuple[str, ...] = (),
+    secure_cookie: bool = False,
     celery_app: Any = None,
 ) -> Any:
     """The console's :class:`~celery_policy.web.app.WebConfig`; click.UsageError for what cannot work."""
@@ -91,6 +92,7 @@ def build_config(
         app=celery_app,
         broker_url=url,
         allowed_hosts=allowed_hosts,
+        secure_cookies=secure_cookie,
     )
 
 
@@ -136,6 +138,9 @@ def web_options(func: Any) -> Any:
             ),
             click.option(
                 "--allowed-host", "allowed_hosts", multiple=True, help="another Host name the console answers to"
+            ),
+            click.option(
+                "--secure-cookie", is_flag=True, help="send the session cookie over HTTPS only (behind a TLS proxy)"
             ),
         ]
     ):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,12 +21,13 @@ from celery_policy.deadletter.record import DeadLetter
 from celery_policy.deadletter.replay import ReplayReport, celery_publisher, replay
 from celery_policy.deadletter.store import Filter, RedisStreamStore
 from celery_policy.metrics import REPLAYED
+from celery_policy.web.data import GroupKey, group_key
 
 logger = structlog.get_logger("celery_policy")
 ACTIVITY_KEEP = 500
 
 
-def replay_records(store: RedisStreamStore, records: Sequence[DeadLetter], app: Any) -> ReplayReport:
+def replay_records(store: RedisStreamStore, records: Iterable[DeadLetter], app: Any) -> ReplayReport:
     """Re-publish ``records`` through ``app`` with new task ids; each is deleted after its publish returned.
 
     The one place the console calls the replay API.
@@ -34,21 +35,39 @@ def replay_records(store: RedisStreamStore, records: Sequence[DeadLetter], app: 
     return replay(store, records, celery_publisher(app))
 
 
-def matching(store: RedisStreamStore, flt: Filter, limit: int | None = None) -> list[DeadLetter]:
-    """The records a filter selects now (what a dry run counts and a confirmed action acts on)."""
-    return list(store.iter(flt, limit=limit))
+def count_matching(store: RedisStreamStore, flt: Filter) -> int:
+    """How many records a filter selects now (the dry run); reads them in batches, keeps none."""
+    return sum(1 for _ in store.iter(flt))
 
 
-def purge_records(store: RedisStreamStore, records: Sequence[DeadLetter]) -> int:
-    ids = [r.id for r in records if r.id]
-    return store.delete_many(ids) if ids else 0
+class Seen:
+    """Records streamed from the store, remembered only as (task, group key) by entry id."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, tuple[str, GroupKey]] = {}
+
+    def track(self, records: Iterable[DeadLetter]) -> Iterator[DeadLetter]:
+        for record in records:
+            if record.id:
+                self.keys[record.id] = (record.task, group_key(record))
+            yield record
 
 
-def count_replays(
-    inc: Callable[[Any, tuple[str, ...]], None], records: Sequence[DeadLetter], report: ReplayReport
-) -> None:
-    """``celery_policy_replayed_total{task,outcome}`` for one replay report."""
-    tasks = {r.id: r.task for r in records}
+def purge_matching(store: RedisStreamStore, flt: Filter, limit: int, seen: Seen, batch: int = 1000) -> int:
+    """Delete the (at most ``limit``, oldest first) records ``flt`` selects, in batches; returns how many."""
+    deleted = 0
+    ids: list[str] = []
+    for record in seen.track(store.iter(flt, limit=limit)):
+        if record.id:
+            ids.append(record.id)
+        if len(ids) >= batch:
+            deleted += store.delete_many(ids)
+            ids = []
+    return deleted + (store.delete_many(ids) if ids else 0)
+
+
+def count_replays(inc: Callable[[Any, tuple[str, ...]], None], tasks: Mapping[str, str], report: ReplayReport) -> None:
+    """``celery_policy_replayed_total{task,outcome}`` for one replay report (``tasks``: entry id -> task)."""
     for outcome, entries in (("published", report.replayed), ("failed", report.failed), ("skipped", report.skipped)):
         for entry, _ in entries:
             inc(REPLAYED, (tasks.get(entry, "?"), outcome))

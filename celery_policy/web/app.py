@@ -14,6 +14,7 @@ import dataclasses
 import datetime as dt
 import secrets
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -311,11 +312,11 @@ def build_app(config: WebConfig) -> Starlette:  # noqa: PLR0915 - the handlers s
             return console.render(request, "error.html", who, status_code=404, message=f"no dead letter {entry_id}")
         return _do_replay(request, who, [record], {"ids": [entry_id]})
 
-    def _do_replay(request: Request, who: Who, records: list[Any], shown: dict[str, Any]) -> Response:
-        report = actions.replay_records(console.store, records, console.replay_app())
-        actions.count_replays(console.counters.inc, records, report)
-        published = {entry for entry, _ in report.replayed}
-        console.index.forget([r for r in records if r.id in published])
+    def _do_replay(request: Request, who: Who, records: Iterable[Any], shown: dict[str, Any]) -> Response:
+        seen = actions.Seen()
+        report = actions.replay_records(console.store, seen.track(records), console.replay_app())
+        actions.count_replays(console.counters.inc, {k: task for k, (task, _) in seen.keys.items()}, report)
+        console.index.forget(seen.keys[entry][1] for entry, _ in report.replayed if entry in seen.keys)
         console.activity.record(
             who.name,
             "replay",
@@ -345,16 +346,17 @@ def build_app(config: WebConfig) -> Starlette:  # noqa: PLR0915 - the handlers s
         flt, shown, error = _filter_from(form)
         if error:
             return console.render(request, "error.html", who, status_code=400, message=error)
-        records = actions.matching(console.store, flt)
+        count = actions.count_matching(console.store, flt)
         confirmed = str(form.get("confirm_count") or "")
-        if confirmed != str(len(records)) or not records:
+        if confirmed != str(count) or not count:
             # the dry run: how many records this filter selects now; nothing is published
             if who.via == "bearer":
-                return JSONResponse({"dry_run": True, "count": len(records)})
+                return JSONResponse({"dry_run": True, "count": count})
             return console.render(
-                request, "confirm_replay.html", who, count=len(records), filter=shown, changed=bool(confirmed)
+                request, "confirm_replay.html", who, count=count, filter=shown, changed=bool(confirmed)
             )
-        return _do_replay(request, who, records, shown)
+        # the records confirmed, oldest first: one that failed since is not replayed unseen
+        return _do_replay(request, who, console.store.iter(flt, limit=count), shown)
 
     async def purge_filter(request: Request) -> Response:
         who = _need(console, request, "operator")
@@ -366,15 +368,16 @@ def build_app(config: WebConfig) -> Starlette:  # noqa: PLR0915 - the handlers s
         flt, shown, error = _filter_from(form)
         if error:
             return console.render(request, "error.html", who, status_code=400, message=error)
-        records = actions.matching(console.store, flt)
-        phrase = f"delete {len(records)}"
-        if str(form.get("confirm") or "").strip() != phrase or not records:
+        count = actions.count_matching(console.store, flt)
+        phrase = f"delete {count}"
+        if str(form.get("confirm") or "").strip() != phrase or not count:
             status = 400 if form.get("confirm") else 200
             return console.render(
-                request, "confirm_purge.html", who, status_code=status, count=len(records), filter=shown, phrase=phrase
+                request, "confirm_purge.html", who, status_code=status, count=count, filter=shown, phrase=phrase
             )
-        deleted = actions.purge_records(console.store, records)
-        console.index.forget(records)
+        seen = actions.Seen()
+        deleted = actions.purge_matching(console.store, flt, count, seen)
+        console.index.forget(key for _, key in seen.keys.values())
         console.activity.record(who.name, "purge", shown, deleted)
         return console.render(request, "purged.html", who, deleted=deleted, filter=shown)
 

@@ -200,11 +200,10 @@ class GroupIndex:
                 self._complete = False
             self.start()
 
-    def forget(self, records: Iterable[DeadLetter]) -> None:
-        """Subtract records the console deleted (replayed or purged)."""
+    def forget(self, keys: Iterable[GroupKey]) -> None:
+        """Subtract records the console deleted (replayed or purged), by their group keys."""
         with self._lock:
-            for record in records:
-                key = group_key(record)
+            for key in keys:
                 left = self._counts.get(key, 0) - 1
                 if left > 0:
                     self._counts[key] = left
