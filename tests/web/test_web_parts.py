@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from support.servers import RedisServer, wait_for
 
-from celery_policy.deadletter.record import DeadLetter
+from celery_policy.deadletter.record import DeadLetter, Reason
 from celery_policy.deadletter.store import Filter, RedisStreamStore
 from celery_policy.web.data import GroupIndex, read_page
 from celery_policy.web.security import HostPolicy, TokenError, Tokens, check_bind, load_tokens
@@ -60,10 +60,10 @@ def test_the_host_header_must_name_the_console() -> None:
     assert not public.allows("localhost:8808")
 
 
-def _record(task: str, reason: str, at: float) -> DeadLetter:
+def _record(task: str, reason: Reason, at: float) -> DeadLetter:
     return DeadLetter(
         task=task, task_id=None, reason=reason, exc_type="builtins.ValueError", first_failure=at, last_failure=at
-    )  # type: ignore[arg-type]
+    )
 
 
 def test_the_group_index_counts_keeps_up_and_recounts_after_outside_deletes(clean_redis: RedisServer) -> None:
