@@ -91,6 +91,7 @@ class Console:
         env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(HERE / "templates")), autoescape=True)
         self.templates = Jinja2Templates(env=env)
         self.templates.env.filters["when"] = _when
+        self.templates.env.filters["rel"] = _relative
         self.templates.env.filters["short_exc"] = lambda name: str(name).rsplit(".", 1)[-1]
 
     def replay_app(self) -> Any:
@@ -127,6 +128,14 @@ class Console:
             status_code=status_code,
         )
         return response
+
+
+def _relative(text: Any) -> str:
+    """Paths under the console's working directory shown relative to it (``policies/x.yaml:12``)."""
+    import os
+
+    here = os.getcwd().rstrip(os.sep) + os.sep
+    return str(text).replace(here, "")
 
 
 def _when(epoch: float | int | None) -> str:
@@ -310,7 +319,7 @@ def build_app(config: WebConfig) -> Starlette:  # noqa: PLR0915 - the handlers s
         record = read_record(console.store, entry_id)
         if record is None:
             return console.render(request, "error.html", who, status_code=404, message=f"no dead letter {entry_id}")
-        return _do_replay(request, who, [record], {"ids": [entry_id]})
+        return _do_replay(request, who, [record], {"id": entry_id})
 
     def _do_replay(request: Request, who: Who, records: Iterable[Any], shown: dict[str, Any]) -> Response:
         seen = actions.Seen()
