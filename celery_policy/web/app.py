@@ -390,6 +390,24 @@ def build_app(config: WebConfig) -> Starlette:  # noqa: PLR0915 - the handlers s
         console.activity.record(who.name, "purge", shown, deleted)
         return console.render(request, "purged.html", who, deleted=deleted, filter=shown)
 
+    async def task_state(request: Request) -> Response:
+        """The state of a task (a replayed one) in the app's result backend; its result value is not shown."""
+        who = _need(console, request)
+        if isinstance(who, Response):
+            return who
+        task_id = request.path_params["task_id"]
+        app = console.config.app
+        if app is None:
+            return console.render(request, "error.html", who, status_code=404, message="task states need --app")
+        try:
+            result = app.AsyncResult(task_id)
+            state, done = str(result.state), getattr(result, "date_done", None)
+        except Exception as exc:  # the result backend is down or disabled
+            return console.render(request, "error.html", who, status_code=503, message=f"result backend: {exc}")
+        if "application/json" in request.headers.get("accept", ""):
+            return JSONResponse({"task_id": task_id, "state": state})
+        return console.render(request, "task.html", who, task_id=task_id, state=state, done=done)
+
     async def activity(request: Request) -> Response:
         who = _need(console, request)
         if isinstance(who, Response):
@@ -423,6 +441,7 @@ def build_app(config: WebConfig) -> Starlette:  # noqa: PLR0915 - the handlers s
         Route("/policies", pages.policies_handler(console, _need)),
         Route("/policies/{task:path}", pages.policy_handler(console, _need)),
         Route("/fleet", pages.fleet_handler(console, _need)),
+        Route("/tasks/{task_id}", task_state),
         Route("/activity", activity),
         Route("/metrics", metrics),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),

@@ -110,7 +110,16 @@ def test_an_operator_logs_in_sees_a_real_dead_letter_and_replays_it(
     page.wait_for_selector("text=1 replayed")
     new_id = page.inner_text("td.new-id").strip()
     assert new_id != failed_id
-    assert app.AsyncResult(new_id).get(timeout=20) == 42  # the replayed task ran on the worker and succeeded
+    page.click("td.new-id a")
+    page.wait_for_url(console.base + f"/tasks/{new_id}")
+    wait_for(
+        "the replayed task to succeed, seen in the browser",
+        lambda: page.reload() or page.inner_text("#state") == "SUCCESS",
+        timeout=20,
+        interval=0.3,
+    )
+    shoot(page, "replayed-task")
+    assert app.AsyncResult(new_id).get(timeout=5) == 42  # the replay ran on the worker: dl.once(key, 21) = 42
     assert list(store.iter(Filter(ids=(record.id or "",)))) == []
 
     page.goto(console.base + "/activity")
