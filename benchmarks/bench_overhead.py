@@ -109,6 +109,35 @@ def time_tracer(app: Celery, task: object, calls: int) -> float:
     return (time.perf_counter() - start) / calls
 
 
+def make_metrics_policy(policy_path: str, metrics_dir: str) -> tuple[Celery, object]:
+    """The policy app with observability.prometheus on and its counters registered, as a worker's boot does."""
+    from celery_policy.metrics import MultiprocessCounters
+    from celery_policy.runtime import observability
+
+    path = Path(policy_path).with_name("bench-metrics.yaml")
+    path.write_text(POLICY + "observability: {prometheus: {port: 9808}}\n")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    app = Celery("metrics", broker="memory://", backend="disabled://", task_cls=celery_policy.PolicyTask)
+    celery_policy.install(app, str(path))
+    task = app.task(body, name="bench.work", ignore_result=True)
+    app.finalize()
+    observability.add_sink(MultiprocessCounters().record)  # what worker_init does (no HTTP server needed here)
+    return app, app.tasks[task.name]
+
+
+def time_decision_counters(calls: int) -> float:
+    """One retry decision into the multiprocess counters (the cost a decision pays, never a success)."""
+    from celery_policy.metrics import MultiprocessCounters
+    from celery_policy.runtime.decision import Decision
+
+    counters = MultiprocessCounters()
+    decision = Decision("retry", "bench.work", "id", 1, 8, 1.0, "builtins.TimeoutError", None, "x", "retry.on")
+    start = time.perf_counter()
+    for _ in range(calls):
+        counters.record(decision)
+    return (time.perf_counter() - start) / calls
+
+
 def time_classify(calls: int, policy_path: str) -> tuple[float, float]:
     """Exception -> decision: the policy's MRO lookup vs autoretry's isinstance checks."""
     from celery_policy.resolve import load
@@ -142,16 +171,20 @@ def main() -> None:
         plain_app, plain_task = make_plain()
         policy_app, policy_task = make_policy(policy_path)
         bare_app, bare_task = make_bare()
-        for app in (plain_app, policy_app, bare_app):
+        metrics_app, metrics_task = make_metrics_policy(policy_path, tmp)
+        for app in (plain_app, policy_app, bare_app, metrics_app):
             setup_worker_optimizations(app)
         plain: list[float] = []
         policy: list[float] = []
         bare: list[float] = []
+        metrics: list[float] = []
         for _ in range(opts.rounds):
             plain.append(time_tracer(plain_app, plain_task, opts.calls))
             policy.append(time_tracer(policy_app, policy_task, opts.calls))
             bare.append(time_tracer(bare_app, bare_task, opts.calls))
+            metrics.append(time_tracer(metrics_app, metrics_task, opts.calls))
         ours, theirs = time_classify(opts.calls, policy_path)
+        counted = time_decision_counters(min(opts.calls, 50_000))
     p, q = statistics.median(plain), statistics.median(policy)
     print(
         f"python {sys.version.split()[0]}, {os.cpu_count()} cores, {opts.calls} calls x {opts.rounds} rounds (A B interleaved)"
@@ -165,6 +198,12 @@ def main() -> None:
     print(
         f"  reference: Celery with no failure options {b * 1e6:.3f} us/call; policy adds {(q - b) * 1e6:+.3f} us over it"
     )
+    m = statistics.median(metrics)
+    print(
+        f"  with observability.prometheus on: {m * 1e6:.3f} us/call ({(m - q) * 1e6:+.3f} us vs the same policy without; "
+        f"spread {min(metrics) * 1e6:.3f}-{max(metrics) * 1e6:.3f} us)"
+    )
+    print(f"  one decision into the Prometheus counters (decision path only): {counted * 1e6:.2f} us")
     print(
         f"classification (exception -> decision): policy {ours * 1e9:.0f} ns, autoretry isinstance {theirs * 1e9:.0f} ns"
     )
@@ -182,6 +221,9 @@ def main() -> None:
             "ratio": p / q,
             "classify_ns": ours * 1e9,
             "autoretry_isinstance_ns": theirs * 1e9,
+            "policy_with_prometheus_us": m * 1e6,
+            "prometheus_added_us": (m - q) * 1e6,
+            "prometheus_decision_us": counted * 1e6,
         },
     )
 

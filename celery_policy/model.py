@@ -240,6 +240,31 @@ class DeadLetterStoreSettings(_Section):
     )
 
 
+class PrometheusSettings(_Section):
+    """A Prometheus endpoint in each worker's main process (needs the ``metrics`` extra)."""
+
+    port: int = Field(ge=1, le=65535, description="TCP port of the worker's /metrics endpoint, e.g. 9808")
+    address: str = Field(
+        "0.0.0.0",  # a scrape target is reached from the Prometheus host
+        min_length=1,
+        description="interface the endpoint listens on (default 0.0.0.0, as prometheus_client's own server)",
+    )
+    multiprocess_dir: str | None = Field(
+        None,
+        min_length=1,
+        description="directory for prometheus_client's multiprocess files (default: $PROMETHEUS_MULTIPROC_DIR, "
+        "else a fresh temporary directory per worker); celery-policy empties it at worker boot",
+    )
+
+
+class ObservabilitySettings(_Section):
+    """Metrics of the policy's decisions; off unless a section here is set."""
+
+    prometheus: PrometheusSettings | None = Field(
+        None, description="serve celery_policy_* counters for Prometheus from each worker (default: off)"
+    )
+
+
 ErrorGroups = dict[
     Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][\w-]*$")],
     list[ExceptionRef],
@@ -256,6 +281,7 @@ class Overlay(_Section):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     producer: ProducerSettings = Field(default_factory=ProducerSettings)
     dead_letter_store: DeadLetterStoreSettings = Field(default_factory=DeadLetterStoreSettings)
+    observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
 
 
 class PolicyDocument(_Section):
@@ -270,6 +296,7 @@ class PolicyDocument(_Section):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     producer: ProducerSettings = Field(default_factory=ProducerSettings)
     dead_letter_store: DeadLetterStoreSettings = Field(default_factory=DeadLetterStoreSettings)
+    observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
     environments: dict[str, Overlay] = Field(default_factory=dict, description="overlays chosen by --env")
 
 

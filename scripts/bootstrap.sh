@@ -145,4 +145,24 @@ if [ "${CELERY_POLICY_NEED_RABBITMQ:-}" = 1 ] && ! command -v rabbitmq-server >/
     fi
 fi
 
+# --- chromium, for the test suite only: the console's browser tests (tests/web/) -------------------
+# Debian's own chromium, driven headless by Playwright from .venv; no browser is ever downloaded.
+find_chromium() {
+    for candidate in "${CHROMIUM:-}" /usr/bin/chromium /usr/bin/chromium-browser; do
+        [ -n "$candidate" ] && [ -x "$candidate" ] && { echo "$candidate"; return 0; }
+    done
+    return 1
+}
+if [ "${CELERY_POLICY_NEED_CHROMIUM:-}" = 1 ] && ! find_chromium >/dev/null; then
+    if is_root; then
+        log "installing chromium (apt-get; for the web console's browser tests)"
+        apt_install chromium
+        find_chromium >/dev/null || die "chromium is still missing after apt-get install chromium"
+    else
+        die "chromium is not installed (the web console's browser tests drive it headless)" \
+            "run: sudo apt-get update && sudo apt-get install -y chromium" \
+            "then: ./scripts/test.sh"
+    fi
+fi
+
 log "ready: $("$VENV/bin/python" -V 2>&1) in .venv, $("$redis_bin" --version | cut -d' ' -f1-3)"

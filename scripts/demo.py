@@ -5,7 +5,9 @@ policy file does with no retry code in the tasks:
 1. a transient error retried with backoff, then dead-lettered when retries run out;
 2. a permanent error dead-lettered at once;
 3. a soft time limit: the report is retried once, then dead-lettered;
-4. `celery-policy dlq list`, then `dlq replay` once the outage is over.
+4. `celery-policy dlq list`, then `dlq replay` once the outage is over;
+5. the web console (`celery-policy web`) on the same store, with a fresh operator token:
+   its URL and token are printed; at a terminal it runs until Enter is pressed.
 
 Run it with ./scripts/demo.sh (which sets up .venv and redis-server first).
 """
@@ -111,6 +113,58 @@ def cli(*args: str, env: dict[str, str]) -> str:
     return output
 
 
+def stop(process: subprocess.Popen[bytes] | None) -> None:
+    """Stop a process group we started (TERM, then KILL after 15 s)."""
+    if process is None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def start_console(env: dict[str, str], tmp: Path) -> subprocess.Popen[bytes]:
+    """`celery-policy web --app shop.celery` with a fresh operator token; prints its URL and the token."""
+    import secrets
+    import urllib.request
+
+    token = secrets.token_hex(24)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    say("6. the web console on the same store: dead letters grouped, replay and purge, policies, the fleet")
+    console_env = dict(env, CELERY_POLICY_WEB_TOKEN=token)
+    command = [
+        str(ROOT / ".venv" / "bin" / "celery-policy"),
+        "web",
+        "--app",
+        "shop.celery",
+        "--bind",
+        f"127.0.0.1:{port}",
+    ]
+    print("$ CELERY_POLICY_WEB_TOKEN=... celery-policy web --app shop.celery --bind " + f"127.0.0.1:{port}", flush=True)
+    log = (tmp / "console.log").open("wb")
+    console = subprocess.Popen(
+        command, cwd=ROOT, env=console_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    request = urllib.request.Request(url + "/dead-letters", headers={"Authorization": f"Bearer {token}"})
+    for _ in range(200):
+        try:
+            with urllib.request.urlopen(request, timeout=2) as answer:
+                status = answer.status
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        print((tmp / "console.log").read_text(errors="replace")[-3000:])
+        raise SystemExit("the web console did not start")
+    print(f"console: {url}/dead-letters (HTTP {status})")
+    print(f"token:   {token}   (log in with it; API clients send 'Authorization: Bearer <token>')")
+    if sys.stdin.isatty():
+        input("the console runs until you press Enter ")
+    return console
+
+
 def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="celery-policy-demo-"))
     redis_proc, url = start_redis(tmp)
@@ -119,6 +173,7 @@ def main() -> None:
     os.environ.update(env)
     log = tmp / "worker.log"
     worker = None
+    console = None
     try:
         say(f"policy {POLICY.relative_to(ROOT)}: checked like CI does")
         cli("check", str(POLICY.relative_to(ROOT)), "--app", "shop.celery", env=env)
@@ -161,13 +216,11 @@ def main() -> None:
             replayed = tasks.app.AsyncResult(new_id)
             print(f"catalog.ingest[{new_id}] -> {wait_state(replayed)}: {replayed.result}")
         cli("dlq", "list", *store, env=env)
+
+        console = start_console(env, tmp)
     finally:
-        if worker is not None:
-            os.killpg(worker.pid, signal.SIGTERM)
-            try:
-                worker.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
+        stop(console)
+        stop(worker)
         redis_proc.terminate()
         redis_proc.wait()
     say(f"done; the worker's full log is in {log}")

@@ -10,7 +10,7 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-CELERY_POLICY_NEED_RABBITMQ=1 bash scripts/bootstrap.sh
+CELERY_POLICY_NEED_RABBITMQ=1 CELERY_POLICY_NEED_CHROMIUM=1 bash scripts/bootstrap.sh
 
 status=0
 .venv/bin/python -m pytest \

@@ -30,6 +30,7 @@ from celery_policy.cli.explain import run_explain
 from celery_policy.cli.fleet import run_status
 from celery_policy.cli.rules import run_rules
 from celery_policy.cli.schema import run_schema
+from celery_policy.cli.web import web_options
 
 
 def _context(ctx: click.Context) -> tuple[Any, str | None]:
@@ -64,7 +65,7 @@ def _finish(ctx: click.Context, code: int) -> None:
 
 @click.group("policy")
 def policy() -> None:
-    """celery-policy for this app: check, explain, rules, schema, dlq."""
+    """celery-policy for this app: check, explain, rules, schema, dlq, web."""
 
 
 @policy.command()
@@ -204,3 +205,14 @@ def dlq_stats(ctx: click.Context, /, **opts: Any) -> None:
 def dlq_purge(ctx: click.Context, /, **opts: Any) -> None:
     """Delete matching dead letters (needs --yes)."""
     _finish(ctx, run_purge(**_dlq_defaults(ctx, opts)))
+
+
+@policy.command("web")
+@web_options
+@click.pass_context
+def web(ctx: click.Context, /, **opts: Any) -> None:
+    """Serve the web console for this app: dead letters, policies, fleet, /metrics."""
+    from celery_policy.cli.web import build_config, serve
+
+    app, _ = _context(ctx)
+    _finish(ctx, serve(build_config(app=None, celery_app=app, **opts)))

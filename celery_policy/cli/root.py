@@ -24,6 +24,7 @@ COMMANDS = {
     "rules": "celery_policy.cli.rules:rules",
     "schema": "celery_policy.cli.schema:schema",
     "status": "celery_policy.cli.fleet:status",
+    "web": "celery_policy.cli.web:web",
 }
 
 

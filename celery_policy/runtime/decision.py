@@ -22,6 +22,8 @@ class Decision:
     # exhausted | unknown_exhausted | permanent | unknown | deadline | time_limit | redelivery_limit | None for retries
     reason: str | None
     policy_source: str
+    # the policy field that decided: "retry.on", "retry.rules[0]", "retry.unknown", "retry.never", "timeout.hard"
+    rule: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

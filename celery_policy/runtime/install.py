@@ -194,6 +194,9 @@ def install(
             runtime.compile(name, task)
     queue_plan = _amqp.plan_for(app, policy)  # RabbitMQ queue arguments (None for other brokers)
     reliable = _reliable_fetch.decide(app, policy)  # atomic take on a Redis broker; see celery_policy/transport/
+    from celery_policy.runtime import prometheus  # observability.prometheus: the worker's /metrics endpoint
+
+    prometheus.configure(app, policy)  # PolicyError now when prometheus_client is missing; starts at worker_init
 
     _apply_conf(app, policy)
     _reliable_fetch.configure(app, reliable)

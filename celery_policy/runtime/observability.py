@@ -11,7 +11,9 @@ calls it after the log event). When the libraries are installed it adds
 - an OpenTelemetry span event ``celery_policy.decision`` to the current span
   (the task's span under ``opentelemetry-instrumentation-celery``), and
 - a Sentry breadcrumb (category ``celery_policy``), so an error report of a
-  later failure shows the retries that came before it.
+  later failure shows the retries that came before it;
+- the Prometheus counters, when the policy switches them on
+  (``observability.prometheus``, see :mod:`celery_policy.runtime.prometheus`).
 
 Neither library is imported unless it is installed (extras ``[otel]`` and
 ``[sentry]``), and a failure inside either never changes the task's outcome.
@@ -111,6 +113,16 @@ def sinks() -> list[Sink]:
             found.append(_sentry_breadcrumb)
         _sinks = found
     return _sinks
+
+
+def add_sink(sink: Sink) -> None:
+    """Send every later decision of this process (and of the pool processes it forks) to ``sink`` too.
+
+    The Prometheus counters (:mod:`celery_policy.runtime.prometheus`) register here at worker boot.
+    """
+    current = sinks()
+    if sink not in current:
+        current.append(sink)
 
 
 def record_decision(decision: Decision, exc: BaseException | None) -> None:

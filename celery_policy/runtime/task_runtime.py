@@ -377,6 +377,7 @@ class TaskRuntime:
             reason=reason,
             # provenance is recorded per field: "retry.rules[1]" was set by whoever set "retry.rules"
             policy_source=str(self.resolved.source_of(path.partition("[")[0])),
+            rule=path,
         )
 
 

@@ -36,3 +36,5 @@ def test_demo_shows_backoff_permanent_failure_soft_limit_and_replay() -> None:
     assert re.search(r"catalog\.ingest\[[0-9a-f-]{36}\] -> SUCCESS", out), out
     assert "2 shown, 2 in" in out
     assert "tok_declined" not in out  # the card token never reached the store or the listing
+    assert re.search(r"console: http://127\.0\.0\.1:\d+/dead-letters \(HTTP 200\)", out), out
+    assert re.search(r"token:   [0-9a-f]{48} ", out), out
