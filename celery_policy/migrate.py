@@ -115,9 +115,9 @@ def _defaults(app: Any) -> Section:
 
 
 def _tasks(app: Any) -> dict[str, Section]:
-    from celery_policy.runtime.install import declared_options, runtime_for
+    from celery_policy.taskoptions import declared_options, installed_runtime
 
-    runtime = runtime_for(app)
+    runtime = installed_runtime(app)
     annotations = _annotation_maps(app.conf.task_annotations, Section())
     inherited = _inherited(app)
     found: dict[str, Section] = {}

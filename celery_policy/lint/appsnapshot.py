@@ -150,9 +150,9 @@ def _decorator_options(app: Any) -> dict[str, dict[str, str]]:
     When the app called ``celery_policy.install``, the runtime recorded them while binding
     (before the policy's values replaced them); otherwise they are still on the task classes.
     """
-    from celery_policy.runtime.install import config_values, declared_options, runtime_for
+    from celery_policy.taskoptions import config_values, declared_options, installed_runtime
 
-    runtime = runtime_for(app)
+    runtime = installed_runtime(app)
     if runtime is not None:
         recorded: dict[str, dict[str, Any]] = runtime.decorator_options
     else:
