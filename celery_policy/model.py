@@ -92,6 +92,14 @@ class RetryPolicy(_Section):
     rules: list[RetryRule] = Field(
         default_factory=list, description="per-exception overrides, most specific class wins"
     )
+    self_retry: Literal["task", "policy"] = Field(
+        "task",
+        description=(
+            "what a task's own self.retry() follows: task (default) = Celery's countdown, default_retry_delay "
+            "and the task's max_retries, untouched by the policy; policy = a self.retry() without countdown/eta "
+            "waits the policy's backoff for that exception (or rule) and is capped by its max_retries"
+        ),
+    )
 
 
 class TimeoutPolicy(_Section):

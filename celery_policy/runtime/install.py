@@ -33,6 +33,7 @@ from celery_policy.references import check_references, ensure_import_root
 from celery_policy.resolve import Policy, load
 from celery_policy.runtime import amqp as _amqp
 from celery_policy.runtime.routing import PolicyRouter
+from celery_policy.runtime.task import compose
 from celery_policy.runtime.task_runtime import TaskRuntime
 from celery_policy.runtime.wrappers import wrap_run
 from celery_policy.support import celery_handles_hard_timeouts
@@ -129,6 +130,7 @@ class AppRuntime:
         if instance is not None and runtime.needs_wrapper:
             wrap_run(instance, runtime)
         attributes = runtime.task_attributes(self.has_split_acks)
+        attributes.update(compose(task_cls))  # whatever the base class: no PolicyTask needed in the MRO
         if not self.handles_hard_timeouts:  # Celery < 5.7: see runtime/request.py
             from celery_policy.runtime.request import request_class
 
