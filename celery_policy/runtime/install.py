@@ -38,7 +38,7 @@ from celery_policy.runtime.task_runtime import TaskRuntime
 from celery_policy.runtime.wrappers import wrap_run
 from celery_policy.support import celery_handles_hard_timeouts
 from celery_policy.taskoptions import APP_ATTR as _APP_ATTR
-from celery_policy.taskoptions import config_values, declared_options
+from celery_policy.taskoptions import conf_values, config_values, declared_options
 
 
 class AppRuntime:
@@ -56,6 +56,7 @@ class AppRuntime:
         self._compiled: dict[int, Any] = {}
         self.decorator_options: dict[str, dict[str, Any]] = {}  # what task decorators set, seen at binding
         self._settings: dict[str, Any] | None = None
+        self.conf_before: dict[str, Any] | None = None  # app.conf as the app set it, before install() changed it
 
     def verify_references(self) -> None:
         """Import every exception class and hook the policy names; raise PolicyError listing all failures.
@@ -209,6 +210,7 @@ def _install(
     queue_plan = _amqp.plan_for(app, policy)  # RabbitMQ queue arguments (None for other brokers)
     reliable = _reliable_fetch.decide(app, policy)  # atomic take on a Redis broker; see celery_policy/transport/
 
+    runtime.conf_before = conf_values(app)  # what init and check --app read: the app's own settings
     _apply_conf(app, policy)
     _reliable_fetch.configure(app, reliable)
     _amqp.apply_plan(app, policy, queue_plan)

@@ -166,14 +166,33 @@ def test_the_generated_policy_passes_check_app_which_lists_the_decorator_options
     assert done.returncode == 0, done.stdout + done.stderr
     findings = json.loads(done.stdout)["findings"]
     assert [f for f in findings if f["severity"] == "error"] == []
-    charge = {f["path"] for f in findings if f["code"] == "CP304" and "task 'legacy.charge' sets" in f["message"]}
-    assert {
-        'tasks."legacy.charge".retry',
-        'tasks."legacy.charge".retry.max_retries',
-        'tasks."legacy.charge".timeout.soft',
-        'tasks."legacy.charge".timeout.hard',
-        'tasks."legacy.charge".ack.reject_on_worker_lost',
-    } <= charge
+    # one finding per task, listing every option the policy replaces, each by its whole name
+    charge = [f for f in findings if f["code"] == "CP304" and "task 'legacy.charge' sets" in f["message"]]
+    assert len(charge) == 1, charge
+    for option in (
+        "autoretry_for=(ConnectionError, GatewayTimeout)",
+        "dont_autoretry_for=(Declined,)",
+        "max_retries=5",
+        "reject_on_worker_lost=True",
+        "retry_backoff=2",
+        "retry_backoff_max=60",
+        "retry_jitter=False",
+        "soft_time_limit=20",
+        "time_limit=30",
+    ):
+        assert option in charge[0]["message"], (option, charge[0]["message"])
+    for key in ("retry", "timeout.soft", "timeout.hard", "ack.reject_on_worker_lost"):
+        assert f'tasks."legacy.charge".{key}' in charge[0]["message"]
+    # the app.conf settings the policy now sets, read as the app set them (before install() changed them)
+    settings = [f["message"] for f in findings if f["code"] == "CP304" and "app.conf settings" in f["message"]]
+    assert len(settings) == 1, findings
+    for setting in (
+        "task_acks_late=True",
+        "task_soft_time_limit=240",
+        "task_time_limit=300",
+        "worker_prefetch_multiplier=1",
+    ):
+        assert setting in settings[0], settings
 
 
 def test_installing_the_generated_policy_keeps_the_task_attributes(project: Path) -> None:

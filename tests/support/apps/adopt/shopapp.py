@@ -87,9 +87,14 @@ def send_webhook(self: Task, key: str, fail_times: int) -> str:
     except WebhookError as exc:
         if os.environ.get("SHOP_MIGRATED") == "1":
             raise self.retry(exc=exc) from None  # delay and cap from the policy (retry.self_retry: policy)
-        countdown = self.retry_backoff * 2**self.request.retries
-        raise self.retry(exc=exc, countdown=countdown, **self.retry_kwargs) from None
+        handle_webhook_retry(self, exc)
     return "delivered"
+
+
+def handle_webhook_retry(task: Task, exc: Exception) -> None:
+    """Saleor keeps the retry schedule in a helper that reads the task's own options."""
+    countdown = task.retry_backoff * 2**task.request.retries
+    raise task.retry(exc=exc, countdown=countdown, **task.retry_kwargs) from None
 
 
 @app.task(
