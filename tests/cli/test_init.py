@@ -143,9 +143,12 @@ def test_init_translates_decorators_annotations_routes_and_conf(project: Path) -
     assert notify["backoff"] == {"initial": "10s", "factor": 1, "max": "10s", "jitter": "none"}  # a fixed countdown
     assert tasks["legacy.reports.build"]["timeout"] == {"expires": "1h"}
     assert tasks["legacy.reports.*"]["route"] == {"queue": "reports"}
-    assert tasks["legacy.sync"]["retry"] == {"max_retries": 1}  # task_annotations['legacy.sync']
+    # task_annotations['legacy.sync'] max_retries=1 without autoretry_for: only the task's own self.retry()
+    # would use it, and retry.max_retries does not change that cap, so it is left where it is, with a comment
+    assert "legacy.sync" not in tasks
     assert "legacy.plain" not in tasks
     text = (project / "policies" / "policy.yaml").read_text()
+    assert "# max_retries=1: not policy, keep them where they are; without autoretry_for" in text
     assert "autoretry_for=(ConnectionError, GatewayTimeout)" in text
     assert "# from task_routes['legacy.reports.*'] = {'queue': 'reports'}" in text
     assert "# 1 task(s) set no failure-handling options: legacy.plain" in text

@@ -11,7 +11,9 @@ The policy is installed only when ``SHOP_POLICY`` names a file, so the same
 code runs with and without it. Every execution appends to ``shop:runs:<key>``
 (time, retries); every ``on_failure`` of the base classes to ``shop:hooks``.
 ``SHOP_MIGRATED=1`` switches the webhook task to the one-line policy-driven
-form (``raise self.retry(exc=exc)``).
+form (``raise self.retry(exc=exc)``). ``SHOP_REMOVE`` applies advice to delete
+decorator options: ``shop.sync=autoretry_for,retry_kwargs;shop.report=time_limit``
+declares those tasks without them.
 """
 
 from __future__ import annotations
@@ -72,12 +74,29 @@ if os.environ.get("SHOP_POLICY"):
     celery_policy.install(app, os.environ["SHOP_POLICY"])
 
 
+def _removed() -> dict[str, set[str]]:
+    removed: dict[str, set[str]] = {}
+    for entry in filter(None, os.environ.get("SHOP_REMOVE", "").split(";")):
+        name, _, options = entry.partition("=")
+        removed[name] = set(filter(None, options.split(",")))
+    return removed
+
+
+_REMOVED = _removed()
+
+
+def task(name: str, **options: Any) -> Any:
+    """``app.task`` without the options ``SHOP_REMOVE`` deletes from this task's decorator."""
+    kept = {k: v for k, v in options.items() if k not in _REMOVED.get(name, set())}
+    return app.task(name=name, **kept)
+
+
 def _run(task: Task, key: str) -> int:
     entry = {"task": task.name, "t": time.time(), "retries": task.request.retries}
     return int(_redis.rpush(f"shop:runs:{key}", json.dumps(entry)))
 
 
-@app.task(name="shop.webhook", bind=True, retry_backoff=0.25, retry_kwargs={"max_retries": 3})
+@task("shop.webhook", bind=True, retry_backoff=0.25, retry_kwargs={"max_retries": 3})
 def send_webhook(self: Task, key: str, fail_times: int) -> str:
     """Saleor's send_webhook_request_async: the retry schedule is in the task's own code."""
     attempt = _run(self, key)
@@ -97,8 +116,8 @@ def handle_webhook_retry(task: Task, exc: Exception) -> None:
     raise task.retry(exc=exc, countdown=countdown, **task.retry_kwargs) from None
 
 
-@app.task(
-    name="shop.sync",
+@task(
+    "shop.sync",
     bind=True,
     autoretry_for=(UpstreamDown,),
     retry_kwargs={"max_retries": 5},
@@ -114,20 +133,20 @@ def sync_stock(self: Task, key: str, mode: str) -> str:
     return "synced"
 
 
-@app.task(name="shop.report", bind=True, time_limit=1)
+@task("shop.report", bind=True, time_limit=1)
 def build_report(self: Task, key: str) -> str:
     _run(self, key)
     time.sleep(5)
     return "built"
 
 
-@app.task(name="shop.export", bind=True, base=ExportTask)
+@task("shop.export", bind=True, base=ExportTask)
 def export_products(self: Task, key: str) -> str:
     _run(self, key)
     raise ExportError("export storage is full")
 
 
-@app.task(name="shop.export_slow", bind=True, base=ExportTask, time_limit=1)
+@task("shop.export_slow", bind=True, base=ExportTask, time_limit=1)
 def export_slow(self: Task, key: str) -> str:
     _run(self, key)
     time.sleep(5)
