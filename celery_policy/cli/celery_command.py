@@ -110,7 +110,11 @@ def explain(ctx: click.Context, task: str, files: tuple[str, ...], env: str | No
     """Show TASK's effective policy under the app's policy, where each value came from, and its retry schedule."""
     app, _ = _context(ctx)
     app_files, app_env = _app_policy(app)
-    _finish(ctx, run_explain(task, list(files) or app_files, env=env or app_env, fmt=fmt))
+    registered = None
+    if app is not None:
+        app.loader.import_default_modules()  # the task modules, as a worker imports them
+        registered = set(app.tasks.keys())
+    _finish(ctx, run_explain(task, list(files) or app_files, env=env or app_env, fmt=fmt, registered=registered))
 
 
 @policy.command()

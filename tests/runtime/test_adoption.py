@@ -22,6 +22,7 @@ failure.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import subprocess
@@ -112,7 +113,7 @@ def _outcome(client: redis.Redis, worker: WorkerProcess, key: str, task_id: str)
         "exc": result.get("exc_type") if isinstance(result, dict) else None,
         "attempts": len(runs),
         "retries": [r["retries"] for r in runs],
-        "gaps": [later - earlier for earlier, later in zip(times, times[1:], strict=False)],
+        "gaps": [later - earlier for earlier, later in itertools.pairwise(times)],
     }
 
 
