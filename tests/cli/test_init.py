@@ -33,6 +33,10 @@ app.conf.update(
     task_time_limit=300,
     task_soft_time_limit=240,
     worker_prefetch_multiplier=1,
+    task_track_started=True,
+    result_expires=7200,
+    worker_concurrency=3,
+    worker_max_tasks_per_child=100,
     broker_transport_options={"visibility_timeout": 7200},
     task_queues=[Queue("celery"), Queue("reports")],
     task_annotations={"*": {"rate_limit": "50/s"}, "legacy.sync": {"max_retries": 1}},
@@ -128,7 +132,14 @@ def test_init_translates_decorators_annotations_routes_and_conf(project: Path) -
     assert defaults["ack"] == {"late": True}
     assert defaults["timeout"] == {"soft": "4m", "hard": "5m"}
     assert defaults["rate_limit"] == "50/s"  # task_annotations['*']
-    assert policy["worker"] == {"prefetch_multiplier": 1, "visibility_timeout": "2h"}
+    assert policy["worker"] == {
+        "prefetch_multiplier": 1,
+        "track_started": True,
+        "result_expires": "2h",
+        "concurrency": 3,
+        "max_tasks_per_child": 100,
+        "visibility_timeout": "2h",
+    }
     tasks = policy["tasks"]
     charge = tasks["legacy.charge"]
     assert charge["retry"]["on"] == ["builtins.ConnectionError", "legacy.errors.GatewayTimeout"]
@@ -207,6 +218,32 @@ def test_installing_the_generated_policy_keeps_the_task_attributes(project: Path
     was = json.loads(before.stdout.strip().splitlines()[-1])
     now = json.loads(after.stdout.strip().splitlines()[-1])
     assert now == was
+
+
+def test_init_on_an_app_that_already_installs_a_policy_reads_the_apps_own_settings(project: Path) -> None:
+    generated(project)
+    first = (project / "policies" / "policy.yaml").read_text()
+    installed = project / "policies" / "installed.yaml"
+    installed.write_text(
+        "version: 1\n"
+        "defaults: {timeout: {soft: 1m, hard: 2m}, ack: {late: false}}\n"
+        "worker: {prefetch_multiplier: 8, track_started: false, result_expires: 5m, concurrency: 9}\n"
+    )
+    done = run(
+        project,
+        str(BIN / "celery-policy"),
+        "init",
+        "--app",
+        "legacy.celery",
+        "-o",
+        "policies/again.yaml",
+        env={"LEGACY_POLICY": str(installed)},
+    )
+    assert done.returncode == 0, done.stderr
+    # the installed policy's values (1m/2m, prefetch 8, ...) are not taken for the app's own settings
+    assert (project / "policies" / "again.yaml").read_text() == first.replace(
+        "policies/policy.yaml", "policies/again.yaml"
+    )
 
 
 def test_init_refuses_to_overwrite_and_reports_an_app_that_does_not_import(project: Path) -> None:
