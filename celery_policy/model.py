@@ -198,7 +198,10 @@ class TaskPolicy(_Section):
     rate_limit: str | None = Field(
         None,
         pattern=r"^\d+(\.\d+)?(/[smh])?$",
-        description="Celery rate limit per worker, e.g. '10/s', '100/m' (default none)",
+        description=(
+            "Celery rate limit per worker: a number, a slash and s, m or h -- '100/s' (a hundred a second), "
+            "'10/m' (ten a minute), '1/h' (one an hour); a plain number is per second (default none)"
+        ),
     )
 
 
