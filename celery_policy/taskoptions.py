@@ -231,3 +231,40 @@ def changed_settings(values: dict[str, Any]) -> dict[str, Any]:
     from celery.app.defaults import DEFAULTS
 
     return {k: values.get(k) for k in POLICY_SETTINGS if values.get(k) is not None and values.get(k) != DEFAULTS.get(k)}
+
+
+# -- what the policy cannot compose with a task's own class ----------------------------------------------
+
+COMPOSED_METHODS = ("on_failure", "apply_async", "retry")
+
+
+def composition_problems(task: Any) -> list[tuple[str, str]]:
+    """Why the policy's ``on_failure``/``apply_async``/``retry`` cannot wrap this task's own: (method, why).
+
+    ``install()`` wraps the methods of the task's class. That does not reach a
+    method set on the task instance (it shadows the class), nor a method made a
+    ``staticmethod``/``classmethod`` (it does not take the task as ``self``).
+    """
+    problems: list[tuple[str, str]] = []
+    instance_attrs = vars(task) if hasattr(task, "__dict__") else {}
+    for name in COMPOSED_METHODS:
+        if name in instance_attrs:
+            problems.append((name, f"{name} is set on the task instance, which hides the policy's {name} on the class"))
+            continue
+        static = inspect.getattr_static(type(task), name, None)
+        if isinstance(static, (staticmethod, classmethod)):
+            kind = type(static).__name__
+            problems.append((name, f"{name} is a {kind} on {_owner(type(task), name)}; the policy cannot wrap it"))
+    return problems
+
+
+def needs_method(method: str, *, hard_limit: bool, self_retry: bool, publish_retry: bool) -> bool:
+    """Whether a task's effective policy relies on the composed ``method``."""
+    return {"on_failure": hard_limit, "retry": self_retry, "apply_async": publish_retry}.get(method, False)
+
+
+def _owner(cls: type, name: str) -> str:
+    for klass in cls.__mro__:
+        if name in vars(klass):
+            return f"{klass.__module__}.{klass.__qualname__}"
+    return cls.__qualname__

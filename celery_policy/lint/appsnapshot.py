@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from celery_policy.appinfo import AppLoadError, import_app, import_root
-from celery_policy.taskoptions import OwnRetries, changed_settings, conf_values, own_retries
+from celery_policy.taskoptions import OwnRetries, changed_settings, composition_problems, conf_values, own_retries
 
 __all__ = ["AppLoadError", "AppSnapshot", "QueueInfo", "TaskSignature", "load_app"]
 
@@ -67,6 +67,7 @@ class AppSnapshot:
     decorator_options: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # task -> option -> repr
     own_retries: Mapping[str, OwnRetries] = field(default_factory=dict)  # tasks whose code retries by hand
     settings: Mapping[str, str] = field(default_factory=dict)  # app.conf values a policy can replace -> repr
+    not_composed: Mapping[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)  # task -> (method, why)
 
     @property
     def broker_scheme(self) -> str:
@@ -130,6 +131,11 @@ def _snapshot(app: Any, spec: str, root: str) -> AppSnapshot:
         prefetch_multiplier=int(prefetch) if isinstance(prefetch, int) else 4,
         decorator_options=_decorator_options(app),
         own_retries=_own_retries(app),
+        not_composed={
+            str(name): tuple(found)
+            for name, task in dict(app.tasks).items()
+            if not str(name).startswith("celery.") and (found := composition_problems(task))
+        },
         settings={k: _show(v) for k, v in changed_settings(conf_values(app)).items()},
     )
 

@@ -27,6 +27,7 @@ from celery.worker.control import inspect_command
 from celery_policy.appinfo import setting
 from celery_policy.fleet import Snapshot, snapshot
 from celery_policy.patterns import is_glob, unmatched_names
+from celery_policy.taskoptions import composition_problems, needs_method
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -111,6 +112,28 @@ def _warn_at_worker_ready(sender: Any = None, **kwargs: Any) -> None:
     problems = unmatched_report(app, info)
     if problems:
         logger.warning("policy_unmatched_tasks", detail=problems, strict=False)
+    runtime = info.runtime()
+    if runtime is not None:
+        log_not_composed(app, runtime)
+
+
+def log_not_composed(app: Any, runtime: AppRuntime) -> None:
+    """``policy_not_composed`` for each task whose own class keeps the policy from wrapping a method it needs."""
+    publish_retry = "producer" in runtime.policy.document.model_fields_set
+    for name, task in sorted(dict(app.tasks).items()):
+        compiled = runtime.tasks.get(name)
+        if compiled is None:
+            continue
+        policy = compiled.policy
+        for method, problem in composition_problems(task):
+            needed = needs_method(
+                method,
+                hard_limit=policy.timeout.hard is not None,
+                self_retry=policy.retry.self_retry == "policy",
+                publish_retry=publish_retry,
+            )
+            if needed:
+                logger.warning("policy_not_composed", task=name, method=method, detail=f"task '{name}': {problem}")
 
 
 def unmatched_report(app: Any, info: BootInfo) -> str:

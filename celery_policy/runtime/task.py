@@ -6,6 +6,7 @@ the wrapper around the body is in :mod:`celery_policy.runtime.wrappers`.
 
 from __future__ import annotations
 
+import inspect
 import sys
 from types import FrameType
 from typing import Any
@@ -49,10 +50,12 @@ def compose(task_cls: type[Task]) -> dict[str, Any]:
     inherits), so the task's code still runs, after the policy's handling.
     Applying it twice wraps once.
     """
+    composers = {"on_failure": _composed_on_failure, "apply_async": _composed_apply_async, "retry": _composed_retry}
     return {
-        "on_failure": _composed_on_failure(_original(task_cls, "on_failure")),
-        "apply_async": _composed_apply_async(_original(task_cls, "apply_async")),
-        "retry": _composed_retry(_original(task_cls, "retry")),
+        name: compose_one(_original(task_cls, name))
+        for name, compose_one in composers.items()
+        # a staticmethod/classmethod does not take the task as self: left alone (reported at boot and by check)
+        if not isinstance(inspect.getattr_static(task_cls, name, None), (staticmethod, classmethod))
     }
 
 
@@ -76,7 +79,7 @@ def _composed_apply_async(original: Any) -> Any:
         self: Task, args: Any = None, kwargs: Any = None, task_id: str | None = None, **options: Any
     ) -> Any:
         try:
-            return original(self, args, kwargs, task_id=task_id, **options)
+            return original(self, args=args, kwargs=kwargs, task_id=task_id, **options)
         except _PUBLISH_ERRORS as exc:
             broker = _safe_broker(self.app)
             msg = f"could not publish task '{self.name}' to {broker}: {exc} (producer.publish_retry gave up)"
@@ -103,7 +106,18 @@ def _composed_retry(original: Any) -> Any:
             countdown, cap = runtime.own_retry(self.request, exc)
             if max_retries is None and cap is not None:
                 max_retries = cap
-        return original(self, args, kwargs, exc, throw, eta, countdown, max_retries, **options)
+        # by keyword: an override of retry() in the app's base class may order its parameters differently
+        return original(
+            self,
+            args=args,
+            kwargs=kwargs,
+            exc=exc,
+            throw=throw,
+            eta=eta,
+            countdown=countdown,
+            max_retries=max_retries,
+            **options,
+        )
 
     return _mark(retry, original)
 

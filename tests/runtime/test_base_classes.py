@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 from celery import Celery
-from support.harness import APPS, make_worker, new_key, producer, wait_final, wait_record
+from support.harness import APPS, make_worker, new_key, producer, wait_events, wait_final, wait_record
 from support.servers import RedisServer, WorkerProcess, running, wait_for
 
 from celery_policy.deadletter.store import RedisStreamStore
@@ -89,3 +89,10 @@ def test_a_body_failure_of_a_task_whose_on_failure_skips_super_is_dead_lettered(
     assert record.exc_type.endswith("ExportError")
     hooks = wait_for("the task's on_failure", lambda: env.hooks(task_id))
     assert [(h["kind"], h["exc"]) for h in hooks] == [("export_on_failure", "ExportError")]
+
+
+def test_the_boot_log_names_a_task_and_method_the_policy_cannot_wrap(env: Env) -> None:
+    events = wait_events(env.worker, "policy_not_composed")
+    assert [(e["task"], e["method"]) for e in events] == [("shop.static_hook", "on_failure")]
+    assert "on_failure is a staticmethod on tests.support.apps.adopt.shopapp.StaticHookTask" in events[0]["detail"]
+    assert events[0]["level"] == "warning"
