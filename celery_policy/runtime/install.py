@@ -199,7 +199,8 @@ def _install(
         configured = _setting(app, "CELERY_POLICY_FILE")
         path = configured.split(os.pathsep) if configured else None
     policy = load(path, env=env, check_imports=False)
-    findings = boot_findings(policy.raw, policy.env)  # every error `check` reports stops the boot too
+    # every error `check` reports stops the boot too
+    findings = boot_findings(policy.raw, policy.env, (policy.document, policy.source))
     if findings:
         raise PolicyError(diagnostics=findings)
     runtime = AppRuntime(app, policy)
