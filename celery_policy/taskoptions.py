@@ -1,8 +1,9 @@
 """What a task's own code and decorator say about its failure handling, read without the runtime.
 
 Shared by the runtime (``install``), the ``--app`` snapshot of ``check`` and
-``init``: the decorator options a policy can also set, and the attribute
-under which an app keeps its installed policy.
+``init``: the decorator options a policy can also set, the attribute under
+which an app keeps its installed policy, a static look at hand-written
+retries, and what the policy cannot compose with a task's own class.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import ast
 import inspect
 import textwrap
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from celery import Celery, Task
+if TYPE_CHECKING:  # celery is imported only where an app is at hand: `check` without --app never loads it
+    from celery import Celery, Task
 
 APP_ATTR = "_celery_policy_runtime"  # the installed policy's runtime, on the app
 
@@ -37,6 +39,8 @@ __all__ = [
 
 def config_values(app: Celery) -> dict[str, Any]:
     """The app settings ``Task.bind`` copies onto task classes (``Task.from_config``), by attribute name."""
+    from celery import Task
+
     return {attr: app.conf.get(setting) for attr, setting in Task.from_config if attr in DECORATOR_OPTIONS}
 
 
