@@ -96,3 +96,15 @@ def test_explain_with_the_app_loaded_refuses_an_unknown_task_with_a_suggestion(p
     known = _run(str(BIN / "celery-policy"), "explain", "shop.sync", "--file", str(policy), "--app", SHOPAPP)
     assert known.returncode == 0, known.stderr
     assert re.search(r"timeout\.hard +4m", known.stdout)
+    # the policy decides no retries for the webhook task; its own code does, and explain says so
+    hand = _run(
+        sys.executable, "-m", "celery", "-A", SHOPAPP, "policy", "explain", "shop.webhook", "--file", str(policy)
+    )
+    assert hand.returncode == 0, hand.stderr
+    assert "the policy decides no retries for this task" in hand.stdout
+    assert not re.search(r"retry +delay +cumulative", hand.stdout)  # no schedule that never runs
+    assert re.search(r"retry +delay +cumulative", known.stdout) is None  # shop.sync: no retry.on in this policy
+    assert (
+        "the task's own code calls self.retry() and reads its own retry_backoff, retry_kwargs "
+        "(at tests.support.apps.adopt.shopapp.handle_webhook_retry:"
+    ) in hand.stdout
