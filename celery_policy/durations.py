@@ -1,6 +1,8 @@
-"""Durations: ``"500ms"``, ``"30s"``, ``"5m"``, ``"1h30m"``, ``"1d"`` or plain seconds.
+"""Durations: ``"500ms"``, ``"30s"``, ``"5m"``, ``"1h30m"``, ``"1d"``, ``"2w"`` or plain seconds.
 
 This is the only module that knows about units; everything else carries float seconds.
+The units are exactly ``ms s m h d w``; spaces are allowed anywhere (``"1h 30m"``,
+``"500 ms"``), and the JSON Schema pattern accepts the same strings as the parser.
 """
 
 from __future__ import annotations
@@ -12,10 +14,14 @@ from typing import Annotated
 from pydantic import BeforeValidator, WithJsonSchema
 
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-_PART = r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)"
-_FULL_RE = re.compile(rf"^(?:{_PART})+$")
+_PART = r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)"
+_FULL_RE = re.compile(rf"^\s*(?:{_PART}\s*)+$")
 _PART_RE = re.compile(_PART)
-DURATION_PATTERN = rf"^(?:{_PART})+$"
+_NUMBER_RE = re.compile(r"^\s*\d+(?:\.\d+)?(?:[eE][+-]?\d+)?\s*$")
+# the JSON Schema pattern: exactly the strings the parser accepts (spaces between parts and units, none in numbers)
+DURATION_PATTERN = r"^\s*(?:\d+(?:\.\d+)?\s*(?:ms|s|m|h|d|w)\s*)+$|^\s*\d+(?:\.\d+)?(?:[eE][+-]?\d+)?\s*$"
+UNITS = "ms (milliseconds), s, m (minutes), h, d, w (weeks)"
+DURATION_HINT = f"write a number of seconds or a duration such as 500ms, 30s, 5m, 1h30m, 1d, 2w; units: {UNITS}"
 
 
 class DurationError(ValueError):
@@ -33,15 +39,13 @@ def parse_duration(value: object) -> float:
     if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str):
-        text = value.strip().replace(" ", "")
-        if _FULL_RE.match(text) is None:
-            try:
-                seconds = float(text)
-            except ValueError:
-                msg = f"'{value}' is not a duration; use a number of seconds or e.g. 500ms, 30s, 5m, 1h30m, 1d"
-                raise DurationError(msg) from None
-        else:
+        text = value.strip()
+        if _FULL_RE.match(text) is not None:
             seconds = sum(float(n) * _UNIT_S[unit] for n, unit in _PART_RE.findall(text))
+        elif _NUMBER_RE.match(text) is not None:
+            seconds = float(text)
+        else:
+            seconds = _number_for_the_error(value, text)
     else:
         raise DurationError(f"expected a duration, got {type(value).__name__}")
     if math.isnan(seconds) or math.isinf(seconds):
@@ -49,6 +53,23 @@ def parse_duration(value: object) -> float:
     if seconds < 0:
         raise DurationError(f"duration must not be negative, got {value!r}")
     return seconds
+
+
+def _number_for_the_error(value: str, text: str) -> float:
+    """A string that is no duration: a negative or infinite number gets its own message below."""
+    try:
+        number = float(text)
+    except ValueError:
+        number = None
+    if number is not None and (number < 0 or math.isnan(number) or math.isinf(number)):
+        return number
+    unit = re.search(r"\d\s*([a-z]+)", text.lower())  # the word after a number, as in "5 min"
+    not_one = "" if unit is None or unit.group(1) in _UNIT_S else f"; '{unit.group(1)}' is not one"
+    msg = (
+        f"'{value}' is not a duration; use a number of seconds or e.g. 500ms, 30s, 5m, 1h30m, 1d "
+        f"(units: ms, s, m, h, d, w{not_one})"
+    )
+    raise DurationError(msg)
 
 
 def format_duration(seconds: float) -> str:
@@ -82,7 +103,7 @@ Duration = Annotated[
                 {"type": "number", "minimum": 0},
                 {"type": "string", "pattern": DURATION_PATTERN},
             ],
-            "description": "seconds, or a string such as 500ms, 30s, 5m, 1h30m, 1d",
+            "description": f"seconds, or a string such as 500ms, 30s, 5m, 1h30m, 1d, 2w (units: {UNITS})",
         }
     ),
 ]

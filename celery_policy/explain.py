@@ -61,6 +61,8 @@ class Schedule:
     omitted: int
     uncapped: bool
     deadline_passed_at: int | None
+    self_retry: str | None = None  # task schedule only: what the task's own self.retry() follows
+    decided: bool = True  # task schedule only: the policy decides retries (on, unknown: retry or rules)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +157,8 @@ def schedules(retry: RetryPolicy) -> list[Schedule]:
             unknown_max_retries=retry.unknown_max_retries,
             backoff=retry.backoff,
             deadline=retry.deadline,
+            self_retry=retry.self_retry,
+            decided=bool(retry.on or retry.rules or retry.unknown == "retry"),
         )
     ]
     for budget, rule in zip(rule_budgets(retry), retry.rules, strict=True):
@@ -183,6 +187,8 @@ def _schedule(
     backoff: Backoff,
     delay_from: str | None = None,
     deadline: float | None,
+    self_retry: str | None = None,
+    decided: bool = True,
 ) -> Schedule:
     retries = rows_for  # how many retries the table covers; None = no cap
     count = MAX_ROWS if retries is None else retries
@@ -206,4 +212,6 @@ def _schedule(
         omitted=omitted,
         uncapped=retries is None,
         deadline_passed_at=deadline_passed_at(backoff, delay_from, deadline, retries),
+        self_retry=self_retry,
+        decided=decided,
     )

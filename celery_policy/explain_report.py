@@ -33,8 +33,11 @@
                    "worst_case_total": 1.0, "past_deadline": false}],
          "omitted": 0,                     # retries left out of "rows" (table capped)
          "uncapped": false,                # max_retries null: retries go on past the rows
-         "deadline_passed_at": null}       # first retry whose worst-case cumulative delay
+         "deadline_passed_at": null,       # first retry whose worst-case cumulative delay
                                            # passes the deadline (null: never, within the cap)
+         "self_retry": "task",             # task schedule only: what the task's own self.retry()
+                                           # follows (task: Celery's countdown and cap; policy: this)
+         "decided_by_policy": true}        # task schedule only: false when the policy retries nothing
       ]
     }
 """
@@ -131,10 +134,32 @@ def _render_schedule(schedule: Schedule) -> list[str]:
                 f"    with the highest delays, retry {schedule.deadline_passed_at} would start past it "
                 "(time spent running the task comes on top)"
             )
+    if schedule.self_retry is not None:
+        out.extend(_render_self_retry(schedule))
+        if not schedule.decided and schedule.self_retry == "task":
+            return out  # no table: nothing would ever wait on it
     if not schedule.rows:
         out.append("  no retries: the first failure is final")
         return out
     out.extend(_render_table(schedule))
+    return out
+
+
+def _render_self_retry(schedule: Schedule) -> list[str]:
+    """Who retries, and which cap applies to the task's own ``self.retry()`` (``retry.self_retry``)."""
+    out: list[str] = []
+    if not schedule.decided:
+        out.append("  the policy decides no retries for this task (retry.on and rules are empty, unknown: fail)")
+    if schedule.self_retry == "policy":
+        out.append(
+            "  the task's own self.retry() without countdown waits this schedule and is capped at max_retries "
+            "(retry.self_retry: policy)"
+        )
+    else:
+        out.append(
+            "  the task's own self.retry() keeps Celery's countdown, default_retry_delay and the task's "
+            "max_retries (retry.self_retry: task)"
+        )
     return out
 
 
@@ -229,4 +254,9 @@ def _schedule_json(schedule: Schedule, source: Provenance | None) -> dict[str, A
         "omitted": schedule.omitted,
         "uncapped": schedule.uncapped,
         "deadline_passed_at": schedule.deadline_passed_at,
+        **(
+            {"self_retry": schedule.self_retry, "decided_by_policy": schedule.decided}
+            if schedule.self_retry is not None
+            else {}
+        ),
     }

@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from celery_policy._yaml import KeyPath, Span, YamlError, parse_yaml, render_path
+from celery_policy.durations import DURATION_HINT
 from celery_policy.errors import Diagnostic, Location, PolicyError, trim
 from celery_policy.model import Overlay, PolicyDocument
 
@@ -276,7 +277,11 @@ def _diagnostic_for(error: Any, loc: KeyPath, raw: RawPolicy) -> Diagnostic:
         key = str(loc[-1])
         origin = lookup_origin(raw.source, loc)
         allowed = allowed_keys(loc[:-1])
-        hint = _did_you_mean(key, allowed) or (f"allowed keys here: {', '.join(allowed)}" if allowed else None)
+        hint = (
+            _belongs_under(key, loc[:-1])
+            or _did_you_mean(key, allowed)
+            or (f"allowed keys here: {', '.join(allowed)}" if allowed else None)
+        )
         where = render_path(loc[:-1]) or "the top level"
         location = origin.key_location or origin.location if origin else None
         return Diagnostic("CP102", f"unknown key '{trim(key)}' in {where}", location, hint, path=path_text)
@@ -295,15 +300,48 @@ def _diagnostic_for(error: Any, loc: KeyPath, raw: RawPolicy) -> Diagnostic:
         shown = f"'{trim(value)}' (a string)" if isinstance(value, str) else trim(value)
         hint = "write version: 1 without quotes" if str(value).strip() == "1" else "this release reads version: 1"
         return Diagnostic("CP101", f"unsupported version {shown}", location, hint, path=path_text)
+    if kind == "string_pattern_mismatch" and loc and loc[-1] == "rate_limit":
+        return Diagnostic(
+            "CP101", f"rate_limit '{trim(value)}' is not a rate", location, RATE_LIMIT_HINT, path=path_text
+        )
     message = message[0].lower() + message[1:] if message else message
     shown = "" if code == "CP104" or isinstance(value, (dict, list)) else f", got {trim(value)}"
     hint = _hint_for(kind, loc, error)
     return Diagnostic(code, f"{message}{shown}", location, hint, path=path_text)
 
 
+RATE_LIMIT_HINT = (
+    "write tasks per second, minute or hour as a number, a slash and s, m or h: 100/s (a hundred a second), "
+    "10/m (ten a minute), 1/h (one an hour); a plain number is per second"
+)
+
+
+def _belongs_under(key: str, parent: KeyPath) -> str | None:
+    """A structural hint for a key written one level too high: ``backoff`` directly under a task."""
+    model = None
+    node: Any = PolicyDocument
+    for part in parent:
+        node = _step(node, part)
+        if node is None:
+            return None
+    model = _as_model(node)
+    if model is None:
+        return None
+    homes = []
+    for name, field in model.model_fields.items():
+        child = _as_model(field.annotation)
+        if child is not None and key in child.model_fields:
+            homes.append(name)
+    if not homes:
+        return None
+    here = render_path(parent) or "the top level"
+    home = homes[0]
+    return f"'{key}' belongs under '{home}': write {home}: {{{key}: ...}} in {here}"
+
+
 def _hint_for(kind: str, loc: KeyPath, error: Any) -> str | None:
     if "duration" in str(error["msg"]):
-        return "write a number of seconds or a duration such as 500ms, 30s, 5m, 1h30m, 1d"
+        return DURATION_HINT
     if (
         (kind == "string_pattern_mismatch" and loc and loc[-2:-1] in (("on",), ("never",)))
         or "on" in loc

@@ -38,6 +38,7 @@ task_routes {name: {queue: q}}         tasks.<name>.route.queue
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import sys
@@ -49,6 +50,7 @@ import yaml
 
 from celery_policy.appinfo import import_app
 from celery_policy.durations import format_duration
+from celery_policy.taskoptions import OwnRetries, conf_values, declared_options, installed_runtime, own_retries
 
 CELERY_DEFAULT_RETRY_DELAY = 180.0
 CELERY_DEFAULT_BACKOFF_MAX = 600.0
@@ -81,22 +83,27 @@ class Section:
     policy: dict[str, Any] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # options the task's code uses: they stay in the decorator
 
 
 def generate(spec: str) -> str:
-    """The commented policy file for the app ``spec``. Raises :class:`~celery_policy.appinfo.AppLoadError`."""
+    """The commented policy file for the app ``spec``. Raises :class:`~celery_policy.appinfo.AppLoadError`.
+
+    Settings are read as the app set them: when the app already installs a
+    policy, from the copy ``install()`` kept before it changed ``app.conf``.
+    """
     app = import_app(spec, finalize=True)
-    defaults = _defaults(app)
-    tasks = _tasks(app)
-    _routes(app.conf.task_routes, tasks, defaults)
-    return _render(spec, app, defaults, tasks)
+    conf = conf_values(app)
+    defaults = _defaults(conf)
+    tasks = _tasks(app, conf)
+    _routes(conf.get("task_routes"), tasks, defaults)
+    return _render(spec, conf, defaults, tasks)
 
 
 # --- reading the app ----------------------------------------------------------------------------
 
 
-def _defaults(app: Any) -> Section:
-    conf = app.conf
+def _defaults(conf: Mapping[str, Any]) -> Section:
     options: dict[str, Any] = {}
     for setting, option in _CONF.items():
         value = conf.get(setting)
@@ -105,7 +112,7 @@ def _defaults(app: Any) -> Section:
     section = Section()
     if options:
         section.sources.append("app.conf: " + ", ".join(f"{s}={conf.get(s)!r}" for s in _CONF if _CONF[s] in options))
-    annotations = _annotation_maps(conf.task_annotations, section)
+    annotations = _annotation_maps(conf.get("task_annotations"), section)
     star = dict(annotations.get("*", {}))
     if star:
         section.sources.append(f"task_annotations['*']: {_describe(star)}")
@@ -114,12 +121,10 @@ def _defaults(app: Any) -> Section:
     return section
 
 
-def _tasks(app: Any) -> dict[str, Section]:
-    from celery_policy.runtime.install import declared_options, runtime_for
-
-    runtime = runtime_for(app)
-    annotations = _annotation_maps(app.conf.task_annotations, Section())
-    inherited = _inherited(app)
+def _tasks(app: Any, conf: Mapping[str, Any]) -> dict[str, Section]:
+    runtime = installed_runtime(app)
+    annotations = _annotation_maps(conf.get("task_annotations"), Section())
+    inherited = _inherited(conf)
     found: dict[str, Section] = {}
     for name, task in sorted(dict(app.tasks).items()):
         if name.startswith("celery."):
@@ -140,16 +145,15 @@ def _tasks(app: Any) -> dict[str, Section]:
             section.sources.append(f"task_annotations[{name!r}]: {_describe(annotated)}")
         options = {**declared, **annotated}
         if options:
-            section.policy = translate(options, section, inherited=inherited)
+            section.policy = translate(options, section, inherited=inherited, own=own_retries(task))
         found[name] = section
     return found
 
 
-def _inherited(app: Any) -> dict[str, Any]:
+def _inherited(conf: Mapping[str, Any]) -> dict[str, Any]:
     """Values a task gets from app.conf (and task_annotations['*']) when its decorator leaves them unset."""
-    conf = app.conf
     inherited = {option: conf.get(setting) for setting, option in _CONF.items()}
-    star = _annotation_maps(conf.task_annotations, Section()).get("*", {})
+    star = _annotation_maps(conf.get("task_annotations"), Section()).get("*", {})
     inherited.update(star)
     return inherited
 
@@ -196,34 +200,100 @@ def _routes(routes: Any, tasks: dict[str, Section], defaults: Section) -> None:
             section.sources.append(f"task_routes[{pattern!r}] = {target!r}")
 
 
-def translate(options: Mapping[str, Any], section: Section, *, inherited: Mapping[str, Any]) -> dict[str, Any]:
-    """Celery task options -> policy fields (only what ``options`` sets)."""
+def translate(
+    options: Mapping[str, Any],
+    section: Section,
+    *,
+    inherited: Mapping[str, Any],
+    own: OwnRetries | None = None,
+) -> dict[str, Any]:
+    """Celery task options -> policy fields (only what ``options`` sets, and only what takes effect).
+
+    Without ``autoretry_for`` Celery retries nothing by itself: ``retry_kwargs``,
+    ``retry_backoff``... matter only to the task's own code, so they stay in the
+    decorator and a comment says why (with the policy-driven alternative). The
+    same holds for ``max_retries``/``default_retry_delay`` when the task calls
+    ``self.retry()`` itself (``own``, from :func:`celery_policy.taskoptions.own_retries`).
+    """
     policy: dict[str, Any] = {}
     retry: dict[str, Any] = {}
     get = options.get
+    own = own or OwnRetries()
 
     def seen(key: str) -> Any:
         return options[key] if key in options else inherited.get(key)
 
+    retry_kwargs = get("retry_kwargs") or {}
     if "autoretry_for" in options:
         retry["on"] = [_class_path(c) for c in _classes(get("autoretry_for"))]
-    if "dont_autoretry_for" in options:
-        retry["never"] = [_class_path(c) for c in _classes(get("dont_autoretry_for"))]
-    retry_kwargs = get("retry_kwargs") or {}
-    max_retries = retry_kwargs.get("max_retries", get("max_retries", retry_kwargs.get("max_retries")))
-    if "max_retries" in options or "max_retries" in retry_kwargs:
-        retry["max_retries"] = max_retries
-    backoff_keys = ("retry_backoff", "retry_backoff_max", "retry_jitter", "retry_kwargs", "default_retry_delay")
-    if "autoretry_for" in options or any(k in options for k in backoff_keys):
+        if "dont_autoretry_for" in options:
+            retry["never"] = [_class_path(c) for c in _classes(get("dont_autoretry_for"))]
+        max_retries = retry_kwargs.get("max_retries", get("max_retries", retry_kwargs.get("max_retries")))
+        if "max_retries" in options or "max_retries" in retry_kwargs:
+            retry["max_retries"] = max_retries
         backoff = _backoff(options, seen, retry_kwargs)
         if backoff:
             retry["backoff"] = backoff
+    _hand_written(options, section, own)
     if retry:
         policy["retry"] = retry
     policy.update(_limits_and_acks(options, section))
     if get("rate_limit") is not None:
         policy["rate_limit"] = str(get("rate_limit"))
     return policy
+
+
+_HAND_RETRY_OPTIONS = ("retry_kwargs", "retry_backoff", "retry_backoff_max", "retry_jitter", "dont_autoretry_for")
+
+
+def _hand_written(options: Mapping[str, Any], section: Section, own: OwnRetries) -> None:
+    """Comments for the retry options that only the task's own code uses (they stay in the decorator)."""
+    autoretry = "autoretry_for" in options
+    kept: dict[str, Any] = {}
+    if not autoretry:
+        kept.update({k: options[k] for k in _HAND_RETRY_OPTIONS if k in options})
+    for option in ("max_retries", "default_retry_delay"):
+        if option in options and (not autoretry or own.calls_retry or option in own.read_options):
+            kept[option] = options[option]
+    for option in own.read_options:
+        if option in options:
+            kept[option] = options[option]
+    if not kept:
+        return
+    reads = sorted(o for o in kept if o in own.read_options)
+    if reads:
+        why = f"the task's code reads {', '.join(reads)} (at {own.where(reads[0])})"
+    elif own.calls_retry:
+        why = "the task's own self.retry() uses them"
+    else:
+        why = "without autoretry_for Celery itself never uses them"
+    section.kept.append(f"{_describe(kept)}: not policy, keep them where they are; {why}")
+    if own.calls_retry or reads:
+        section.kept.append(
+            "to let the policy drive the task's own retries, call self.retry(exc=exc) without countdown and set"
+        )
+        section.kept.append("  " + _entry("retry", _self_retry_block(options)))
+
+
+def _self_retry_block(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``retry`` block that gives a hand-written retry the schedule its options describe."""
+    # with autoretry_for, retry_kwargs belong to autoretry; a bare self.retry() uses the task's attributes
+    retry_kwargs = {} if "autoretry_for" in options else (options.get("retry_kwargs") or {})
+    block: dict[str, Any] = {"self_retry": "policy"}
+    cap = retry_kwargs.get("max_retries", options.get("max_retries", CELERY_DEFAULT_MAX_RETRIES))
+    block["max_retries"] = cap
+    exponential = options.get("retry_backoff")
+    if exponential:
+        block["backoff"] = {
+            "initial": _duration(1 if exponential is True else float(exponential)),
+            "factor": 2,
+            "max": _duration(options.get("retry_backoff_max") or CELERY_DEFAULT_BACKOFF_MAX),
+            "jitter": "full" if options.get("retry_jitter") else "none",
+        }
+    else:
+        delay = _duration(float(retry_kwargs.get("countdown", options.get("default_retry_delay") or 180)))
+        block["backoff"] = {"initial": delay, "factor": 1, "max": delay, "jitter": "none"}
+    return block
 
 
 def _limits_and_acks(options: Mapping[str, Any], section: Section) -> dict[str, Any]:
@@ -313,15 +383,17 @@ def _name(name: str) -> str:
 def _section_lines(section: Section, indent: str) -> list[str]:
     lines = [f"{indent}# from {source}" for source in section.sources]
     lines += [f"{indent}# not translated: {skipped}" for skipped in section.skipped]
+    lines += [f"{indent}# {kept}" for kept in section.kept]
     lines += [f"{indent}{_entry(key, value)}" for key, value in section.policy.items()]
     return lines
 
 
-def _render(spec: str, app: Any, defaults: Section, tasks: dict[str, Section]) -> str:
+def _render(spec: str, conf: Mapping[str, Any], defaults: Section, tasks: dict[str, Section]) -> str:
     out = [
         f"# Generated by `celery-policy init --app {spec}` from the app's settings and task decorators.",
-        "# Review it, then delete the options from the decorators and app.conf: once installed, the policy wins,",
-        f"# and `celery-policy check <this file> --app {spec}` lists what is left to delete (CP304).",
+        "# Review it. Once installed, the policy wins where it speaks; `celery-policy check <this file>",
+        f"# --app {spec}` lists the decorator options and app.conf settings to delete (CP304),",
+        "# never those the tasks' own code reads.",
         "version: 1",
         "",
     ]
@@ -329,33 +401,44 @@ def _render(spec: str, app: Any, defaults: Section, tasks: dict[str, Section]) -
         out += ["defaults:", *_section_lines(defaults, "  ")]
     else:
         out += [*_section_lines(defaults, ""), "defaults: {}  # the app changes none of Celery's defaults"]
-    worker = _worker(app)
+    worker = _worker(conf)
     if worker:
         out += ["", "worker:", "  # from app.conf", *[f"  {_entry(k, v)}" for k, v in worker.items()]]
     entries: list[str] = []
     for name, section in tasks.items():
         if section.policy:
             entries += [f"  {_name(name)}:", *_section_lines(section, "    ")]
-        elif section.skipped:
+        elif section.skipped or section.kept:
             entries += [f"  # {name}:", *_section_lines(section, "    # ")]
     out += (
         ["", "tasks:", *entries]
         if any(not e.lstrip().startswith("#") for e in entries)
         else ["", "tasks: {}", *entries]
     )
-    unchanged = [name for name, section in tasks.items() if not section.policy and not section.skipped]
+    unchanged = [n for n, section in tasks.items() if not section.policy and not section.skipped and not section.kept]
     if unchanged:
         out += ["", f"# {len(unchanged)} task(s) set no failure-handling options: {', '.join(unchanged)}"]
     return "\n".join(out) + "\n"
 
 
-def _worker(app: Any) -> dict[str, Any]:
-    conf = app.conf
+def _worker(conf: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``worker`` block: the app.conf settings a policy's ``worker`` sets, where they differ from Celery's."""
     worker: dict[str, Any] = {}
-    prefetch = conf.worker_prefetch_multiplier
+    prefetch = conf.get("worker_prefetch_multiplier")
     if isinstance(prefetch, int) and prefetch != 4:
         worker["prefetch_multiplier"] = prefetch
-    options = conf.broker_transport_options or {}
+    if conf.get("task_track_started") is True:
+        worker["track_started"] = True
+    expires = conf.get("result_expires")
+    if isinstance(expires, dt.timedelta):
+        expires = expires.total_seconds()
+    if isinstance(expires, (int, float)) and not isinstance(expires, bool) and expires > 0 and expires != 86400:
+        worker["result_expires"] = _duration(expires)
+    for setting, key in (("worker_concurrency", "concurrency"), ("worker_max_tasks_per_child", "max_tasks_per_child")):
+        value = conf.get(setting)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            worker[key] = value
+    options = conf.get("broker_transport_options") or {}
     visibility = options.get("visibility_timeout") if isinstance(options, Mapping) else None
     if isinstance(visibility, (int, float)) and not isinstance(visibility, bool):
         worker["visibility_timeout"] = _duration(visibility)

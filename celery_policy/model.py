@@ -92,6 +92,14 @@ class RetryPolicy(_Section):
     rules: list[RetryRule] = Field(
         default_factory=list, description="per-exception overrides, most specific class wins"
     )
+    self_retry: Literal["task", "policy"] = Field(
+        "task",
+        description=(
+            "what a task's own self.retry() follows: task (default) = Celery's countdown, default_retry_delay "
+            "and the task's max_retries, untouched by the policy; policy = a self.retry() without countdown/eta "
+            "waits the policy's backoff for that exception (or rule) and is capped by its max_retries"
+        ),
+    )
 
 
 class TimeoutPolicy(_Section):
@@ -190,7 +198,10 @@ class TaskPolicy(_Section):
     rate_limit: str | None = Field(
         None,
         pattern=r"^\d+(\.\d+)?(/[smh])?$",
-        description="Celery rate limit per worker, e.g. '10/s', '100/m' (default none)",
+        description=(
+            "Celery rate limit per worker: a number, a slash and s, m or h -- '100/s' (a hundred a second), "
+            "'10/m' (ten a minute), '1/h' (one an hour); a plain number is per second (default none)"
+        ),
     )
 
 

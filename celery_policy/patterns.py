@@ -114,3 +114,27 @@ class PatternIndex:
             if bucket:
                 found.extend(p for p, regex in bucket if regex.match(name))
         return found
+
+
+def unmatched_names(policy_names: Iterable[str], registered: Iterable[str]) -> list[tuple[str, str | None]]:
+    """Exact names and globs of a policy that match no registered task, each with a close registered name.
+
+    Celery's own ``celery.*`` tasks are never reported. Returns ``(name, suggestion or None)``
+    in the order given.
+    """
+    import difflib
+
+    tasks = sorted(name for name in registered if not name.startswith("celery."))
+    found: list[tuple[str, str | None]] = []
+    for name in policy_names:
+        if name.startswith("celery."):
+            continue
+        if is_glob(name):
+            pattern = compile_glob(name)
+            if any(pattern.fullmatch(task) for task in tasks):
+                continue
+        elif name in tasks:
+            continue
+        close = difflib.get_close_matches(name, tasks, n=1, cutoff=0.6)
+        found.append((name, close[0] if close else None))
+    return found

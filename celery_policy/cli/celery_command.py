@@ -26,7 +26,7 @@ from celery_policy import appinfo
 from celery_policy.cli import options
 from celery_policy.cli.check import run_check_options
 from celery_policy.cli.dlq import run_list, run_purge, run_replay, run_show, run_stats
-from celery_policy.cli.explain import run_explain
+from celery_policy.cli.explain import describe_own_retries, run_explain
 from celery_policy.cli.fleet import run_status
 from celery_policy.cli.rules import run_rules
 from celery_policy.cli.schema import run_schema
@@ -111,7 +111,14 @@ def explain(ctx: click.Context, task: str, files: tuple[str, ...], env: str | No
     """Show TASK's effective policy under the app's policy, where each value came from, and its retry schedule."""
     app, _ = _context(ctx)
     app_files, app_env = _app_policy(app)
-    _finish(ctx, run_explain(task, list(files) or app_files, env=env or app_env, fmt=fmt))
+    registered = None
+    note = None
+    if app is not None:
+        app.loader.import_default_modules()  # the task modules, as a worker imports them
+        registered = set(app.tasks.keys())
+        note = describe_own_retries(app.tasks[task]) if task in registered else None
+    paths = list(files) or app_files
+    _finish(ctx, run_explain(task, paths, env=env or app_env, fmt=fmt, registered=registered, own_retries=note))
 
 
 @policy.command()

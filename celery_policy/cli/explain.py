@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TextIO
 
 import click
@@ -16,13 +16,31 @@ from celery_policy.errors import Diagnostic, PolicyError
 ENV_VARIABLE = "CELERY_POLICY_ENV"
 
 
-def run_explain(task: str, files: Sequence[str], env: str | None = None, fmt: str = "text") -> int:
+def run_explain(
+    task: str,
+    files: Sequence[str],
+    env: str | None = None,
+    fmt: str = "text",
+    registered: Collection[str] | None = None,
+    own_retries: str | None = None,
+) -> int:
     """Print ``task``'s effective policy to stdout; diagnostics go to stderr.
 
     ``files`` default to :func:`celery_policy.loader.default_policy_paths`, ``env``
-    to ``$CELERY_POLICY_ENV``. Returns 0, 1 for an invalid policy or unknown
-    environment, 2 for an unreadable file.
+    to ``$CELERY_POLICY_ENV``. ``registered``: the task names of the loaded app;
+    a name it lacks is an error with the closest name as a hint (a typo would
+    otherwise print the defaults). ``own_retries``: what the task's own code does
+    with retries (see :func:`describe_own_retries`), printed after the report.
+    Returns 0, 1 for an invalid policy, unknown
+    environment or unknown task, 2 for an unreadable file.
     """
+    if registered is not None and task not in registered:
+        from celery_policy.patterns import unmatched_names
+
+        suggestion = next((close for _, close in unmatched_names([task], registered)), None)
+        hint = f" — did you mean '{suggestion}'?" if suggestion else ""
+        sys.stderr.write(f"error: no task named '{task}' in the app{hint}\n")
+        return FAILED
     from celery_policy.explain import explain
     from celery_policy.explain_report import render_json, render_text
     from celery_policy.loader import UnreadableFileError, default_policy_paths
@@ -41,8 +59,26 @@ def run_explain(task: str, files: Sequence[str], env: str | None = None, fmt: st
         _print_error(exc, sys.stderr)
         return FAILED
     text = render_json(explanation) if fmt == "json" else render_text(explanation)
+    if own_retries and fmt != "json":
+        text += f"\n{own_retries}\n"
     sys.stdout.write(text)
     return OK
+
+
+def describe_own_retries(task: object) -> str | None:
+    """A line on the task's hand-written retries (``self.retry()`` calls, reads of its own options), or None."""
+    from celery_policy.taskoptions import own_retries
+
+    own = own_retries(task)
+    if not (own.calls_retry or own.reads):
+        return None
+    parts = []
+    if own.calls_retry:
+        parts.append("calls self.retry()")
+    if own.reads:
+        names = ", ".join(sorted(own.read_options))
+        parts.append(f"reads its own {names} (at {own.where(sorted(own.read_options)[0])})")
+    return "the task's own code " + " and ".join(parts) + ": see retry.self_retry above for what the policy does there"
 
 
 def _print_error(exc: PolicyError, stream: TextIO) -> None:
@@ -65,6 +101,19 @@ def _render_diagnostic(diagnostic: Diagnostic) -> str:
 @options.policy_file_option("policy file (repeatable)")
 @options.env_option("environment overlay to apply")
 @options.format_option()
-def explain(task: str, files: tuple[str, ...], env: str | None, fmt: str) -> int:
+@click.option("--app", "app", help="Celery app module (e.g. proj.celery): an unknown TASK is an error, with a hint")
+def explain(task: str, files: tuple[str, ...], env: str | None, fmt: str, app: str | None) -> int:
     """Show TASK's effective policy, where each value came from, and its retry schedule."""
-    return run_explain(task, list(files), env=env, fmt=fmt)
+    registered = None
+    if app is not None:
+        from celery_policy.appinfo import AppLoadError, import_app
+
+        try:
+            tasks = import_app(app, finalize=True).tasks
+        except AppLoadError as exc:
+            sys.stderr.write(f"error: {exc}\n")
+            return USAGE
+        registered = set(tasks.keys())
+        note = describe_own_retries(tasks[task]) if task in tasks else None
+        return run_explain(task, list(files), env=env, fmt=fmt, registered=registered, own_retries=note)
+    return run_explain(task, list(files), env=env, fmt=fmt, registered=registered)

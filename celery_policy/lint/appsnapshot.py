@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from celery_policy.appinfo import AppLoadError, import_app, import_root
+from celery_policy.taskoptions import OwnRetries, changed_settings, composition_problems, conf_values, own_retries
 
 __all__ = ["AppLoadError", "AppSnapshot", "QueueInfo", "TaskSignature", "load_app"]
 
@@ -64,6 +65,9 @@ class AppSnapshot:
     broker_transport_options: Mapping[str, Any] = field(default_factory=dict)
     prefetch_multiplier: int = 4
     decorator_options: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # task -> option -> repr
+    own_retries: Mapping[str, OwnRetries] = field(default_factory=dict)  # tasks whose code retries by hand
+    settings: Mapping[str, str] = field(default_factory=dict)  # app.conf values a policy can replace -> repr
+    not_composed: Mapping[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)  # task -> (method, why)
 
     @property
     def broker_scheme(self) -> str:
@@ -126,7 +130,38 @@ def _snapshot(app: Any, spec: str, root: str) -> AppSnapshot:
         broker_transport_options=dict(options) if isinstance(options, Mapping) else {},
         prefetch_multiplier=int(prefetch) if isinstance(prefetch, int) else 4,
         decorator_options=_decorator_options(app),
+        own_retries=_own_retries(app),
+        not_composed={
+            str(name): tuple(found)
+            for name, task in dict(app.tasks).items()
+            if not str(name).startswith("celery.") and (found := composition_problems(task))
+        },
+        settings={k: _show(v) for k, v in changed_settings(conf_values(app)).items()},
     )
+
+
+def _own_retries(app: Any) -> dict[str, OwnRetries]:
+    found: dict[str, OwnRetries] = {}
+    for name, task in dict(app.tasks).items():
+        if str(name).startswith("celery."):
+            continue
+        own = own_retries(task)
+        if own.calls_retry or own.reads:
+            found[str(name)] = own
+    return found
+
+
+def _show(value: Any) -> str:
+    """An option's value as the user wrote it: classes by name, not ``<class '...'>``."""
+    if isinstance(value, type):
+        return value.__name__
+    if isinstance(value, (tuple, list)) and value and all(isinstance(v, type) for v in value):
+        return "(" + ", ".join(v.__name__ for v in value) + ("," if len(value) == 1 else "") + ")"
+    if callable(value) and hasattr(value, "__name__"):
+        return str(value.__name__)
+    if isinstance(value, (tuple, list)) and any(callable(v) for v in value):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    return repr(value)
 
 
 def _without_annotations(app: Any, task: Any, declared: dict[str, Any]) -> dict[str, Any]:
@@ -150,9 +185,9 @@ def _decorator_options(app: Any) -> dict[str, dict[str, str]]:
     When the app called ``celery_policy.install``, the runtime recorded them while binding
     (before the policy's values replaced them); otherwise they are still on the task classes.
     """
-    from celery_policy.runtime.install import config_values, declared_options, runtime_for
+    from celery_policy.taskoptions import config_values, declared_options, installed_runtime
 
-    runtime = runtime_for(app)
+    runtime = installed_runtime(app)
     if runtime is not None:
         recorded: dict[str, dict[str, Any]] = runtime.decorator_options
     else:
@@ -161,7 +196,7 @@ def _decorator_options(app: Any) -> dict[str, dict[str, str]]:
             str(name): _without_annotations(app, task, declared_options(type(task), app, settings))
             for name, task in dict(app.tasks).items()
         }
-    return {name: {k: repr(v) for k, v in options.items()} for name, options in recorded.items() if options}
+    return {name: {k: _show(v) for k, v in options.items()} for name, options in recorded.items() if options}
 
 
 def _signature(task: Any) -> TaskSignature | None:

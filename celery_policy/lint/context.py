@@ -85,6 +85,7 @@ class LintContext:
     raw: RawPolicy  # the files as read, before the environment was applied
     env: str | None = None
     app: AppSnapshot | None = None
+    import_classes: bool = True  # False at worker boot: modules may define the classes after install()
     _views: list[View] | None = field(default=None, repr=False)
     _references: list[Diagnostic] | None = field(default=None, repr=False)
     _layering: Layering | None = field(default=None, repr=False)
@@ -116,7 +117,7 @@ class LintContext:
         """CP106/CP107/CP116 findings from importing the classes and hooks the file names (computed once)."""
         if self._references is None:
             try:
-                self._references = check_references(self.document, self.locate, import_classes=True)
+                self._references = check_references(self.document, self.locate, import_classes=self.import_classes)
             except (Exception, SystemExit) as exc:  # a user module raised while being imported
                 message = f"importing the policy's exception classes and hooks failed: {type(exc).__name__}: {exc}"
                 self._references = [

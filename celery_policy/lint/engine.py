@@ -31,6 +31,7 @@ from celery_policy.lint.report import CheckReport, Finding
 from celery_policy.lint.suppressions import read_suppressions
 from celery_policy.loader import (
     RawPolicy,
+    SourceMap,
     UnreadableFileError,
     apply_environment,
     environment_chain,
@@ -157,24 +158,66 @@ def _structure(raw: RawPolicy) -> list[Diagnostic]:
     return found
 
 
+def boot_findings(
+    raw: RawPolicy,
+    env: str | None,
+    validated: tuple[PolicyDocument, SourceMap] | None = None,
+) -> list[Diagnostic]:
+    """The error findings ``check`` (without ``--app``) reports for ``env``: what must stop a worker's boot.
+
+    Every registered rule of error severity that needs no app runs, so a rule
+    added to the registry is enforced at boot too. Findings that a
+    ``# celery-policy: ignore[CODE]`` comment suppresses do not count, as in
+    ``check``. Exception classes and hooks are not imported here (the modules
+    that define them may not be imported yet); the runtime imports them when
+    it binds the first task and stops there with the same CP107/CP116 finding.
+    ``validated``: the document and source map of ``env`` when the caller has them
+    (``install()`` does), so they are not built twice.
+    """
+    found = [d for d in raw.diagnostics if d.is_error]
+    found += [d for d in _structure(raw) if d.is_error]
+    clean = RawPolicy(raw.files, raw.data, raw.source)
+    found += _check_env(clean, env, None, (), (), errors_only=True, import_classes=False, validated=validated)
+    comments = read_suppressions(list(raw.files))
+    kept: dict[Any, Diagnostic] = {}
+    for diagnostic in found:
+        if diagnostic.is_error and not comments.suppresses(diagnostic):
+            kept.setdefault(_key(diagnostic), diagnostic)
+    return sorted(kept.values(), key=lambda d: _order(Finding(d, ""), raw.files))
+
+
 def _check_env(
-    raw: RawPolicy, env: str | None, app: AppSnapshot | None, select: Sequence[str], ignore: Sequence[str]
+    raw: RawPolicy,
+    env: str | None,
+    app: AppSnapshot | None,
+    select: Sequence[str],
+    ignore: Sequence[str],
+    *,
+    errors_only: bool = False,
+    import_classes: bool = True,
+    validated: tuple[PolicyDocument, SourceMap] | None = None,
 ) -> list[Diagnostic]:
     """Validate the document as seen in ``env`` and run every selected lint rule over it."""
-    try:
-        effective = apply_environment(raw, env)
-    except PolicyError as exc:
-        return list(exc.diagnostics)
-    except Exception as exc:
-        return [_internal("CP101", "applying the environment overlays", exc, raw)]
-    try:
-        document = PolicyDocument.model_validate(effective.data)
-    except ValidationError as exc:
-        return translate_validation_error(exc, effective)
-    ctx = LintContext(document, effective.source, raw, env, app)
+    if validated is not None:
+        document, source = validated
+    else:
+        try:
+            effective = apply_environment(raw, env)
+        except PolicyError as exc:
+            return list(exc.diagnostics)
+        except Exception as exc:
+            return [_internal("CP101", "applying the environment overlays", exc, raw)]
+        try:
+            document = PolicyDocument.model_validate(effective.data)
+        except ValidationError as exc:
+            return translate_validation_error(exc, effective)
+        source = effective.source
+    ctx = LintContext(document, source, raw, env, app, import_classes=import_classes)
     found: list[Diagnostic] = []
     for code, entry in RULES.items():
         if entry.emitted_by == "loader" or (entry.needs_app and app is None):
+            continue
+        if errors_only and entry.severity != "error":
             continue
         if not is_selected(code, select, ignore):
             continue

@@ -35,8 +35,9 @@ def celery_attributes(resolved: ResolvedPolicy, has_split_acks: bool) -> dict[st
         if has_split_acks:  # Celery 5.7 reads these two and derives them before annotations run
             attrs["acks_on_failure"] = policy.ack.on_failure_or_timeout
             attrs["acks_on_timeout"] = policy.ack.on_failure_or_timeout
-    if is_set("retry.max_retries"):
-        # caps a task's own self.retry() calls too; the wrapper keeps its own counters
+    if policy.retry.self_retry == "policy":
+        # only where the policy was asked to drive the task's own self.retry() does it change the task's cap;
+        # the retries the policy decides pass their own budget to every retry call
         attrs["max_retries"] = policy.retry.max_retries
     if is_set("rate_limit"):
         attrs["rate_limit"] = policy.rate_limit

@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 import os
 import socket
+import sys
 import weakref
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -23,7 +24,10 @@ import structlog
 from celery import signals
 from celery.worker.control import inspect_command
 
+from celery_policy.appinfo import setting
 from celery_policy.fleet import Snapshot, snapshot
+from celery_policy.patterns import is_glob, unmatched_names
+from celery_policy.taskoptions import composition_problems, needs_method
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -50,6 +54,7 @@ class BootInfo:
     files: list[dict[str, str]]
     snapshot: Snapshot | None = None
     task_names: list[str] = field(default_factory=list)
+    warned_names: bool = False  # the unmatched-names warning is logged once per process
 
     def current(self) -> Snapshot:
         """The snapshot over the app's governed tasks; recomputed when tasks were registered since."""
@@ -78,12 +83,75 @@ def announce(app: Celery, runtime: AppRuntime) -> None:
     _BOOTS[app] = BootInfo(weakref.ref(app), weakref.ref(runtime), _now(), files)
 
 
+STRICT_TASKS = "CELERY_POLICY_STRICT_TASKS"  # "1": a policy name matching no registered task stops the boot
+
+
 @signals.worker_init.connect(weak=False)  # type: ignore[untyped-decorator]  # celery is untyped
 def _log_at_worker_init(sender: Any = None, **kwargs: Any) -> None:
     app = getattr(sender, "app", None)
     info = _BOOTS.get(app) if app is not None else None
     if info is not None:
         log_loaded(info)
+        if setting(app, STRICT_TASKS) == "1":
+            problems = unmatched_report(app, info)
+            if problems:
+                # Celery logs and swallows an Exception raised by a signal handler; SystemExit stops the boot
+                sys.stderr.write(f"celery-policy: the policy stops the worker's boot\n{problems}\n")
+                sys.stderr.flush()
+                logger.error("policy_unmatched_tasks", detail=problems, strict=True)
+                raise SystemExit(1)
+
+
+@signals.worker_ready.connect(weak=False)  # type: ignore[untyped-decorator]  # celery is untyped
+def _warn_at_worker_ready(sender: Any = None, **kwargs: Any) -> None:
+    app = getattr(sender, "app", None)
+    info = _BOOTS.get(app) if app is not None else None
+    if info is None or info.warned_names:
+        return
+    info.warned_names = True
+    problems = unmatched_report(app, info)
+    if problems:
+        logger.warning("policy_unmatched_tasks", detail=problems, strict=False)
+    runtime = info.runtime()
+    if runtime is not None:
+        log_not_composed(app, runtime)
+
+
+def log_not_composed(app: Any, runtime: AppRuntime) -> None:
+    """``policy_not_composed`` for each task whose own class keeps the policy from wrapping a method it needs."""
+    publish_retry = "producer" in runtime.policy.document.model_fields_set
+    for name, task in sorted(dict(app.tasks).items()):
+        compiled = runtime.tasks.get(name)
+        if compiled is None:
+            continue
+        policy = compiled.policy
+        for method, problem in composition_problems(task):
+            needed = needs_method(
+                method,
+                hard_limit=policy.timeout.hard is not None,
+                self_retry=policy.retry.self_retry == "policy",
+                publish_retry=publish_retry,
+            )
+            if needed:
+                logger.warning("policy_not_composed", task=name, method=method, detail=f"task '{name}': {problem}")
+
+
+def unmatched_report(app: Any, info: BootInfo) -> str:
+    """Compiler-style lines for the exact names and globs of ``tasks`` that match no registered task."""
+    runtime = info.runtime()
+    if runtime is None:  # pragma: no cover - the app is gone
+        return ""
+    policy = runtime.policy
+    lines: list[str] = []
+    for name, close in unmatched_names(policy.document.tasks, list(app.tasks.keys())):
+        where = policy.key_location(("tasks", name))
+        kind = "pattern" if is_glob(name) else "task"
+        text = f"{kind} '{name}' matches no registered task" if kind == "pattern" else f"no task named '{name}'"
+        line = f"{where}: {text}" if where is not None else text
+        if close:
+            line += f" — did you mean '{close}'?"
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def log_loaded(info: BootInfo) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,23 +27,18 @@ from celery_policy import transport as _reliable_fetch
 from celery_policy.appinfo import setting as _setting
 from celery_policy.deadletter.store import RedisStreamStore, store_url_for
 from celery_policy.errors import PolicyError
+from celery_policy.lint.engine import boot_findings
 from celery_policy.redis_urls import RedisUrlError
 from celery_policy.references import check_references, ensure_import_root
 from celery_policy.resolve import Policy, load
 from celery_policy.runtime import amqp as _amqp
 from celery_policy.runtime.routing import PolicyRouter
+from celery_policy.runtime.task import compose
 from celery_policy.runtime.task_runtime import TaskRuntime
 from celery_policy.runtime.wrappers import wrap_run
 from celery_policy.support import celery_handles_hard_timeouts
-
-_APP_ATTR = "_celery_policy_runtime"
-
-# Decorator options celery-policy takes over; where the policy sets the same field, the policy wins.
-DECORATOR_OPTIONS = (
-    "time_limit", "soft_time_limit", "expires", "acks_late", "reject_on_worker_lost",
-    "acks_on_failure_or_timeout", "max_retries", "default_retry_delay", "rate_limit",
-    "autoretry_for", "dont_autoretry_for", "retry_kwargs", "retry_backoff", "retry_backoff_max", "retry_jitter",
-)  # fmt: skip
+from celery_policy.taskoptions import APP_ATTR as _APP_ATTR
+from celery_policy.taskoptions import conf_values, config_values, declared_options
 
 
 class AppRuntime:
@@ -60,6 +56,7 @@ class AppRuntime:
         self._compiled: dict[int, Any] = {}
         self.decorator_options: dict[str, dict[str, Any]] = {}  # what task decorators set, seen at binding
         self._settings: dict[str, Any] | None = None
+        self.conf_before: dict[str, Any] | None = None  # app.conf as the app set it, before install() changed it
 
     def verify_references(self) -> None:
         """Import every exception class and hook the policy names; raise PolicyError listing all failures.
@@ -72,7 +69,9 @@ class AppRuntime:
         ensure_import_root(None)
         diagnostics = check_references(self.policy.document, self.policy.location)
         if diagnostics:
-            raise PolicyError(diagnostics=diagnostics)
+            error = PolicyError(diagnostics=diagnostics)
+            announce_boot_error(error)
+            raise error
         self._verified = True
 
     def compile(self, name: str, task: Any = None) -> TaskRuntime:
@@ -132,6 +131,7 @@ class AppRuntime:
         if instance is not None and runtime.needs_wrapper:
             wrap_run(instance, runtime)
         attributes = runtime.task_attributes(self.has_split_acks)
+        attributes.update(compose(task_cls))  # whatever the base class: no PolicyTask needed in the MRO
         if not self.handles_hard_timeouts:  # Celery < 5.7: see runtime/request.py
             from celery_policy.runtime.request import request_class
 
@@ -177,6 +177,18 @@ def install(
     before changing anything when the policy is invalid or a task's policy
     cannot be compiled.
     """
+    try:
+        return _install(app, path, env)
+    except PolicyError as exc:
+        announce_boot_error(exc)
+        raise
+
+
+def _install(
+    app: Celery,
+    path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None,
+    env: str | None,
+) -> Policy:
     if getattr(app, _APP_ATTR, None) is not None:
         msg = "celery_policy.install() was already called for this app"
         raise PolicyError(msg)
@@ -187,6 +199,10 @@ def install(
         configured = _setting(app, "CELERY_POLICY_FILE")
         path = configured.split(os.pathsep) if configured else None
     policy = load(path, env=env, check_imports=False)
+    # every error `check` reports stops the boot too
+    findings = boot_findings(policy.raw, policy.env, (policy.document, policy.source))
+    if findings:
+        raise PolicyError(diagnostics=findings)
     runtime = AppRuntime(app, policy)
     registered = dict(app._tasks) if app.finalized else {}
     for name, task in registered.items():  # compile everything first: fail before changing anything
@@ -198,6 +214,7 @@ def install(
 
     prometheus.configure(app, policy)  # PolicyError now when prometheus_client is missing; starts at worker_init
 
+    runtime.conf_before = conf_values(app)  # what init and check --app read: the app's own settings
     _apply_conf(app, policy)
     _reliable_fetch.configure(app, reliable)
     _amqp.apply_plan(app, policy, queue_plan)
@@ -214,6 +231,26 @@ def install(
     else:
         app.on_after_finalize.connect(lambda sender=None, **kw: _after_finalize(app), weak=False)
     return policy
+
+
+def announce_boot_error(exc: PolicyError) -> None:
+    """Under the ``celery`` command line, print the policy's findings before Celery's traceback.
+
+    Celery reports an app that fails to import as a usage error followed by
+    the whole traceback, which puts the one line that matters (file:line:col,
+    rule, hint) last. Printed once per error; the error is still raised.
+    """
+    if getattr(exc, "_celery_policy_announced", False):
+        return
+    exc._celery_policy_announced = True  # type: ignore[attr-defined]  # a marker on this instance
+    if "celery.bin.celery" not in sys.modules:
+        return
+    import click
+
+    if click.get_current_context(silent=True) is None:
+        return
+    sys.stderr.write(f"celery-policy: the policy stops the worker's boot\n{exc}\n\n")
+    sys.stderr.flush()
 
 
 def check_celery_release() -> None:
@@ -268,31 +305,6 @@ def _rewrap_at_worker_init(sender: Any = None, **kwargs: Any) -> None:
     app = getattr(sender, "app", None)
     if app is not None and getattr(app, _APP_ATTR, None) is not None:
         _after_finalize(app)
-
-
-def config_values(app: Celery) -> dict[str, Any]:
-    """The app settings ``Task.bind`` copies onto task classes (``Task.from_config``), by attribute name."""
-    return {attr: app.conf.get(setting) for attr, setting in Task.from_config if attr in DECORATOR_OPTIONS}
-
-
-def declared_options(task_cls: type[Task], app: Celery, settings: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The failure-handling options a task's decorator (or class body) set.
-
-    ``Task.bind`` copies app settings onto the class for unset attributes
-    (``Task.from_config``); values equal to those settings, and None, are not
-    counted as declared. Pass ``settings`` (:func:`config_values`) when calling
-    this for many tasks: reading ``app.conf`` is slow.
-    """
-    if settings is None:
-        settings = config_values(app)
-    attrs = vars(task_cls)
-    declared: dict[str, Any] = {}
-    for key in DECORATOR_OPTIONS:
-        value = attrs.get(key)
-        if value is None or (key in settings and settings[key] == value):
-            continue
-        declared[key] = value
-    return declared
 
 
 def runtime_for(app: Celery) -> AppRuntime | None:

@@ -3,7 +3,9 @@
 On a hard time limit the worker's main process calls ``Request.on_timeout``.
 Celery 5.7 stores FAILURE there, calls ``task.on_failure`` (where the policy
 writes the ``time_limit`` dead letter, logs its decision and calls its hooks)
-and, with late ack, acks (``acks_on_timeout``) or requeues the message.
+and, with late ack, acks (``acks_on_timeout``) or requeues the message. Here
+only the policy's part runs (:func:`celery_policy.runtime.task.handle_time_limit`):
+the task's own ``on_failure`` is left as these releases leave it, uncalled.
 Celery 5.3-5.6 store FAILURE and ack only when ``acks_on_failure_or_timeout``
 is set: ``task.on_failure`` is never called, and a late-ack message with that
 flag off is rejected without requeue by the pool's failure callback right
@@ -25,11 +27,13 @@ from celery.exceptions import TimeLimitExceeded
 from celery.utils.imports import symbol_by_name
 from celery.worker import state
 
+from celery_policy.runtime.task import handle_time_limit
+
 logger = structlog.get_logger("celery_policy")
 
 
 class HardTimeoutAsIn57:
-    """Mixin for a worker Request class: ``on_failure`` and the late-ack requeue on a hard time limit."""
+    """Mixin for a worker Request class: the policy's time-limit handling and the late-ack requeue."""
 
     task: Any
     id: str
@@ -43,8 +47,10 @@ class HardTimeoutAsIn57:
             return
         task = self.task
         # Before Celery's own handling, which may ack: the dead letter is written before the message is gone.
+        # Only the policy's part of on_failure: these releases never call the task's own on_failure on a hard
+        # time limit, and adopting a policy must not start calling the app's code where it was not called.
         try:
-            task.on_failure(TimeLimitExceeded(timeout), self.id, self.args, self.kwargs, None)
+            handle_time_limit(task, TimeLimitExceeded(timeout), self.id, self.args, self.kwargs)
         except Exception as exc:  # the policy's handler logs its own failures; never leave the message unhandled
             logger.error("time_limit_handler_failed", task=task.name, task_id=self.id, error=repr(exc))
         super().on_timeout(soft, timeout)  # type: ignore[misc]

@@ -71,6 +71,7 @@ class TaskRuntime:
                 shared[id(policy)] = compiled
         self.classifier, self.hooks, self._attrs = compiled
         self.deadline_s = policy.retry.deadline
+        self.self_retry = policy.retry.self_retry == "policy"
         self.return_error = policy.result.on_failure == "return_error"
         self.dead_letter = policy.dead_letter.enabled
         self.args = ArgRenderer(policy.log, lambda: _param_names(run))
@@ -86,6 +87,22 @@ class TaskRuntime:
             or policy.idempotency is not None
             or any(self.hooks.values())
         )
+
+    def own_retry(self, request: Any, exc: BaseException | None) -> tuple[float, int | None]:
+        """Countdown and cap for a task's own ``self.retry()`` without countdown (``retry.self_retry: policy``).
+
+        The exception is classified as the policy would: a matching ``rules`` entry
+        (or ``on``) gives its backoff and budget; anything else the task-level
+        ``retry.backoff`` and ``retry.max_retries``. The delay follows the
+        schedule for ``request.retries`` retries made so far.
+        """
+        retry = self.policy.retry
+        backoff, cap = retry.backoff, retry.max_retries
+        if exc is not None:
+            outcome = self.classifier.classify(type(exc))
+            if outcome.action is Action.RETRY:
+                backoff, cap = outcome.backoff, outcome.max_retries
+        return draw_delay(backoff, int(request.retries or 0)), cap
 
     @property
     def needs_redis(self) -> bool:

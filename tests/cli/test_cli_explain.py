@@ -149,7 +149,11 @@ def test_json_output_has_the_documented_keys(capsys: pytest.CaptureFixture[str])
         "omitted",
         "uncapped",
         "deadline_passed_at",
+        "self_retry",
+        "decided_by_policy",
     }
+    assert (task["self_retry"], task["decided_by_policy"]) == ("task", True)
+    assert "self_retry" not in rate_limited
     assert (task["max_retries"], task["omitted"], len(task["rows"])) == (15, 3, 12)
     assert task["rows"][-1]["retry"] == 15
     assert task["source"] is None

@@ -33,6 +33,10 @@ app.conf.update(
     task_time_limit=300,
     task_soft_time_limit=240,
     worker_prefetch_multiplier=1,
+    task_track_started=True,
+    result_expires=7200,
+    worker_concurrency=3,
+    worker_max_tasks_per_child=100,
     broker_transport_options={"visibility_timeout": 7200},
     task_queues=[Queue("celery"), Queue("reports")],
     task_annotations={"*": {"rate_limit": "50/s"}, "legacy.sync": {"max_retries": 1}},
@@ -128,7 +132,14 @@ def test_init_translates_decorators_annotations_routes_and_conf(project: Path) -
     assert defaults["ack"] == {"late": True}
     assert defaults["timeout"] == {"soft": "4m", "hard": "5m"}
     assert defaults["rate_limit"] == "50/s"  # task_annotations['*']
-    assert policy["worker"] == {"prefetch_multiplier": 1, "visibility_timeout": "2h"}
+    assert policy["worker"] == {
+        "prefetch_multiplier": 1,
+        "track_started": True,
+        "result_expires": "2h",
+        "concurrency": 3,
+        "max_tasks_per_child": 100,
+        "visibility_timeout": "2h",
+    }
     tasks = policy["tasks"]
     charge = tasks["legacy.charge"]
     assert charge["retry"]["on"] == ["builtins.ConnectionError", "legacy.errors.GatewayTimeout"]
@@ -143,9 +154,12 @@ def test_init_translates_decorators_annotations_routes_and_conf(project: Path) -
     assert notify["backoff"] == {"initial": "10s", "factor": 1, "max": "10s", "jitter": "none"}  # a fixed countdown
     assert tasks["legacy.reports.build"]["timeout"] == {"expires": "1h"}
     assert tasks["legacy.reports.*"]["route"] == {"queue": "reports"}
-    assert tasks["legacy.sync"]["retry"] == {"max_retries": 1}  # task_annotations['legacy.sync']
+    # task_annotations['legacy.sync'] max_retries=1 without autoretry_for: only the task's own self.retry()
+    # would use it, and retry.max_retries does not change that cap, so it is left where it is, with a comment
+    assert "legacy.sync" not in tasks
     assert "legacy.plain" not in tasks
     text = (project / "policies" / "policy.yaml").read_text()
+    assert "# max_retries=1: not policy, keep them where they are; without autoretry_for" in text
     assert "autoretry_for=(ConnectionError, GatewayTimeout)" in text
     assert "# from task_routes['legacy.reports.*'] = {'queue': 'reports'}" in text
     assert "# 1 task(s) set no failure-handling options: legacy.plain" in text
@@ -166,14 +180,33 @@ def test_the_generated_policy_passes_check_app_which_lists_the_decorator_options
     assert done.returncode == 0, done.stdout + done.stderr
     findings = json.loads(done.stdout)["findings"]
     assert [f for f in findings if f["severity"] == "error"] == []
-    charge = {f["path"] for f in findings if f["code"] == "CP304" and "task 'legacy.charge' sets" in f["message"]}
-    assert {
-        'tasks."legacy.charge".retry',
-        'tasks."legacy.charge".retry.max_retries',
-        'tasks."legacy.charge".timeout.soft',
-        'tasks."legacy.charge".timeout.hard',
-        'tasks."legacy.charge".ack.reject_on_worker_lost',
-    } <= charge
+    # one finding per task, listing every option the policy replaces, each by its whole name
+    charge = [f for f in findings if f["code"] == "CP304" and "task 'legacy.charge' sets" in f["message"]]
+    assert len(charge) == 1, charge
+    for option in (
+        "autoretry_for=(ConnectionError, GatewayTimeout)",
+        "dont_autoretry_for=(Declined,)",
+        "max_retries=5",
+        "reject_on_worker_lost=True",
+        "retry_backoff=2",
+        "retry_backoff_max=60",
+        "retry_jitter=False",
+        "soft_time_limit=20",
+        "time_limit=30",
+    ):
+        assert option in charge[0]["message"], (option, charge[0]["message"])
+    for key in ("retry", "timeout.soft", "timeout.hard", "ack.reject_on_worker_lost"):
+        assert f'tasks."legacy.charge".{key}' in charge[0]["message"]
+    # the app.conf settings the policy now sets, read as the app set them (before install() changed them)
+    settings = [f["message"] for f in findings if f["code"] == "CP304" and "app.conf settings" in f["message"]]
+    assert len(settings) == 1, findings
+    for setting in (
+        "task_acks_late=True",
+        "task_soft_time_limit=240",
+        "task_time_limit=300",
+        "worker_prefetch_multiplier=1",
+    ):
+        assert setting in settings[0], settings
 
 
 def test_installing_the_generated_policy_keeps_the_task_attributes(project: Path) -> None:
@@ -185,6 +218,32 @@ def test_installing_the_generated_policy_keeps_the_task_attributes(project: Path
     was = json.loads(before.stdout.strip().splitlines()[-1])
     now = json.loads(after.stdout.strip().splitlines()[-1])
     assert now == was
+
+
+def test_init_on_an_app_that_already_installs_a_policy_reads_the_apps_own_settings(project: Path) -> None:
+    generated(project)
+    first = (project / "policies" / "policy.yaml").read_text()
+    installed = project / "policies" / "installed.yaml"
+    installed.write_text(
+        "version: 1\n"
+        "defaults: {timeout: {soft: 1m, hard: 2m}, ack: {late: false}}\n"
+        "worker: {prefetch_multiplier: 8, track_started: false, result_expires: 5m, concurrency: 9}\n"
+    )
+    done = run(
+        project,
+        str(BIN / "celery-policy"),
+        "init",
+        "--app",
+        "legacy.celery",
+        "-o",
+        "policies/again.yaml",
+        env={"LEGACY_POLICY": str(installed)},
+    )
+    assert done.returncode == 0, done.stderr
+    # the installed policy's values (1m/2m, prefetch 8, ...) are not taken for the app's own settings
+    assert (project / "policies" / "again.yaml").read_text() == first.replace(
+        "policies/policy.yaml", "policies/again.yaml"
+    )
 
 
 def test_init_refuses_to_overwrite_and_reports_an_app_that_does_not_import(project: Path) -> None:

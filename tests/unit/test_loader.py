@@ -329,10 +329,13 @@ def test_a_bad_value_deep_in_a_list_is_reported_at_its_exact_line_and_column(tmp
     assert diagnostic.code == "CP104"
     assert diagnostic.path == "tasks.x.retry.rules[1].backoff.max"
     assert "'abc' is not a duration" in diagnostic.message
-    assert diagnostic.hint == "write a number of seconds or a duration such as 500ms, 30s, 5m, 1h30m, 1d"
+    assert diagnostic.hint == (
+        "write a number of seconds or a duration such as 500ms, 30s, 5m, 1h30m, 1d, 2w; "
+        "units: ms (milliseconds), s, m (minutes), h, d, w (weeks)"
+    )
     assert diagnostic.render() == (
         f"{path}:10:18: CP104 error: 'abc' is not a duration; use a number of seconds or e.g. 500ms, 30s, 5m, "
-        "1h30m, 1d (tasks.x.retry.rules[1].backoff.max)"
+        "1h30m, 1d (units: ms, s, m, h, d, w) (tasks.x.retry.rules[1].backoff.max)"
     )
 
 

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from celery_policy._yaml import KeyPath, render_path
 from celery_policy.durations import format_duration
 from celery_policy.errors import Diagnostic, trim
-from celery_policy.lint.context import LintContext
+from celery_policy.lint.context import LintContext, View
 from celery_policy.lint.registry import rule
 from celery_policy.model import TaskPolicy
 from celery_policy.patterns import is_glob
+from celery_policy.taskoptions import POLICY_SETTINGS, OwnRetries
 
 POOLS_WITHOUT_LIMITS = {"solo", "threads", "eventlet"}
 
@@ -134,9 +135,9 @@ _OPTION_FIELDS: dict[str, KeyPath] = {
     "acks_late": ("ack", "late"),
     "reject_on_worker_lost": ("ack", "reject_on_worker_lost"),
     "acks_on_failure_or_timeout": ("ack", "on_failure_or_timeout"),
-    "max_retries": ("retry", "max_retries"),
     "rate_limit": ("rate_limit",),
 }
+_OWN_RETRY_USES = {"max_retries", "default_retry_delay"}  # what a task's own self.retry() reads from the task
 _RETRY_OPTIONS = {
     "autoretry_for",
     "dont_autoretry_for",
@@ -150,14 +151,20 @@ _RETRY_OPTIONS = {
 
 @rule("CP304", "decorator-overridden", severity="warning", needs_app=True)
 def decorator_overridden(ctx: LintContext) -> Iterator[Diagnostic]:
-    """What it does: reports task decorator options that the policy overrides.
+    """What it does: reports task decorator options and app settings that the policy overrides.
 
-    Where the policy sets a field, its value wins over the decorator's
-    (`time_limit`, `acks_late`, `max_retries`, ...), and the policy's retry
-    handling replaces the decorator's `autoretry_for`/`retry_backoff`.
+    One finding per task lists every option the policy replaces (where the
+    policy sets a field its value wins: `time_limit`, `acks_late`, ...; where
+    it decides retries its handling replaces `autoretry_for`/`retry_backoff`)
+    and says which of them to delete. Options the task's own code reads
+    (`self.retry_backoff`, `**task.retry_kwargs`) or that its own
+    `self.retry()` uses are never to be deleted: the finding says so and
+    how to let the policy drive that code instead (`retry.self_retry: policy`).
+    One more finding lists the `app.conf` settings the policy replaces.
 
     Why: two places that seem to configure one task drift apart; readers of
-    the task code believe the decorator.
+    the task code believe the decorator. Deleting an option the code reads
+    breaks the task.
 
     Example:
         bad:  @app.task(time_limit=60) with tasks: {orders.charge: {timeout: {hard: 2m}}}
@@ -168,20 +175,109 @@ def decorator_overridden(ctx: LintContext) -> Iterator[Diagnostic]:
         return
     for task, view in ctx.task_views():
         options = app.decorator_options.get(task)
-        if not options:
-            continue
-        for option, shown in sorted(options.items()):
-            if option in _RETRY_OPTIONS:
-                path: KeyPath = ("retry",)
-            elif option in _OPTION_FIELDS:
-                path = _OPTION_FIELDS[option]
-            else:
-                continue
+        if options:
+            found = _overridden(ctx, task, view, options, app.own_retries.get(task))
+            if found is not None:
+                yield found
+    found = _settings_overridden(ctx)
+    if found is not None:
+        yield found
+
+
+def _overridden(
+    ctx: LintContext, task: str, view: View, options: Mapping[str, str], own: OwnRetries | None
+) -> Diagnostic | None:
+    retry = view.policy.retry
+    policy_retries = bool(retry.on or retry.rules or retry.unknown == "retry")
+    drives_own = retry.self_retry == "policy"
+    calls_retry = own is not None and own.calls_retry
+    read = own.read_options if own is not None else frozenset()
+    replaced: dict[str, KeyPath] = {}  # option -> the policy key that replaces it
+    kept: list[str] = []
+    for option in sorted(options):
+        if option in _RETRY_OPTIONS or option == "max_retries":
+            path: KeyPath = ("retry", "max_retries") if option == "max_retries" else ("retry",)
+            index = view.owner(path) if option == "max_retries" else view.owner(("retry",))
+            own_use = option in read or (calls_retry and option in _OWN_RETRY_USES and not drives_own)
+            if own_use:
+                kept.append(option)
+            elif index >= 0 and (policy_retries or (option == "max_retries" and drives_own)):
+                replaced[option] = (*view.layers[index].prefix, *path)
+        elif option in _OPTION_FIELDS:
+            path = _OPTION_FIELDS[option]
             index = view.owner(path)
-            if index < 0:
-                continue
-            layer = view.layers[index]
-            where = f"{render_path((*layer.prefix, *path))}"
-            message = f"task '{trim(task)}' sets {option}={trim(shown, 30)} in its decorator; the policy's {where} wins"
-            hint = "remove the option from the decorator so the policy is the one place to read"
-            yield ctx.diagnostic("CP304", message, (*layer.prefix, *path), hint)
+            if index >= 0:
+                replaced[option] = (*view.layers[index].prefix, *path)
+    if not replaced and not (kept and view.owner(("retry",)) >= 0):
+        return None  # nothing the policy replaces, and no retry block that seems to speak for the task's own code
+    parts: list[str] = []
+    if replaced:
+        listed = ", ".join(f"{o}={_value(options[o])}" for o in replaced)
+        keys = sorted({render_path(p) for p in replaced.values()})
+        verb = "wins" if len(keys) == 1 else "win"
+        parts.append(f"task '{task}' sets {listed} in its decorator; the policy's {', '.join(keys)} {verb}")
+    hints: list[str] = []
+    if replaced:
+        hints.append(f"remove {', '.join(replaced)} from the decorator so the policy is the one place to read")
+    if kept:
+        reads = [o for o in kept if o in read]
+        if reads:
+            where = own.where(reads[0]) if own is not None else ""
+            lead = "its" if parts else f"task '{task}':"
+            parts.append(f"{lead} code reads {', '.join(reads)} (at {where})")
+        hints.append(
+            f"keep {', '.join(kept)}: the task's own code "
+            + ("reads them" if reads else "retries with self.retry(), which uses them")
+            + "; to let the policy drive it, set retry.self_retry: policy and call self.retry(exc=exc) "
+            "without countdown (the delay and cap then come from the policy's backoff and max_retries)"
+        )
+    anchor = next(iter(replaced.values())) if replaced else view.blame(("retry",))[1]
+    return ctx.diagnostic("CP304", "; ".join(parts), anchor, "; ".join(hints))
+
+
+def _settings_overridden(ctx: LintContext) -> Diagnostic | None:
+    """The app.conf settings (as the app set them) that the policy replaces, in one finding."""
+    app = ctx.app
+    if app is None or not app.settings:
+        return None
+    document = ctx.document
+    replaced: list[tuple[str, KeyPath]] = []
+    for setting, value in sorted(app.settings.items()):
+        target = POLICY_SETTINGS[setting]
+        shown = _value(value)
+        path: KeyPath | None = None
+        if target.startswith("worker."):
+            field_name = target.partition(".")[2]
+            if field_name in document.worker.model_fields_set:
+                path = ("worker", field_name)
+        elif target == "route":
+            routed = [n for n, section in document.tasks.items() if section.route is not None]
+            if document.defaults.route is not None:
+                path = ("defaults", "route")
+            elif routed:
+                path = ("tasks", routed[0], "route")
+                shown = f"{shown} (for the tasks the policy routes)"
+        else:  # a task setting is replaced for every task only by defaults (a task entry replaces it for one)
+            keys = tuple(target.split("."))
+            if any(leaf[: len(keys)] == keys for leaf in ctx.layering.defaults.leaves):
+                path = ("defaults", *keys)
+        if path is not None:
+            replaced.append((f"{setting}={shown}", path))
+    if not replaced:
+        return None
+    listed = ", ".join(f"{text} (by {render_path(path)})" for text, path in replaced)
+    message = f"the policy replaces app.conf settings: {listed}"
+    hint = "delete them from app.conf (or keep them for processes that do not install the policy)"
+    return ctx.diagnostic("CP304", message, replaced[0][1], hint)
+
+
+def _value(shown: str, limit: int = 40) -> str:
+    """A value cut at a word boundary, never mid-name."""
+    if len(shown) <= limit:
+        return shown
+    cut = shown[:limit]
+    for separator in (", ", " ", ","):
+        if separator in cut:
+            cut = cut[: cut.rindex(separator)]
+            break
+    return cut + " …"
