@@ -93,7 +93,8 @@ def test_an_unparsable_rate_points_at_its_line_with_cp120(tmp_path: Path) -> Non
     (found,) = caught.value.diagnostics
     assert (found.code, found.location.line if found.location else None) == ("CP120", 13)
     assert found.path == "limits.payments_api.rate"
-    assert found.hint is not None and "40/s" in found.hint
+    assert found.hint is not None
+    assert "40/s" in found.hint
 
 
 def test_an_unknown_key_in_a_breaker_gets_a_did_you_mean(tmp_path: Path) -> None:
