@@ -253,10 +253,22 @@ class LimitSettings(_Section):
 class SnoozePolicy(_Section):
     """How long a task may wait on an open breaker or an empty limit, in total, before it gives up."""
 
-    deadline: Duration = Field(
-        3600.0, description="total time a task may spend snoozed, since its first snooze (default 1h)"
+    deadline: Duration | None = Field(
+        None,
+        description="total time a task may spend snoozed, since its first snooze (default: retry.deadline when "
+        "set, else 1h)",
     )
     max: int | None = Field(None, ge=0, description="most snoozes per task (default: no cap besides deadline)")
+
+
+DEFAULT_SNOOZE_DEADLINE_S = 3600.0
+
+
+def snooze_deadline(policy: TaskPolicy) -> float:
+    """The effective snooze.deadline of a task: its own, else its retry.deadline, else 1h."""
+    if policy.snooze.deadline is not None:
+        return policy.snooze.deadline
+    return policy.retry.deadline if policy.retry.deadline is not None else DEFAULT_SNOOZE_DEADLINE_S
 
 
 class FlowStoreSettings(_Section):

@@ -26,7 +26,7 @@ from celery.exceptions import Ignore, Reject, TaskPredicate
 from celery_policy.deadletter.store import store_url_for
 from celery_policy.errors import PolicyError
 from celery_policy.flow.state import PROBE, Breaker, BreakerState, Limit
-from celery_policy.model import SnoozePolicy
+from celery_policy.model import SnoozePolicy, snooze_deadline
 from celery_policy.redis_urls import RedisUrlError, client_from_url, safe_url
 from celery_policy.references import expand_refs, import_exception
 from celery_policy.runtime.dead_letter import store_rejected_failure
@@ -133,6 +133,7 @@ class FlowGate:
         self.breaker = breaker
         self.limit = limit
         self.snooze: SnoozePolicy = runtime.policy.snooze
+        self.deadline_s = snooze_deadline(runtime.policy)
         self._on = tuple(import_exception(p) for p in expand_refs(counted_on, groups))
         self._never = tuple(import_exception(p) for p in expand_refs(never, groups))
         self._counts: dict[type[BaseException], bool] = {}
@@ -227,7 +228,7 @@ class FlowGate:
 
     def _budget_left(self, state: Mapping[str, Any]) -> float:
         first = float(state.get("t0") or time.time())
-        return self.snooze.deadline - (time.time() - first)
+        return self.deadline_s - (time.time() - first)
 
     def _snooze(
         self,
@@ -246,7 +247,7 @@ class FlowGate:
         count = int(state.get("n") or 0)
         if self.snooze.max is not None and count >= self.snooze.max:
             self._give_up(task, request, args, kwargs, reason, state, "snooze.max")
-        if now + countdown_s - first > self.snooze.deadline:
+        if now + countdown_s - first > self.deadline_s:
             self._give_up(task, request, args, kwargs, reason, state, "snooze.deadline")
         decision = self._decision(
             "snooze", request, countdown_s, reason, "breaker" if reason == "breaker_open" else "limit"

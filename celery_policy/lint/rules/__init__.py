@@ -3,11 +3,12 @@
 Importing this package registers every rule (:mod:`celery_policy.lint.registry`),
 one module per family: :mod:`.structure` (CP1xx errors), :mod:`.reliability` and
 :mod:`.idempotency` (CP2xx warnings), :mod:`.app` (CP3xx cross-checks against the
-``--app``) and :mod:`.amqp` (RabbitMQ queues, CP209 and CP305-CP307). Codes are
+``--app``), :mod:`.amqp` (RabbitMQ queues, CP209 and CP305-CP307) and :mod:`.flow`
+(breakers, limits and snoozes, CP120-CP122 and CP220-CP223). Codes are
 stable; see the registry for the docstring format.
 """
 
 from celery_policy.lint.context import LintContext
-from celery_policy.lint.rules import amqp, app, idempotency, reliability, structure
+from celery_policy.lint.rules import amqp, app, flow, idempotency, reliability, structure
 
-__all__ = ["LintContext", "amqp", "app", "idempotency", "reliability", "structure"]
+__all__ = ["LintContext", "amqp", "app", "flow", "idempotency", "reliability", "structure"]
