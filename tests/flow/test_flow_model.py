@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,24 @@ def test_a_breaker_on_list_names_importable_exceptions(tmp_path: Path) -> None:
         load(_write(tmp_path, POLICY.replace("on: [transient]", "on: [builtins.NoSuchError]")))
     assert [d.code for d in caught.value.diagnostics] == ["CP107"]
     assert caught.value.diagnostics[0].path == "breakers.payments.on[0]"
+
+
+def test_explain_shows_the_breaker_the_limit_and_the_snooze_budget(tmp_path: Path) -> None:
+    from celery_policy.explain import explain
+    from celery_policy.explain_report import render_json, render_text
+
+    text = POLICY.replace(
+        "  shop.sync:\n    limit: payments_api\n", "  shop.sync:\n    limit: payments_api\n  shop.plain: {}\n"
+    )
+    text = text.replace("    snooze: {deadline: 1h}\n", "    limit: payments_api\n    retry: {on: [transient]}\n")
+    policy = load(_write(tmp_path, text))
+    report = render_text(explain(policy, "shop.charge"))
+    assert "breaker payments: opens at 50% failures of at least 10 calls in 10s, stays open 5s, then 2 probes" in report
+    assert "counts: [transient] (breaker.on)" in report
+    assert "limit payments_api: 40/s for the fleet, burst 5" in report
+    assert "for up to 1h (default)" in report
+    data = json.loads(render_json(explain(policy, "shop.charge")))
+    assert (data["flow"]["breaker"], data["flow"]["limit"]) == ("payments", "payments_api")
+    plain = explain(policy, "shop.plain")
+    assert plain.flow is None
+    assert not [f for f in plain.fields if f.section in ("breaker", "limit", "snooze")]
