@@ -20,7 +20,7 @@ local open_for, hoc, ttl = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[1
 local h = redis.call('HMGET', key, 'state', 'since', 'open_until', 'granted', 'ok', 'forced', 'probe_at',
   'rate_at_open')
 local state = h[1] or 'closed'
-local since = tonumber(h[2]) or now
+local since = tonumber(h[2]) or 0  -- 0: never changed
 local open_until = tonumber(h[3]) or 0
 local granted = tonumber(h[4]) or 0
 local ok = tonumber(h[5]) or 0
