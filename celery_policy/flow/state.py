@@ -237,7 +237,7 @@ class Breaker:
 
 
 class Limit:
-    """One named token bucket, shared by the fleet: :meth:`take` reserves the next free slot."""
+    """One named token bucket, shared by the fleet: :meth:`take` reserves the next free token if it is near."""
 
     def __init__(
         self,
@@ -256,16 +256,16 @@ class Limit:
         self._script = client.register_script(LIMIT)
         self._warn = _Warner()
 
-    def take(self, max_wait_s: float) -> float | None:
-        """Seconds until this call's token (0 = now; the slot is reserved), or None: more than ``max_wait_s``.
+    def take(self, max_wait_s: float) -> tuple[float, bool]:
+        """``(wait_s, granted)``: granted = this call's token is reserved ``wait_s`` from now (0 = now);
+        refused = the next free token is ``wait_s`` away, more than ``max_wait_s`` (nothing is reserved).
 
-        When Redis cannot be reached the call runs (0.0): a limiter outage must not stop the work.
+        When Redis cannot be reached the call runs (``(0.0, True)``): a limiter outage must not stop the work.
         """
         try:
             granted, wait = self._script(keys=(self.key,), args=(self.interval_s, self.tolerance_s, max_wait_s))
         except (redis.RedisError, OSError) as exc:
             if self.on_unavailable is not None and self._warn.due():
                 self.on_unavailable(self.name, exc)
-            return 0.0
-        seconds = float(_text(wait))
-        return seconds if _text(granted) == "1" else None
+            return 0.0, True
+        return float(_text(wait)), _text(granted) == "1"

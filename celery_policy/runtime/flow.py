@@ -40,8 +40,11 @@ if TYPE_CHECKING:
     from celery_policy.resolve import Policy
     from celery_policy.runtime.task_runtime import TaskRuntime
 
-SNOOZE_HEADER = "celery_policy_snooze"  # {"n": snoozes so far, "t0": first snooze epoch s, "slot": token reserved}
-SLEEP_IN_PLACE_S = 0.05  # a token this close is waited for in the worker rather than by a republish
+SNOOZE_HEADER = "celery_policy_snooze"  # {"n": snoozes so far, "t0": first snooze epoch s}
+# A token at most this far away is reserved and waited for in the worker process; further away the task is
+# snoozed. Waiting in place keeps a backlog in the broker's queue, where it belongs: a snoozed message goes
+# to the back of its queue, and under a backlog it would come back long after its countdown.
+LIMIT_WAIT_IN_PLACE_S = 1.0
 MIN_SNOOZE_S = 0.05
 _CELERY_STORES_REJECTED_FAILURE = celery_stores_rejected_failure()
 JITTER_SHARE = 0.5  # a breaker snooze waits the open time left plus up to this share of it (spreads the return)
@@ -210,25 +213,18 @@ class FlowGate:
             countdown = base + random.uniform(0, base * JITTER_SHARE)
             self._snooze(task, request, args, kwargs, countdown, "breaker_open", state)
         if self.limit is not None:
-            if state.get("slot"):
-                return admission  # this message comes back at the slot it reserved
-            left_s = self._budget_left(state)
-            wait = self.limit.take(max(left_s, 0.0))
-            if wait is None:
-                if admission is PROBE and self.breaker is not None:
-                    self.breaker.probe_done(None)
-                self._give_up(task, request, args, kwargs, "rate_limited", state, "snooze.deadline")
-            elif wait > SLEEP_IN_PLACE_S:
-                if admission is PROBE and self.breaker is not None:
-                    self.breaker.probe_done(None)
-                self._snooze(task, request, args, kwargs, wait, "rate_limited", state, slot=True)
-            elif wait > 0:
-                time.sleep(wait)
+            wait, granted = self.limit.take(LIMIT_WAIT_IN_PLACE_S)
+            if granted:
+                if wait > 0:
+                    time.sleep(wait)  # the token is reserved and near: wait for it here
+                return admission
+            # The next token is further away: snooze about that long (no token is held meanwhile, so
+            # snoozed messages coming back together still go out at the limit's rate).
+            if admission is PROBE and self.breaker is not None:
+                self.breaker.probe_done(None)
+            countdown = wait + random.uniform(0, wait * JITTER_SHARE)
+            self._snooze(task, request, args, kwargs, countdown, "rate_limited", state)
         return admission
-
-    def _budget_left(self, state: Mapping[str, Any]) -> float:
-        first = float(state.get("t0") or time.time())
-        return self.deadline_s - (time.time() - first)
 
     def _snooze(
         self,
@@ -239,8 +235,6 @@ class FlowGate:
         countdown_s: float,
         reason: str,
         state: Mapping[str, Any],
-        *,
-        slot: bool = False,
     ) -> None:
         now = time.time()
         first = float(state.get("t0") or now)
@@ -266,7 +260,7 @@ class FlowGate:
         )
         record_decision(decision, None)
         try:
-            republish_snoozed(task, request, args, kwargs, countdown_s, {"n": count + 1, "t0": first, "slot": slot})
+            republish_snoozed(task, request, args, kwargs, countdown_s, {"n": count + 1, "t0": first})
         except Exception as exc:  # the broker is gone: keep the message rather than lose it
             logger.error("snooze_publish_failed", task=self.name, task_id=request.id, error=str(exc))
             if task.acks_late:

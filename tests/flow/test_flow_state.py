@@ -110,19 +110,22 @@ def test_breaker_state_parses_bytes_replies() -> None:
     assert (state.state, state.open_remaining_s, state.failure_rate, state.forced) == ("open", 2.0, 0.75, False)
 
 
-def test_a_limit_hands_out_slots_at_its_rate_across_clients(clean_redis: RedisServer) -> None:
+def test_a_limit_hands_out_tokens_at_its_rate_across_clients(clean_redis: RedisServer) -> None:
     settings = LimitSettings(rate="10/s", burst=2)
     one = Limit("api", settings, clean_redis.client(), "t")
     two = Limit("api", settings, clean_redis.client(), "t")
-    waits = [one.take(60.0), two.take(60.0), one.take(60.0), two.take(60.0), one.take(60.0)]
-    assert waits[:2] == [0.0, 0.0]  # the burst
-    assert [round(w or 0, 1) for w in waits[2:]] == [0.1, 0.2, 0.3]  # then one slot every 100 ms, shared
+    taken = [one.take(60.0), two.take(60.0), one.take(60.0), two.take(60.0), one.take(60.0)]
+    assert [granted for _, granted in taken] == [True] * 5
+    assert [w for w, _ in taken[:2]] == [0.0, 0.0]  # the burst
+    assert [round(w, 1) for w, _ in taken[2:]] == [0.1, 0.2, 0.3]  # then one token every 100 ms, shared
 
 
 def test_a_limit_refuses_without_reserving_when_the_wait_passes_max_wait(clean_redis: RedisServer) -> None:
     limit = Limit("api", LimitSettings(rate="1/s"), clean_redis.client(), "t")
-    assert limit.take(10.0) == 0.0
-    assert limit.take(0.5) is None  # the next slot is 1 s away
-    wait = limit.take(10.0)
-    assert wait is not None
-    assert 0.9 < wait <= 1.0  # the refused call did not take the slot
+    assert limit.take(10.0) == (0.0, True)
+    wait, granted = limit.take(0.5)
+    assert not granted  # the next token is 1 s away
+    assert 0.9 < wait <= 1.0
+    wait, granted = limit.take(10.0)
+    assert granted
+    assert 0.9 < wait <= 1.0  # the refused call did not take the token

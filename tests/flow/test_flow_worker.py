@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from pathlib import Path
@@ -152,3 +153,21 @@ def test_a_shared_limit_holds_across_two_workers(
     buckets = [sum(1 for t in times if start + k <= t < start + k + 1) for k in range(1, int(times[-1] - start))]
     assert buckets, times
     assert all(8 <= n <= 12 for n in buckets), buckets
+
+
+def test_a_task_whose_token_is_far_away_is_snoozed_and_runs_later_at_the_rate(
+    clean_redis: RedisServer, celery_worker_process: Any, tmp_path: Path
+) -> None:
+    policy = _policy(tmp_path, clean_redis)
+    worker = _worker(celery_worker_process, clean_redis, policy, "w1")
+    sender = producer(clean_redis.url)
+    results = [sender.send_task("flow.report", args=(f"r{i}",)) for i in range(6)]
+    metas = [wait_final(clean_redis.client(), r.id, timeout=60) for r in results]
+    assert {m["status"] for m in metas} == {"SUCCESS"}
+    snoozes = log_events(worker.log_text(), "policy_snooze", reason="rate_limited")
+    assert snoozes  # 1/s: a token more than 1 s away is not waited for in the worker
+    calls = sorted(_calls(clean_redis.client(), "flow:calls"), key=lambda c: c["t"])
+    assert {c["retries"] for c in calls} == {0}
+    times = [c["t"] for c in calls]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    assert min(gaps) >= 1.0 - 0.05, gaps  # one token a second for the whole fleet (clock jitter aside)

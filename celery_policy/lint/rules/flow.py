@@ -128,8 +128,7 @@ def snooze_beyond_retry_deadline(ctx: LintContext) -> Iterator[Diagnostic]:
             continue
         _, path = view.blame(("snooze", "deadline"))
         message = (
-            f"snooze.deadline {_d(policy.snooze.deadline)} is beyond retry.deadline {_d(deadline)} "
-            f"of {view.describe()}"
+            f"snooze.deadline {_d(policy.snooze.deadline)} is beyond retry.deadline {_d(deadline)} of {view.describe()}"
         )
         hint = f"set snooze: {{deadline: {_d(deadline)}}} or less (unset, it defaults to retry.deadline)"
         yield Diagnostic("CP221", message, ctx.key_locate(path), hint, path=render_path(path))

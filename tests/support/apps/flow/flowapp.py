@@ -55,6 +55,11 @@ def sync(self: object, key: str) -> str:
     return _call_dependency(self, key)
 
 
+@app.task(name="flow.report", bind=True, shared=False)
+def report(self: object, key: str) -> str:
+    return _call_dependency(self, key)
+
+
 @app.task(name="flow.validate", bind=True, shared=False)
 def validate(self: object, key: str) -> str:
     _call_dependency(self, key)
