@@ -142,3 +142,16 @@ def test_explain_shows_the_breaker_the_limit_and_the_snooze_budget(tmp_path: Pat
     plain = explain(policy, "shop.plain")
     assert plain.flow is None
     assert not [f for f in plain.fields if f.section in ("breaker", "limit", "snooze")]
+
+
+def test_the_fleet_fingerprint_covers_breaker_settings_and_ignores_unused_flow_fields(tmp_path: Path) -> None:
+    from celery_policy.fleet import snapshot
+
+    base = load(_write(tmp_path, POLICY))
+    longer = load(_write(tmp_path, POLICY.replace("open_for: 5s", "open_for: 6s")))
+    tasks = ["shop.charge", "shop.plain"]
+    assert snapshot(base, tasks).fingerprint != snapshot(longer, tasks).fingerprint
+    assert snapshot(base, tasks).settings["breakers"]["payments.open_for"] == 5.0
+    fields = snapshot(base, tasks).tasks
+    assert fields["shop.charge"]["breaker"] == "payments"
+    assert not [key for key in fields["shop.plain"] if key.split(".")[0] in ("breaker", "limit", "snooze")]
