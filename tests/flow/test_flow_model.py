@@ -155,3 +155,22 @@ def test_the_fleet_fingerprint_covers_breaker_settings_and_ignores_unused_flow_f
     fields = snapshot(base, tasks).tasks
     assert fields["shop.charge"]["breaker"] == "payments"
     assert not [key for key in fields["shop.plain"] if key.split(".")[0] in ("breaker", "limit", "snooze")]
+
+
+@pytest.mark.parametrize(
+    ("exc_type", "counted"),
+    [(ConnectionResetError, True), (TimeoutError, True), (ValueError, False), (UnicodeDecodeError, False)],
+)
+def test_a_breaker_counts_its_on_list_by_mro_and_the_task_never_list_wins(
+    tmp_path: Path, exc_type: type[BaseException], counted: bool
+) -> None:
+    from celery_policy.runtime.flow import FlowGate
+    from celery_policy.runtime.task_runtime import TaskRuntime
+
+    text = POLICY.replace("on: [transient]", "on: [builtins.Exception]").replace(
+        "  shop.charge:\n", "  shop.charge:\n    retry: {never: [builtins.ValueError]}\n"
+    )
+    resolved = load(_write(tmp_path, text)).for_task("shop.charge")
+    runtime = TaskRuntime(resolved)
+    gate = FlowGate(runtime, None, None, ["builtins.Exception"], resolved.policy.retry.never, resolved.groups)
+    assert gate.counts(exc_type) is counted
