@@ -205,14 +205,18 @@ def _force(ctx: click.Context, name: str, state: str, reason: str | None) -> int
 
 
 def _log_forced(name: str, state: str, was: str, operator: str, reason: str | None) -> None:
+    """One JSON event on stderr; a logger of its own, so the process's structlog set-up is left alone."""
     import structlog
 
-    from celery_policy.runtime.observability import configure_logging
-
-    configure_logging("json", stream=sys.stderr)
-    structlog.get_logger("celery_policy").warning(
-        "breaker_forced", breaker=name, state=state, was=was, by=operator, reason=reason
+    log = structlog.wrap_logger(
+        structlog.PrintLogger(file=sys.stderr),
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.JSONRenderer(),
+        ],
     )
+    log.warning("breaker_forced", breaker=name, state=state, was=was, by=operator, reason=reason)
 
 
 @breakers.command("open")
