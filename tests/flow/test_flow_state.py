@@ -129,3 +129,32 @@ def test_a_limit_refuses_without_reserving_when_the_wait_passes_max_wait(clean_r
     wait, granted = limit.take(10.0)
     assert granted
     assert 0.9 < wait <= 1.0  # the refused call did not take the token
+
+
+def test_a_state_change_is_reported_by_the_call_that_made_it_and_becomes_a_span_event(
+    clean_redis: RedisServer,
+) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from celery_policy.runtime.flow import breaker_event
+    from celery_policy.runtime.observability import FLOW_SPAN_EVENT
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    seen: list[str] = []
+    breaker = _breaker(clean_redis, on_change=lambda state, how: (seen.append(state.state), breaker_event(state, how)))
+    other = _breaker(clean_redis, on_change=lambda state, how: seen.append(f"other:{state.state}"))
+    with provider.get_tracer("test").start_as_current_span("run/shop.charge"):
+        for _ in range(4):
+            breaker.admit()
+            breaker.failed()
+        other.admit()  # learns of the open state, did not make it: no event
+    assert seen == ["open"]
+    (span,) = exporter.get_finished_spans()
+    (event,) = [e for e in span.events if e.name == FLOW_SPAN_EVENT]
+    assert event.attributes is not None
+    assert (event.attributes["celery_policy.breaker"], event.attributes["celery_policy.state"]) == ("payments", "open")
+    assert event.attributes["celery_policy.failure_rate"] == 1.0
