@@ -82,7 +82,9 @@ def wait_consuming(client: redis.Redis, app: Any, queue: str, mode: str, timeout
 
 def breaker_state(client: redis.Redis) -> str:
     value = client.hget("celery-policy:flow:breaker:{payments}", "state")
-    return value.decode() if value else "closed"
+    if isinstance(value, bytes):
+        return value.decode()
+    return str(value) if value else "closed"
 
 
 def outage(tmp: Path, url: str, client: redis.Redis, app: Any) -> dict[str, Any]:
@@ -136,7 +138,7 @@ def outage(tmp: Path, url: str, client: redis.Redis, app: Any) -> dict[str, Any]
         out["calls_ratio"] = out["policy"]["calls_while_down"] / plain_calls if plain_calls else None
         return out
     finally:
-        stop_all(procs, _NoServer())
+        stop_workers(procs)
 
 
 def limit(tmp: Path, url: str, client: redis.Redis, app: Any, plain_cap_s: float) -> dict[str, Any]:
@@ -159,7 +161,7 @@ def limit(tmp: Path, url: str, client: redis.Redis, app: Any, plain_cap_s: float
             times = sorted(float(t) for t in client.lrange(f"ran:{mode}", 0, -1))
             out[mode] = _rates(times, started, finished=len(times) >= TASKS)
         finally:
-            stop_all(procs, _NoServer())
+            stop_workers(procs)
     return out
 
 
@@ -208,19 +210,22 @@ def overhead(tmp: Path, url: str, client: redis.Redis, app: Any, count: int, rou
                     time.sleep(0.005)
                 samples.append(count / (time.perf_counter() - start))
     finally:
-        stop_all(list(procs.values()), _NoServer())
+        stop_workers(list(procs.values()))
     ratio = statistics.median(runs["closed_breaker"]) / statistics.median(runs["no_breaker"])
     return {"tasks": count, "rounds": rounds, "runs": runs, "ratio": ratio}
 
 
-class _NoServer:
-    """stop_all() also stops a redis-server; between scenarios the server stays up."""
+def stop_workers(procs: list[Any]) -> None:
+    """stop_all() of bench_e2e without its redis-server, which stays up between scenarios."""
 
-    def terminate(self) -> None:
-        return None
+    class _KeepServer:
+        def terminate(self) -> None:
+            return None
 
-    def wait(self) -> None:
-        return None
+        def wait(self) -> None:
+            return None
+
+    stop_all(procs, _KeepServer())  # type: ignore[arg-type]  # only terminate() and wait() are called
 
 
 def main() -> None:

@@ -49,25 +49,25 @@ def _call_payments_api() -> None:
     state.incr(f"calls_up:{MODE}")
 
 
-@app.task(name="bench.charge", **charge_options)
+@app.task(name="bench.charge", **charge_options)  # type: ignore[untyped-decorator]  # celery is untyped
 def charge(i: int) -> int:
     _call_payments_api()
     state.incr(f"done:{MODE}")
     return i
 
 
-@app.task(name="bench.sync", **sync_options)
+@app.task(name="bench.sync", **sync_options)  # type: ignore[untyped-decorator]
 def sync(i: int) -> int:
     state.rpush(f"ran:{MODE}", f"{time.time():.6f}")
     return i
 
 
-@app.task(name="bench.work")
+@app.task(name="bench.work")  # type: ignore[untyped-decorator]
 def work(i: int) -> int:
     state.incr(f"work:{MODE}")
     return i
 
 
-@signals.task_failure.connect
+@signals.task_failure.connect  # type: ignore[untyped-decorator]
 def _failed(sender: object = None, **kwargs: object) -> None:
     state.incr(f"failed:{MODE}")

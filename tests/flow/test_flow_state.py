@@ -145,7 +145,12 @@ def test_a_state_change_is_reported_by_the_call_that_made_it_and_becomes_a_span_
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     seen: list[str] = []
-    breaker = _breaker(clean_redis, on_change=lambda state, how: (seen.append(state.state), breaker_event(state, how)))
+
+    def report(state: BreakerState, how: str) -> None:
+        seen.append(state.state)
+        breaker_event(state, how)
+
+    breaker = _breaker(clean_redis, on_change=report)
     other = _breaker(clean_redis, on_change=lambda state, how: seen.append(f"other:{state.state}"))
     with provider.get_tracer("test").start_as_current_span("run/shop.charge"):
         for _ in range(4):
