@@ -174,3 +174,24 @@ def test_a_breaker_counts_its_on_list_by_mro_and_the_task_never_list_wins(
     runtime = TaskRuntime(resolved)
     gate = FlowGate(runtime, None, None, ["builtins.Exception"], resolved.policy.retry.never, resolved.groups)
     assert gate.counts(exc_type) is counted
+
+
+def test_a_worker_does_not_boot_with_an_unknown_breaker_name(tmp_path: Path) -> None:
+    from celery import Celery
+
+    import celery_policy
+
+    text = POLICY.replace("    breaker: payments\n", "    breaker: paymnets\n")
+    path = _write(tmp_path, text + "flow_store: {url: 'redis://127.0.0.1:1/0'}\n")
+    app = Celery("boot", broker="memory://", task_cls=celery_policy.PolicyTask)
+
+    def charge() -> None:
+        return None
+
+    app.task(charge, name="shop.charge")
+    app.finalize()
+    with pytest.raises(PolicyError, match=r"task 'shop.charge': unknown breaker 'paymnets' \(known: payments\)"):
+        celery_policy.install(app, path)
+    from celery_policy.runtime.install import runtime_for
+
+    assert runtime_for(app) is None  # nothing was applied
