@@ -46,6 +46,9 @@ SNOOZE_HEADER = "celery_policy_snooze"  # {"n": snoozes so far, "t0": first snoo
 # to the back of its queue, and under a backlog it would come back long after its countdown.
 LIMIT_WAIT_IN_PLACE_S = 1.0
 MIN_SNOOZE_S = 0.05
+# A snooze never waits longer than this before it asks again: a countdown message is held in a worker's memory,
+# and one held past the Redis broker's visibility timeout would run twice.
+MAX_SNOOZE_S = 300.0
 _CELERY_STORES_REJECTED_FAILURE = celery_stores_rejected_failure()
 JITTER_SHARE = 0.5  # a breaker snooze waits the open time left plus up to this share of it (spreads the return)
 
@@ -236,6 +239,7 @@ class FlowGate:
         reason: str,
         state: Mapping[str, Any],
     ) -> None:
+        countdown_s = min(countdown_s, MAX_SNOOZE_S)
         now = time.time()
         first = float(state.get("t0") or now)
         count = int(state.get("n") or 0)
