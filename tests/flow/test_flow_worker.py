@@ -171,3 +171,25 @@ def test_a_task_whose_token_is_far_away_is_snoozed_and_runs_later_at_the_rate(
     times = [c["t"] for c in calls]
     gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
     assert min(gaps) >= 1.0 - 0.05, gaps  # one token a second for the whole fleet (clock jitter aside)
+
+
+def test_past_snooze_max_a_rate_limited_task_is_dead_lettered_with_reason_rate_limited(
+    clean_redis: RedisServer, celery_worker_process: Any, tmp_path: Path
+) -> None:
+    capped = "environments:\n  capped:\n    tasks:\n      flow.report: {snooze: {max: 0}}\n"
+    policy = _policy(tmp_path, clean_redis, capped)
+    env = {"CELERY_POLICY_FILE": str(policy), "FLOW_JOURNAL_URL": clean_redis.url, "CELERY_POLICY_ENV": "capped"}
+    celery_worker_process(APP, pool="prefork", concurrency=2, broker_url=clean_redis.url, env=env, cwd=REPO_ROOT)
+    sender = producer(clean_redis.url)
+    results = [sender.send_task("flow.report", args=(f"c{i}",)) for i in range(5)]
+    metas = {r.id: wait_final(clean_redis.client(), r.id, timeout=30)["status"] for r in results}
+    failed = sorted(task_id for task_id, status in metas.items() if status == "FAILURE")
+    assert failed  # 1/s, no snooze allowed: a token further than 1 s away means giving up at once
+    assert "SUCCESS" in metas.values()
+    records = list(RedisStreamStore(clean_redis.url, "flow:dead").iter(Filter()))
+    assert sorted(r.task_id or "" for r in records) == failed
+    assert {(r.reason, r.exc_type) for r in records} == {
+        ("rate_limited", "celery_policy.runtime.flow.RateLimitedError")
+    }
+    ran = {c["key"] for c in _calls(clean_redis.client(), "flow:calls")}
+    assert len(ran) == len(results) - len(failed)  # the ones that gave up never called the API
