@@ -290,13 +290,13 @@ def _diagnostic_for(error: Any, loc: KeyPath, raw: RawPolicy) -> Diagnostic:
         where = render_path(loc[:-1]) or "the top level"
         hint = "add 'version: 1' at the top of the file" if loc == ("version",) else f"add '{key_name}:'"
         return Diagnostic("CP101", f"missing required key '{key_name}' in {where}", location, hint, path=path_text)
-    code = "CP104" if "duration" in message else "CP120" if "is not a rate" in message else "CP101"
+    code = "CP104" if "duration" in message else "CP130" if "is not a rate" in message else "CP101"
     if kind == "literal_error" and loc == ("version",):
         shown = f"'{trim(value)}' (a string)" if isinstance(value, str) else trim(value)
         hint = "write version: 1 without quotes" if str(value).strip() == "1" else "this release reads version: 1"
         return Diagnostic("CP101", f"unsupported version {shown}", location, hint, path=path_text)
     message = message[0].lower() + message[1:] if message else message
-    shown = "" if code in ("CP104", "CP120") or isinstance(value, (dict, list)) else f", got {trim(value)}"
+    shown = "" if code in ("CP104", "CP130") or isinstance(value, (dict, list)) else f", got {trim(value)}"
     hint = _hint_for(kind, loc, error)
     return Diagnostic(code, f"{message}{shown}", location, hint, path=path_text)
 

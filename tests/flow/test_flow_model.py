@@ -92,7 +92,7 @@ def test_an_unparsable_rate_points_at_its_line_with_cp120(tmp_path: Path) -> Non
     with pytest.raises(PolicyError) as caught:
         load(_write(tmp_path, POLICY.replace("rate: 40/s", "rate: 40 per second")))
     (found,) = caught.value.diagnostics
-    assert (found.code, found.location.line if found.location else None) == ("CP120", 13)
+    assert (found.code, found.location.line if found.location else None) == ("CP130", 13)
     assert found.path == "limits.payments_api.rate"
     assert found.hint is not None
     assert "40/s" in found.hint

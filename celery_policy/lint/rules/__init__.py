@@ -4,7 +4,7 @@ Importing this package registers every rule (:mod:`celery_policy.lint.registry`)
 one module per family: :mod:`.structure` (CP1xx errors), :mod:`.reliability` and
 :mod:`.idempotency` (CP2xx warnings), :mod:`.app` (CP3xx cross-checks against the
 ``--app``), :mod:`.amqp` (RabbitMQ queues, CP209 and CP305-CP307) and :mod:`.flow`
-(breakers, limits and snoozes, CP120-CP122 and CP220-CP223). Codes are
+(breakers, limits and snoozes, CP130-CP132 and CP240-CP243). Codes are
 stable; see the registry for the docstring format.
 """
 

@@ -1,4 +1,4 @@
-"""Flow control: breakers, limits and snoozes (CP120-CP122 errors, CP220-CP223 warnings)."""
+"""Flow control: breakers, limits and snoozes (CP130-CP132 errors, CP240-CP243 warnings)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def _d(seconds: float) -> str:
     return format_duration(seconds)
 
 
-@rule("CP120", "bad-rate", emitted_by="loader")
+@rule("CP130", "bad-rate", emitted_by="loader")
 def bad_rate(ctx: LintContext) -> Iterator[Diagnostic]:
     """What it does: reports a limit whose `rate` is not a count per period such as 40/s, 100/m or 5/10s.
 
@@ -43,7 +43,7 @@ def _unknown_names(ctx: LintContext, field: str, code: str) -> Iterator[Diagnost
         yield ctx.diagnostic(code, f"unknown {field} '{trim(name)}'", path, hint)
 
 
-@rule("CP121", "unknown-breaker")
+@rule("CP131", "unknown-breaker")
 def unknown_breaker(ctx: LintContext) -> Iterator[Diagnostic]:
     """What it does: reports a task (or `defaults`, or a pattern) naming a breaker that `breakers` does not define.
 
@@ -54,10 +54,10 @@ def unknown_breaker(ctx: LintContext) -> Iterator[Diagnostic]:
         bad:  breakers: {payments: {}}, tasks: {shop.charge: {breaker: payment}}
         good: breakers: {payments: {}}, tasks: {shop.charge: {breaker: payments}}
     """
-    yield from _unknown_names(ctx, "breaker", "CP121")
+    yield from _unknown_names(ctx, "breaker", "CP131")
 
 
-@rule("CP122", "unknown-limit")
+@rule("CP132", "unknown-limit")
 def unknown_limit(ctx: LintContext) -> Iterator[Diagnostic]:
     """What it does: reports a task (or `defaults`, or a pattern) naming a limit that `limits` does not define.
 
@@ -68,7 +68,7 @@ def unknown_limit(ctx: LintContext) -> Iterator[Diagnostic]:
         bad:  limits: {payments_api: {rate: 40/s}}, tasks: {shop.sync: {limit: payments}}
         good: limits: {payments_api: {rate: 40/s}}, tasks: {shop.sync: {limit: payments_api}}
     """
-    yield from _unknown_names(ctx, "limit", "CP122")
+    yield from _unknown_names(ctx, "limit", "CP132")
 
 
 def _with_breaker(ctx: LintContext) -> Iterator[tuple[View, str]]:
@@ -78,7 +78,7 @@ def _with_breaker(ctx: LintContext) -> Iterator[tuple[View, str]]:
             yield view, name
 
 
-@rule("CP220", "breaker-shorter-than-backoff", severity="warning")
+@rule("CP240", "breaker-shorter-than-backoff", severity="warning")
 def breaker_shorter_than_backoff(ctx: LintContext) -> Iterator[Diagnostic]:
     """What it does: warns when a breaker's `open_for` is shorter than the first retry delay of a task using it.
 
@@ -104,10 +104,10 @@ def breaker_shorter_than_backoff(ctx: LintContext) -> Iterator[Diagnostic]:
             f"of {view.describe()}"
         )
         hint = f"set breakers.{name}.open_for to at least {_d(first)}, or shorten retry.backoff.initial"
-        yield ctx.diagnostic("CP220", message, path if (*path,) in ctx.source else ("breakers", name), hint)
+        yield ctx.diagnostic("CP240", message, path if (*path,) in ctx.source else ("breakers", name), hint)
 
 
-@rule("CP221", "snooze-beyond-retry-deadline", severity="warning")
+@rule("CP241", "snooze-beyond-retry-deadline", severity="warning")
 def snooze_beyond_retry_deadline(ctx: LintContext) -> Iterator[Diagnostic]:
     """What it does: warns when a task may wait on its breaker or limit (`snooze.deadline`) longer than its
     whole retry budget (`retry.deadline`).
@@ -131,10 +131,10 @@ def snooze_beyond_retry_deadline(ctx: LintContext) -> Iterator[Diagnostic]:
             f"snooze.deadline {_d(policy.snooze.deadline)} is beyond retry.deadline {_d(deadline)} of {view.describe()}"
         )
         hint = f"set snooze: {{deadline: {_d(deadline)}}} or less (unset, it defaults to retry.deadline)"
-        yield Diagnostic("CP221", message, ctx.key_locate(path), hint, path=render_path(path))
+        yield Diagnostic("CP241", message, ctx.key_locate(path), hint, path=render_path(path))
 
 
-@rule("CP222", "breaker-counts-nothing", severity="warning")
+@rule("CP242", "breaker-counts-nothing", severity="warning")
 def breaker_counts_nothing(ctx: LintContext) -> Iterator[Diagnostic]:
     """What it does: warns when a task uses a breaker that counts no failure: the breaker sets no `on` and the
     task's `retry.on` is empty.
@@ -151,10 +151,10 @@ def breaker_counts_nothing(ctx: LintContext) -> Iterator[Diagnostic]:
         _, path = view.blame(("breaker",))
         message = f"breaker '{name}' counts no failure of {view.describe()}: it sets no 'on' and retry.on is empty"
         hint = f"list the failures that count in breakers.{name}.on, e.g. on: [transient]"
-        yield Diagnostic("CP222", message, ctx.key_locate(path), hint, path=render_path(path))
+        yield Diagnostic("CP242", message, ctx.key_locate(path), hint, path=render_path(path))
 
 
-@rule("CP223", "unused-flow-control", severity="warning")
+@rule("CP243", "unused-flow-control", severity="warning")
 def unused_flow_control(ctx: LintContext) -> Iterator[Diagnostic]:
     """What it does: warns about a breaker or limit that no task, pattern or `defaults` names.
 
@@ -173,4 +173,4 @@ def unused_flow_control(ctx: LintContext) -> Iterator[Diagnostic]:
                 continue
             message = f"{field} '{name}' is not used by any task"
             hint = f"name it in a task, pattern or defaults: {field}: {name}"
-            yield ctx.diagnostic("CP223", message, (f"{field}s", name), hint)
+            yield ctx.diagnostic("CP243", message, (f"{field}s", name), hint)
