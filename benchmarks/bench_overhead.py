@@ -7,6 +7,7 @@ app sets them in YAML. Rounds alternate A B A B to cancel machine noise; the
 report gives medians and the ratio.
 
     .venv/bin/python benchmarks/bench_overhead.py [--calls 200000] [--rounds 7]
+    .venv/bin/python benchmarks/bench_overhead.py --breaker   # a closed circuit breaker vs none
 """
 
 from __future__ import annotations
@@ -160,11 +161,60 @@ def time_classify(calls: int, policy_path: str) -> tuple[float, float]:
     return ours, theirs
 
 
+def breaker_main(calls: int, rounds: int) -> None:
+    """``--breaker``: the same policy with and without a closed circuit breaker (state in a real redis-server)."""
+    from benchmarks.bench_e2e import start_redis
+
+    with tempfile.TemporaryDirectory() as tmp:
+        server, url = start_redis(Path(tmp))
+        try:
+            base = POLICY.replace(
+                'dead_letter_store: {url: "redis://127.0.0.1:1/0"}', f'dead_letter_store: {{url: "{url}"}}'
+            )
+            flow = "breakers:\n  payments: {on: [transient]}\ntasks:\n  bench.work: {breaker: payments}\n"
+            paths = {}
+            for label, text in (("policy", base), ("breaker", base + flow)):
+                paths[label] = os.path.join(tmp, f"{label}.yaml")
+                Path(paths[label]).write_text(text)
+            apps = {label: make_policy(path) for label, path in paths.items()}
+            for app, _ in apps.values():
+                setup_worker_optimizations(app)
+            times: dict[str, list[float]] = {"policy": [], "breaker": []}
+            for _ in range(rounds):
+                for label, (app, task) in apps.items():
+                    times[label].append(time_tracer(app, task, calls))
+        finally:
+            server.terminate()
+            server.wait()
+    p, q = statistics.median(times["policy"]), statistics.median(times["breaker"])
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, {calls} calls x {rounds} rounds (A B interleaved)")
+    print(f"success path: policy {p * 1e6:.3f} us/call, policy + closed breaker {q * 1e6:.3f} us/call")
+    print(f"  a closed breaker adds {(q - p) * 1e6:+.3f} us per call (median); ratio {p / q:.3f}")
+    from benchmarks._results import save
+
+    save(
+        "overhead-breaker",
+        {
+            "calls": calls,
+            "rounds": rounds,
+            "policy_us": p * 1e6,
+            "breaker_us": q * 1e6,
+            "added_us": (q - p) * 1e6,
+            "ratio": p / q,
+            "runs_us": {k: [v * 1e6 for v in vals] for k, vals in times.items()},
+        },
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--breaker", action="store_true", help="measure a closed circuit breaker instead")
     opts = parser.parse_args()
+    if opts.breaker:
+        breaker_main(opts.calls, opts.rounds)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         policy_path = os.path.join(tmp, "bench.yaml")
         Path(policy_path).write_text(POLICY)

@@ -107,3 +107,32 @@ Duration = Annotated[
         }
     ),
 ]
+
+
+# --- rates (flow control limits) ---------------------------------------------------------------
+
+_RATE_UNITS = {"sec": "s", "second": "s", "min": "m", "minute": "m", "hour": "h", "day": "d"}
+_RATE_RE = re.compile(r"^(\d+(?:\.\d+)?)/(.+)$")
+RATE_PATTERN = r"^\s*\d+(\.\d+)?\s*/\s*(\d+(\.\d+)?)?\s*(ms|s|m|h|d|sec|second|min|minute|hour|day)\s*$"
+
+
+def parse_rate(value: object) -> float:
+    """``"40/s"``, ``"100/m"``, ``"5/10s"`` -> events per second; raises :class:`DurationError`."""
+    text = str(value).strip().replace(" ", "") if isinstance(value, str) else None
+    found = _RATE_RE.match(text) if text else None
+    if found is None:
+        msg = f"'{value}' is not a rate; write a count per period such as 40/s, 100/m, 5/10s"
+        raise DurationError(msg)
+    count, period = float(found.group(1)), found.group(2)
+    period = _RATE_UNITS.get(period, period)
+    if period in _UNIT_S:
+        period = f"1{period}"
+    try:
+        seconds = parse_duration(period)
+    except DurationError:
+        msg = f"'{value}' is not a rate; write a count per period such as 40/s, 100/m, 5/10s"
+        raise DurationError(msg) from None
+    if count <= 0 or seconds <= 0:
+        msg = f"'{value}' is not a rate; the count and the period must be greater than 0"
+        raise DurationError(msg)
+    return count / seconds

@@ -22,7 +22,7 @@ from celery_policy.backoff import deadline_passed_at, delay_bounds, worst_case_t
 from celery_policy.budgets import rule_budgets, unknown_budget
 from celery_policy.errors import Location
 from celery_policy.loader import environment_chain, lookup_origin
-from celery_policy.model import Backoff, RetryPolicy, TaskPolicy
+from celery_policy.model import Backoff, RetryPolicy, TaskPolicy, snooze_deadline
 from celery_policy.resolve import BUILTIN_LAYER, Policy, Provenance, ResolvedPolicy
 
 MAX_ROWS = 12  # schedule rows shown; longer schedules show the first ones and the last
@@ -75,6 +75,27 @@ class Explanation:
     fields: tuple[Field, ...]
     rule_sources: tuple[Provenance, ...]
     schedules: tuple[Schedule, ...]
+    flow: Flow | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """The task's breaker and limit as the fleet shares them (``breakers`` / ``limits`` blocks)."""
+
+    breaker: str | None
+    breaker_settings: dict[str, Any] | None  # effective, None when the name is unknown
+    breaker_location: Location | None
+    counts: tuple[str, ...]  # the failures the breaker counts
+    counts_from: str  # "breaker.on" or "retry.on"
+    limit: str | None
+    limit_settings: dict[str, Any] | None
+    limit_location: Location | None
+    snooze_deadline_s: float
+    snooze_deadline_from: str  # "snooze.deadline", "retry.deadline" or "default"
+    snooze_max: int | None
+
+
+FLOW_FIELDS = ("breaker", "limit", "snooze")  # listed among the fields only for a task that uses them
 
 
 # --- building the explanation ------------------------------------------------
@@ -99,6 +120,40 @@ def explain(policy: Policy, task: str) -> Explanation:
         fields=tuple(effective_fields(resolved)),
         rule_sources=rule_sources,
         schedules=tuple(schedules(resolved.policy.retry)),
+        flow=flow_of(policy, resolved),
+    )
+
+
+def flow_of(policy: Policy, resolved: ResolvedPolicy) -> Flow | None:
+    """The task's breaker, limit and snooze budget; None when it names neither a breaker nor a limit."""
+    task = resolved.policy
+    if task.breaker is None and task.limit is None:
+        return None
+    document = policy.document
+    breaker = document.breakers.get(task.breaker) if task.breaker is not None else None
+    limit = document.limits.get(task.limit) if task.limit is not None else None
+    if breaker is not None and breaker.on is not None:
+        counts, counts_from = tuple(breaker.on), "breaker.on"
+    else:
+        counts, counts_from = tuple(task.retry.on), "retry.on"
+    if task.snooze.deadline is not None:
+        deadline, deadline_from = task.snooze.deadline, "snooze.deadline"
+    elif task.retry.deadline is not None:
+        deadline, deadline_from = task.retry.deadline, "retry.deadline"
+    else:
+        deadline, deadline_from = snooze_deadline(task), "default"
+    return Flow(
+        breaker=task.breaker,
+        breaker_settings=breaker.model_dump() if breaker is not None else None,
+        breaker_location=_own_location(policy, ("breakers", task.breaker)) if task.breaker else None,
+        counts=counts,
+        counts_from=counts_from,
+        limit=task.limit,
+        limit_settings=limit.model_dump() if limit is not None else None,
+        limit_location=_own_location(policy, ("limits", task.limit)) if task.limit else None,
+        snooze_deadline_s=deadline,
+        snooze_deadline_from=deadline_from,
+        snooze_max=task.snooze.max,
     )
 
 
@@ -121,7 +176,10 @@ def _rule_source(policy: Policy, prefixes: Mapping[str, Any], rules_source: Prov
 def effective_fields(resolved: ResolvedPolicy) -> list[Field]:
     """Every leaf field of the effective policy, in model order, with its source."""
     found: list[Field] = []
+    uses_flow = resolved.policy.breaker is not None or resolved.policy.limit is not None
     for section in TaskPolicy.model_fields:
+        if section in FLOW_FIELDS and not uses_flow:
+            continue
         value = getattr(resolved.policy, section)
         _walk(resolved, section, value, path=section, duration=is_duration_field(TaskPolicy, section), found=found)
     return found

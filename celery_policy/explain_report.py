@@ -50,7 +50,7 @@ from typing import Any
 from celery_policy._render import render_delay, render_float, render_value
 from celery_policy.durations import format_duration
 from celery_policy.errors import Location
-from celery_policy.explain import Explanation, Schedule
+from celery_policy.explain import Explanation, Flow, Schedule
 from celery_policy.resolve import Provenance
 
 # --- text ------------------------------------------------------------------------
@@ -72,10 +72,42 @@ def render_text(explanation: Explanation) -> str:
         where = f"{location.file}:{location.line}" if location is not None else ""
         out.append(f"  {label:<{width}}  {where}".rstrip())
     out.extend(_render_fields(explanation))
+    if explanation.flow is not None:
+        out.append("")
+        out.extend(_render_flow(explanation.flow))
     for schedule in explanation.schedules:
         out.append("")
         out.extend(_render_schedule(schedule))
     return "\n".join(out) + "\n"
+
+
+def _render_flow(flow: Flow) -> list[str]:
+    out = ["flow control (state shared by every worker):"]
+    if flow.breaker is not None:
+        where = f"  {flow.breaker_location.file}:{flow.breaker_location.line}" if flow.breaker_location else ""
+        settings = flow.breaker_settings
+        if settings is None:
+            out.append(f"  breaker {flow.breaker}: not defined in 'breakers'")
+        else:
+            out.append(
+                f"  breaker {flow.breaker}: opens at {settings['failure_rate']:.0%} failures of at least "
+                f"{settings['min_calls']} calls in {render_value(settings['window'], True)}, stays open "
+                f"{render_value(settings['open_for'], True)}, then {settings['half_open_calls']} probes{where}"
+            )
+            out.append(f"    counts: {render_value(list(flow.counts))} ({flow.counts_from})")
+    if flow.limit is not None:
+        where = f"  {flow.limit_location.file}:{flow.limit_location.line}" if flow.limit_location else ""
+        settings = flow.limit_settings
+        if settings is None:
+            out.append(f"  limit {flow.limit}: not defined in 'limits'")
+        else:
+            out.append(f"  limit {flow.limit}: {settings['rate']} for the fleet, burst {settings['burst']}{where}")
+    cap = f", at most {flow.snooze_max} snoozes" if flow.snooze_max is not None else ""
+    out.append(
+        f"  snoozed without spending a retry for up to {render_value(flow.snooze_deadline_s, True)} "
+        f"({flow.snooze_deadline_from}){cap}; then reason breaker_open / rate_limited"
+    )
+    return out
 
 
 def _render_fields(explanation: Explanation) -> list[str]:
@@ -195,7 +227,7 @@ def _render_table(schedule: Schedule) -> list[str]:
 
 def render_json(explanation: Explanation) -> str:
     """The report as the JSON object documented at the top of this module."""
-    data = {
+    data: dict[str, Any] = {
         "task": explanation.task,
         "env": explanation.env,
         "files": list(explanation.files),
@@ -217,6 +249,21 @@ def render_json(explanation: Explanation) -> str:
             for index, schedule in enumerate(explanation.schedules)
         ],
     }
+    if explanation.flow is not None:
+        flow = explanation.flow
+        data["flow"] = {
+            "breaker": flow.breaker,
+            "breaker_settings": flow.breaker_settings,
+            "breaker_location": _location(flow.breaker_location),
+            "counts": list(flow.counts),
+            "counts_from": flow.counts_from,
+            "limit": flow.limit,
+            "limit_settings": flow.limit_settings,
+            "limit_location": _location(flow.limit_location),
+            "snooze_deadline_s": flow.snooze_deadline_s,
+            "snooze_deadline_from": flow.snooze_deadline_from,
+            "snooze_max": flow.snooze_max,
+        }
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 

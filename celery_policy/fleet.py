@@ -36,6 +36,7 @@ from celery_policy.resolve import Policy, Provenance
 
 DEFAULTS = "defaults"  # the pseudo-task for the `defaults` section in file diffs
 SETTINGS = ("worker", "producer", "dead_letter_store")
+FLOW_SETTINGS = ("breakers", "limits")  # in a snapshot only when the file defines some
 _SETTING_MODELS: dict[str, type[BaseModel]] = {
     "worker": WorkerSettings,
     "producer": ProducerSettings,
@@ -128,6 +129,14 @@ def snapshot(policy: Policy, tasks: Iterable[str], *, include_defaults: bool = F
             else BUILTIN_SOURCE
             for path in fields
         }
+    # flow control: the breakers and limits the tasks name (only when the file has any)
+    for section in FLOW_SETTINGS:
+        blocks = getattr(policy.document, section)
+        if not blocks:
+            continue
+        fields = _flatten({name: block.model_dump(mode="json") for name, block in blocks.items()})
+        settings[section] = fields
+        sources[section] = {path: _where(policy.location((section, *path.split(".")))) for path in fields}
     return Snapshot(policy.env, resolved_tasks, settings, sources, tuple(policy.files))
 
 
@@ -148,6 +157,9 @@ def _task_key(name: str) -> str:
 
 def _normalise_task(policy: TaskPolicy, groups: Mapping[str, Sequence[str]]) -> dict[str, Any]:
     data = policy.model_dump(mode="json")
+    if policy.breaker is None and policy.limit is None:  # flow control unused: the fingerprint stays as before it
+        for name in ("breaker", "limit", "snooze"):
+            data.pop(name, None)
     retry = data["retry"]
     retry["on"] = _expand(retry["on"], groups)
     retry["never"] = _expand(retry["never"], groups)

@@ -295,7 +295,7 @@ def _diagnostic_for(error: Any, loc: KeyPath, raw: RawPolicy) -> Diagnostic:
         where = render_path(loc[:-1]) or "the top level"
         hint = "add 'version: 1' at the top of the file" if loc == ("version",) else f"add '{key_name}:'"
         return Diagnostic("CP101", f"missing required key '{key_name}' in {where}", location, hint, path=path_text)
-    code = "CP104" if "duration" in message else "CP101"
+    code = "CP104" if "duration" in message else "CP130" if "is not a rate" in message else "CP101"
     if kind == "literal_error" and loc == ("version",):
         shown = f"'{trim(value)}' (a string)" if isinstance(value, str) else trim(value)
         hint = "write version: 1 without quotes" if str(value).strip() == "1" else "this release reads version: 1"
@@ -305,7 +305,7 @@ def _diagnostic_for(error: Any, loc: KeyPath, raw: RawPolicy) -> Diagnostic:
             "CP101", f"rate_limit '{trim(value)}' is not a rate", location, RATE_LIMIT_HINT, path=path_text
         )
     message = message[0].lower() + message[1:] if message else message
-    shown = "" if code == "CP104" or isinstance(value, (dict, list)) else f", got {trim(value)}"
+    shown = "" if code in ("CP104", "CP130") or isinstance(value, (dict, list)) else f", got {trim(value)}"
     hint = _hint_for(kind, loc, error)
     return Diagnostic(code, f"{message}{shown}", location, hint, path=path_text)
 
@@ -342,6 +342,8 @@ def _belongs_under(key: str, parent: KeyPath) -> str | None:
 def _hint_for(kind: str, loc: KeyPath, error: Any) -> str | None:
     if "duration" in str(error["msg"]):
         return DURATION_HINT
+    if "is not a rate" in str(error["msg"]):
+        return "a limit's rate is tokens per period for the whole fleet, e.g. rate: 40/s or rate: 5/10s"
     if (
         (kind == "string_pattern_mismatch" and loc and loc[-2:-1] in (("on",), ("never",)))
         or "on" in loc

@@ -11,9 +11,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
-from celery_policy.durations import Duration
+from celery_policy.durations import RATE_PATTERN, Duration, parse_rate
 
 _CONFIG = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
@@ -183,6 +192,111 @@ class HooksPolicy(_Section):
     on_dead_letter: DottedCallable | None = None
 
 
+# --- flow control: fleet-wide circuit breakers, shared rate limits, snoozes ---------------------------
+
+
+def _fraction(value: Any) -> Any:
+    """``50%`` or ``0.5`` -> 0.5 (other values are left to the field's own validation)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.endswith("%"):
+            try:
+                return float(text[:-1]) / 100.0
+            except ValueError:
+                return value
+    return value
+
+
+class BreakerSettings(_Section):
+    """A circuit breaker shared by every worker (state in Redis), named in ``breakers`` and used by tasks."""
+
+    on: list[ExceptionRef] | None = Field(
+        None,
+        description="failures that count (exception classes or groups); default: the retry.on of the task that "
+        "reports them. Errors in the task's retry.never never count",
+    )
+    failure_rate: Annotated[
+        float,
+        BeforeValidator(_fraction),
+        WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*%\s*$"}]}),
+    ] = Field(0.5, gt=0.0, le=1.0, description="open when this share of the calls in the window failed: '50%' or 0.5")
+    min_calls: int = Field(10, ge=1, description="... and at least this many calls were made in the window")
+    window: Duration = Field(10.0, description="the sliding window the failure rate is measured over (default 10s)")
+    open_for: Duration = Field(
+        5.0, description="how long the breaker stays open before half_open_calls probes may run (default 5s)"
+    )
+    half_open_calls: int = Field(
+        2, ge=1, description="probes let through when half-open; all succeed -> closed, one fails -> open again"
+    )
+
+    @model_validator(mode="after")
+    def _positive(self) -> BreakerSettings:
+        for name in ("window", "open_for"):
+            if getattr(self, name) <= 0:
+                msg = f"{name} must be greater than 0"
+                raise ValueError(msg)
+        return self
+
+
+class LimitSettings(_Section):
+    """A token bucket shared by every worker (state in Redis), named in ``limits`` and used by tasks."""
+
+    rate: str = Field(
+        json_schema_extra={"pattern": RATE_PATTERN},
+        description="tokens per period for the whole fleet: '40/s', '100/m', '5/10s', '1000/h'",
+    )
+    burst: int = Field(1, ge=1, description="tokens that may be taken at once after an idle period (default 1)")
+
+    @field_validator("rate", mode="before")
+    @classmethod
+    def _parsable(cls, value: Any) -> Any:
+        parse_rate(value)  # raises "... is not a rate ..."
+        return value.strip() if isinstance(value, str) else value
+
+    @property
+    def per_second(self) -> float:
+        return parse_rate(self.rate)
+
+
+class SnoozePolicy(_Section):
+    """How long a task may wait on an open breaker or an empty limit, in total, before it gives up."""
+
+    deadline: Duration | None = Field(
+        None,
+        description="total time a task may spend snoozed, since its first snooze (default: retry.deadline when "
+        "set, else 1h)",
+    )
+    max: int | None = Field(None, ge=0, description="most snoozes per task (default: no cap besides deadline)")
+
+
+DEFAULT_SNOOZE_DEADLINE_S = 3600.0
+
+
+def snooze_deadline(policy: TaskPolicy) -> float:
+    """The effective snooze.deadline of a task: its own, else its retry.deadline, else 1h."""
+    if policy.snooze.deadline is not None:
+        return policy.snooze.deadline
+    return policy.retry.deadline if policy.retry.deadline is not None else DEFAULT_SNOOZE_DEADLINE_S
+
+
+class FlowStoreSettings(_Section):
+    """Where breaker and limit state lives (default: the dead-letter store's Redis)."""
+
+    url: str | None = Field(
+        None, description="Redis URL (default: dead_letter_store.url, else the broker URL when it is Redis)"
+    )
+    prefix: str = Field("celery-policy:flow", min_length=1, description="key prefix of breaker and limit state")
+    cache_for: Duration = Field(
+        1.0,
+        description="how long a worker process trusts its cached breaker state before asking Redis again; a closed "
+        "breaker's successes are counted locally and sent then (default 1s)",
+    )
+
+
+Breakers = dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][\w.-]*$")], BreakerSettings]
+Limits = dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][\w.-]*$")], LimitSettings]
+
+
 class TaskPolicy(_Section):
     """The failure-handling policy of one task (or the defaults of all tasks)."""
 
@@ -203,6 +317,10 @@ class TaskPolicy(_Section):
             "'10/m' (ten a minute), '1/h' (one an hour); a plain number is per second (default none)"
         ),
     )
+    # flow control (celery_policy/flow/): names from the top-level breakers/limits blocks
+    breaker: str | None = Field(None, min_length=1, description="name of a circuit breaker in `breakers`")
+    limit: str | None = Field(None, min_length=1, description="name of a shared rate limit in `limits`")
+    snooze: SnoozePolicy = Field(default_factory=SnoozePolicy)
 
 
 class WorkerSettings(_Section):
@@ -293,6 +411,9 @@ class Overlay(_Section):
     producer: ProducerSettings = Field(default_factory=ProducerSettings)
     dead_letter_store: DeadLetterStoreSettings = Field(default_factory=DeadLetterStoreSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+    breakers: Breakers = Field(default_factory=dict, description="circuit breakers shared by the fleet")
+    limits: Limits = Field(default_factory=dict, description="rate limits (token buckets) shared by the fleet")
+    flow_store: FlowStoreSettings = Field(default_factory=FlowStoreSettings)
 
 
 class PolicyDocument(_Section):
@@ -308,6 +429,9 @@ class PolicyDocument(_Section):
     producer: ProducerSettings = Field(default_factory=ProducerSettings)
     dead_letter_store: DeadLetterStoreSettings = Field(default_factory=DeadLetterStoreSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+    breakers: Breakers = Field(default_factory=dict, description="circuit breakers shared by the fleet")
+    limits: Limits = Field(default_factory=dict, description="rate limits (token buckets) shared by the fleet")
+    flow_store: FlowStoreSettings = Field(default_factory=FlowStoreSettings)
     environments: dict[str, Overlay] = Field(default_factory=dict, description="overlays chosen by --env")
 
 

@@ -107,6 +107,9 @@ def iter_exception_refs(document: PolicyDocument) -> Iterator[tuple[KeyPath, str
         for rule_index, rule in enumerate(retry.rules):
             for index, ref in enumerate(rule.on):
                 yield (*prefix, "retry", "rules", rule_index, "on", index), ref
+    for name, breaker in document.breakers.items():  # flow control: the failures a breaker counts
+        for index, ref in enumerate(breaker.on or ()):
+            yield ("breakers", name, "on", index), ref
 
 
 def check_references(document: PolicyDocument, locate: Any, *, import_classes: bool = True) -> list[Diagnostic]:

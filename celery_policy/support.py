@@ -105,6 +105,9 @@ def celery_problems() -> list[str]:
         problems.append("celery.Task._exec_options")
     if not hasattr(Task, "Request"):  # runtime.request: the documented custom Request class hook
         problems.append("celery.Task.Request")
+    # runtime.flow publishes a snoozed task as Task.retry publishes a retry (same id, canvas, headers, queue)
+    if not hasattr(Task, "signature_from_request"):
+        problems.append("celery.Task.signature_from_request")
     return problems
 
 

@@ -150,15 +150,44 @@ def run_status(app: str, expect: Sequence[str], env: str | None, fmt: str, timeo
     if expected_policy is not None:
         for worker in workers:
             _compare(worker, expected_policy)
+    flow = _breakers_for_status(celery_app, expected_policy)  # breaker states next to the fleet (cli/breakers.py)
     if fmt == "json":
-        click.echo(json.dumps(_status_json(workers, expected_policy, expect), indent=2, ensure_ascii=False))
+        body = _status_json(workers, expected_policy, expect)
+        if flow is not None:
+            body["breakers"] = flow[1]
+        click.echo(json.dumps(body, indent=2, ensure_ascii=False))
     else:
-        click.echo("\n".join(_status_text(workers, expected_policy, expect, timeout)))
+        lines = _status_text(workers, expected_policy, expect, timeout)
+        if flow is not None:
+            lines += ["", *flow[0]]
+        click.echo("\n".join(lines))
     if not workers:
         return FAILED
     if expected_policy is not None and any(w.drifting for w in workers):
         return FAILED
     return OK
+
+
+def _breakers_for_status(celery_app: Any, expected: Policy | None) -> tuple[list[str], Any] | None:
+    """Text lines and JSON of the breakers of the policy (--expect, else the app's own); None without breakers."""
+    from celery_policy.cli.breakers import breaker_states, render_states, states_json
+    from celery_policy.runtime.flow import flow_store_url
+    from celery_policy.runtime.install import runtime_for
+
+    policy = expected
+    if policy is None:
+        runtime = runtime_for(celery_app)
+        policy = runtime.policy if runtime is not None else None
+    if policy is None or not policy.document.breakers:
+        return None
+    url = flow_store_url(policy, celery_app.conf.broker_url)
+    if url is None:
+        return ["breakers: no Redis to read their state from (set flow_store.url)"], {"error": "no flow store"}
+    try:
+        states = breaker_states(policy, url)
+    except Exception as exc:  # redis-py and socket errors: the fleet part of the report still stands
+        return [f"breakers: cannot read their state: {exc}"], {"error": str(exc)}
+    return ["breakers:", *(f"  {line}" for line in render_states(states))], states_json(states)
 
 
 def _workers(replies: Iterable[Mapping[str, Any]]) -> list[_Worker]:

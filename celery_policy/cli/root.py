@@ -16,6 +16,7 @@ from celery_policy.cli.exit import OK, USAGE
 
 # command name -> "module:attribute" of its click command, in the order `--help` lists them
 COMMANDS = {
+    "breakers": "celery_policy.cli.breakers:breakers",
     "check": "celery_policy.cli.check:check",
     "diff": "celery_policy.cli.fleet:diff_command",
     "dlq": "celery_policy.cli.dlq:dlq",

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Reason = Literal[
     "exhausted", "permanent", "unknown", "unknown_exhausted", "deadline", "redelivery_limit", "time_limit",
+    "breaker_open", "rate_limited",
     "rejected",  # RabbitMQ: dead-lettered by the broker for another reason than its delivery limit (deadletter/amqp.py)
 ]  # fmt: skip
 

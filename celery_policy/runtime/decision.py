@@ -12,7 +12,7 @@ __all__ = ["Decision"]
 class Decision:
     """What the policy decided about one failed attempt. Hooks receive it."""
 
-    action: str  # "retry" | "fail" | "dead_letter" | "requeue"
+    action: str  # "retry" | "fail" | "dead_letter" | "requeue" | "snooze"
     task: str
     task_id: str | None
     attempt: int  # 1-based number of the attempt that failed
@@ -20,6 +20,7 @@ class Decision:
     countdown: float | None
     exc_type: str
     # exhausted | unknown_exhausted | permanent | unknown | deadline | time_limit | redelivery_limit | None for retries
+    # breaker_open | rate_limited (a snooze, or a give-up past snooze.deadline / snooze.max)
     reason: str | None
     policy_source: str
     # the policy field that decided: "retry.on", "retry.rules[0]", "retry.unknown", "retry.never", "timeout.hard"

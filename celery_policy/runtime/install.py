@@ -32,6 +32,7 @@ from celery_policy.redis_urls import RedisUrlError
 from celery_policy.references import check_references, ensure_import_root
 from celery_policy.resolve import Policy, load
 from celery_policy.runtime import amqp as _amqp
+from celery_policy.runtime.flow import FlowRegistry
 from celery_policy.runtime.routing import PolicyRouter
 from celery_policy.runtime.task import compose
 from celery_policy.runtime.task_runtime import TaskRuntime
@@ -53,6 +54,7 @@ class AppRuntime:
         self.handles_hard_timeouts = celery_handles_hard_timeouts()
         self._verified = False
         self._store: RedisStreamStore | None = None
+        self._flow: FlowRegistry | None = None
         self._compiled: dict[int, Any] = {}
         self.decorator_options: dict[str, dict[str, Any]] = {}  # what task decorators set, seen at binding
         self._settings: dict[str, Any] | None = None
@@ -83,8 +85,17 @@ class AppRuntime:
             if runtime.needs_redis:
                 store = self.store()
                 runtime.bind_redis(store, store.client)
+            gate = self.flow().gate_for(runtime)  # breaker / limit (runtime/flow.py)
+            if gate is not None:
+                runtime.bind_flow(gate)
             self.tasks[name] = runtime
         return runtime
+
+    def flow(self) -> FlowRegistry:
+        """The app's breakers and limits (their Redis client is made when a task first needs one)."""
+        if self._flow is None:
+            self._flow = FlowRegistry(self.policy, _broker_url(self.app))
+        return self._flow
 
     def store(self) -> RedisStreamStore:
         """The dead-letter store, shared by all tasks; PolicyError when none can be derived."""

@@ -171,3 +171,44 @@ def _sentry_breadcrumb(decision: Decision, exc: BaseException | None) -> None:
         message=f"{decision.task}: {decision.action}{countdown} after attempt {decision.attempt} ({decision.exc_type})",
         data=_attributes(decision, exc),
     )
+
+
+# --- flow-control state changes -> OpenTelemetry / Sentry -----------------------------------------
+
+FLOW_SPAN_EVENT = "celery_policy.breaker"
+
+
+def record_flow_event(attributes: dict[str, Any]) -> None:
+    """A breaker state change as a span event and a breadcrumb, like a decision; errors are swallowed."""
+    values = {f"celery_policy.{key}": value for key, value in attributes.items() if value is not None}
+    for sink in (_otel_flow_event, _sentry_flow_breadcrumb):
+        module = "opentelemetry.trace" if sink is _otel_flow_event else "sentry_sdk"
+        if not _installed(module):
+            continue
+        try:
+            sink(values)
+        except Exception:  # observability must never change a task's outcome
+            structlog.get_logger("celery_policy").debug("policy_observability_failed", sink=sink.__name__)
+
+
+def _otel_flow_event(values: dict[str, Any]) -> None:
+    from opentelemetry import trace
+
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.add_event(FLOW_SPAN_EVENT, attributes=values)
+
+
+def _sentry_flow_breadcrumb(values: dict[str, Any]) -> None:
+    import sentry_sdk
+
+    if not sentry_sdk.get_client().is_active():
+        return
+    state = values.get("celery_policy.state")
+    sentry_sdk.add_breadcrumb(
+        category=BREADCRUMB_CATEGORY,
+        type="error" if state == "open" else "info",
+        level="warning" if state == "open" else "info",
+        message=f"breaker {values.get('celery_policy.breaker')}: {state}",
+        data=values,
+    )

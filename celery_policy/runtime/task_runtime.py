@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Task
 from celery.exceptions import Ignore, Reject, Retry, TaskPredicate
@@ -29,6 +29,9 @@ from celery_policy.runtime.events import ArgRenderer, call_hook, log_decision, l
 from celery_policy.runtime.headers import HEADER, headers_to_copy, policy_state
 from celery_policy.runtime.idempotency import Entry, IdempotencyGuard, IdempotencyKeyError
 from celery_policy.support import celery_stores_rejected_failure
+
+if TYPE_CHECKING:
+    from celery_policy.runtime.flow import FlowGate
 
 RERAISE = object()  # handle_failure's answer: re-raise the original exception where it was caught
 _CELERY_STORES_REJECTED_FAILURE = celery_stores_rejected_failure()
@@ -79,6 +82,7 @@ class TaskRuntime:
         self.dead_letters = DeadLetterWriter(self.name, self.args)  # its store is set by bind_redis()
         self.redeliveries: RedeliveryCounter | None = None  # set by bind_redis()
         self.idempotency: IdempotencyGuard | None = None  # set by bind_redis()
+        self.flow: FlowGate | None = None  # breaker / limit before the body; set by bind_flow()
         self.needs_wrapper = (
             self.classifier.retries_anything
             or self.return_error
@@ -126,6 +130,11 @@ class TaskRuntime:
             "exhausted",
             "idempotency",
         )
+
+    def bind_flow(self, gate: FlowGate) -> None:
+        """Put the task's breaker and limit (runtime/flow.py) in front of its body."""
+        self.flow = gate
+        self.needs_wrapper = True
 
     # -- class attributes Celery reads ---------------------------------------------------------
 

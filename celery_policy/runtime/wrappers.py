@@ -29,6 +29,11 @@ def wrap_run(task: Task, runtime: TaskRuntime) -> None:
     inner = _unwrapped_run(task)
     if inner is None:
         return
+    if runtime.flow is not None:  # breaker / limit: the gate runs inside the retry handling, around the body
+        body = inner
+        inner = runtime.flow.wrap(task, body)
+        setattr(inner, _WRAPPED, runtime)
+        inner.__wrapped__ = body  # type: ignore[attr-defined]
     handle = runtime.handle_failure
 
     if runtime.max_redeliveries is None and runtime.policy.idempotency is None:

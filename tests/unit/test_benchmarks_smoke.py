@@ -24,6 +24,8 @@ CASES = {
     "dlq": ["bench_dlq.py", "--records", "100", "--stream", "300"],
     "fetch": ["bench_fetch.py", "--tasks", "40", "--rounds", "1", "--pools", "solo"],
     "web": ["bench_web.py", "--records", "300"],
+    "overhead-breaker": ["bench_overhead.py", "--breaker", "--calls", "500", "--rounds", "1"],
+    "flow": ["bench_flow.py", "--only", "overhead", "--tasks", "30", "--rounds", "1"],
 }
 
 

@@ -3,12 +3,12 @@
 Importing this package registers every rule (:mod:`celery_policy.lint.registry`),
 one module per family: :mod:`.structure` (CP1xx errors), :mod:`.reliability` and
 :mod:`.idempotency` (CP2xx warnings), :mod:`.app` (CP3xx cross-checks against the
-``--app``), :mod:`.baseclass` (CP311, the app's own Task classes) and :mod:`.amqp` (RabbitMQ queues, CP209
-and CP305-CP307). Codes are
+``--app``), :mod:`.baseclass` (CP311, the app's own Task classes), :mod:`.amqp` (RabbitMQ queues, CP209
+and CP305-CP307) and :mod:`.flow` (breakers, limits and snoozes, CP130-CP132 and CP240-CP243). Codes are
 stable; see the registry for the docstring format.
 """
 
 from celery_policy.lint.context import LintContext
-from celery_policy.lint.rules import amqp, app, baseclass, idempotency, reliability, structure
+from celery_policy.lint.rules import amqp, app, baseclass, flow, idempotency, reliability, structure
 
-__all__ = ["LintContext", "amqp", "app", "baseclass", "idempotency", "reliability", "structure"]
+__all__ = ["LintContext", "amqp", "app", "baseclass", "flow", "idempotency", "reliability", "structure"]
