@@ -23,6 +23,7 @@ from celery_policy import appinfo
 from celery_policy.cli import options
 from celery_policy.cli.exit import CONNECT, FAILED, OK, USAGE
 from celery_policy.deadletter.amqp import AmqpDeadLetterStore, confirmed_publisher
+from celery_policy.deadletter.canvas import CANVAS_FIELDS
 from celery_policy.deadletter.record import DeadLetter
 from celery_policy.deadletter.replay import (
     FRESH_BUDGET_NOTE,
@@ -156,14 +157,27 @@ def run_show(entry_id: str, url: str | None, files: tuple[str, ...], app: str | 
         click.echo(f"error: no dead letter {entry_id} in {store.describe()}", err=True)
         return FAILED
     record = found[0]
-    for key, value in record.model_dump().items():
-        if key == "traceback":
+    data = record.model_dump()
+    for key, value in data.items():
+        if key == "traceback" or key in CANVAS_FIELDS:
             continue
         shown = _when(value) + " UTC" if key in {"first_failure", "last_failure"} else value
         click.echo(f"{key:>14}: {shown}")
+    for key in CANVAS_FIELDS:  # where the task was in its canvas: only what is set (older records have none)
+        if data[key] not in (None, [], {}):
+            click.echo(f"{key:>14}: {_canvas_value(data[key])}")
     click.echo("     traceback:")
     click.echo(record.traceback.rstrip())
     return OK
+
+
+def _canvas_value(value: Any) -> str:
+    """Signatures by task name (``chain`` next task first, as it will run), other values as they are."""
+    if isinstance(value, list) and all(isinstance(item, dict) and "task" in item for item in value):
+        return " -> ".join(str(item["task"]) for item in reversed(value)) if value else ""
+    if isinstance(value, dict) and "task" in value:
+        return str(value["task"])
+    return str(value)
 
 
 def run_replay(
@@ -218,10 +232,10 @@ def run_replay(
     pacing = f"rate {rate}" if rate else "rate unlimited"
     if spread:
         pacing += f", ETAs spread over {spread}"
-    if not dry_run:
+    progress = _Progress(sys.stderr.isatty())
+    if progress.enabled and not dry_run:
         click.echo(f"replaying at {pacing}; {FRESH_BUDGET_NOTE}", err=True)
     stop = threading.Event()
-    progress = _Progress(sys.stderr.isatty())
     try:
         with _events_log(events) as log, _stop_on_signals(stop):
             report = replay_dead_letters(
@@ -250,10 +264,11 @@ def _print_report(report: ReplayReport, pacing: str) -> None:
     if report.dry_run and report.replayed:
         click.echo(f"by task: {_breakdown(report.by_task)}")
         click.echo(f"by reason: {_breakdown(report.by_reason)}")
-        n = len(report.replayed)
+    if report.replayed:
         rate = parse_rate(pacing.removeprefix("rate ").split(",")[0]) if "unlimited" not in pacing else None
-        took = f", about {_duration(n / rate)} to publish" if rate else ""
-        click.echo(f"would publish at {pacing}{took}; {FRESH_BUDGET_NOTE}")
+        took = f" (about {_duration(len(report.replayed) / rate)})" if rate and report.dry_run else ""
+        verb_pace = "would publish" if report.dry_run else "published"
+        click.echo(f"{verb_pace} at {pacing}{took}; {FRESH_BUDGET_NOTE}")
     label = f" (incident {report.name})" if report.name else ""
     click.echo(f"{len(report.replayed)} {verb}, {len(report.skipped)} skipped, {len(report.failed)} failed{label}")
 
