@@ -164,7 +164,7 @@ def measure_rate(app: object, store: RedisStreamStore, count: int, rate: str) ->
         while times[j] < t - 1.0:
             j += 1
         busiest = max(busiest, i - j + 1)
-    target = float(rate.split("/")[0])
+    target = float(rate.split("/", maxsplit=1)[0])
     achieved = (count - 1) / (times[-1] - times[0])
     return {
         "records": count,

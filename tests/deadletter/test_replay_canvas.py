@@ -81,7 +81,7 @@ def broker(
     celery_worker_process(APP, env=env, cwd=REPO_ROOT, pythonpath=(REPO_ROOT,))
     producer = Celery("rp-producer", broker=url)  # no backend: the tests read outcomes from the journal
     producer.conf.update(task_serializer="json", accept_content=["json"])
-    yield Broker(request.param, url, clean_redis.client(), store, producer)
+    return Broker(request.param, url, clean_redis.client(), store, producer)
 
 
 def labels(runs: list[dict[str, Any]]) -> list[str]:
@@ -171,7 +171,9 @@ def test_link_and_link_error_of_a_replayed_task_fire_once_per_outcome(
     assert runs[5]["value"] == 30
 
 
-def test_a_redacted_record_is_refused_and_kept_unless_allowed(broker: Broker, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_redacted_record_is_refused_and_kept_unless_allowed(
+    broker: Broker, capsys: pytest.CaptureFixture[str]
+) -> None:
     key = f"secret-{time.time_ns()}"
     sig = broker.producer.signature
     direct = sig("rp.secret", kwargs={"key": key, "password": "hunter22"}).apply_async()
@@ -215,7 +217,8 @@ def test_a_chord_member_is_refused_with_the_reason_and_replayed_alone_on_request
     del result  # its backend subscription ends now, while the server runs
     gc.collect()
     record = broker.record_of(member_id)
-    assert record.chord is not None and record.chord["task"] == "rp.step"
+    assert record.chord is not None
+    assert record.chord["task"] == "rp.step"
     assert record.group_id == chord_id
 
     broker.journal.set(f"rp:fixed:{key}", "1")

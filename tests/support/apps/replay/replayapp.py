@@ -24,7 +24,10 @@ import celery_policy
 structlog.configure(processors=[structlog.processors.add_log_level, structlog.processors.JSONRenderer()])
 
 app = Celery(
-    "replayapp", broker=os.environ["RP_BROKER_URL"], backend=os.environ["RP_JOURNAL_URL"], task_cls=celery_policy.PolicyTask
+    "replayapp",
+    broker=os.environ["RP_BROKER_URL"],
+    backend=os.environ["RP_JOURNAL_URL"],
+    task_cls=celery_policy.PolicyTask,
 )
 app.conf.update(
     broker_connection_retry_on_startup=True,
