@@ -193,6 +193,7 @@ def run_replay(
     name: str | None = None,
     without_chord: bool = False,
     events: str | None = None,
+    pipeline: bool = True,
     **where: Any,
 ) -> int:
     selection = Where(**where)
@@ -227,6 +228,10 @@ def run_replay(
         celery_app = Celery("celery-policy-replay", broker=broker or store.url)
     if isinstance(store, AmqpDeadLetterStore):  # RabbitMQ: consume unacked, publish with confirm, then ack
         publisher: Any = confirmed_publisher(celery_app, queue)
+    elif pipeline:  # a Redis broker: pre-serialized messages, one pipeline per batch (deadletter/fastpath.py)
+        from celery_policy.deadletter.fastpath import pipeline_publisher_for
+
+        publisher = pipeline_publisher_for(celery_app, queue)
     else:
         publisher = celery_publisher(celery_app, queue)
     pacing = f"rate {rate}" if rate else "rate unlimited"

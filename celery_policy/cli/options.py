@@ -121,6 +121,13 @@ replay_options = _all(
         help="replay chord members alone (their chord already failed; its body will not run)",
     ),
     click.option(
+        "--pipeline/--no-pipeline",
+        default=True,
+        show_default=True,
+        help="on a Redis broker, push pre-serialized messages in pipelines (--no-pipeline: one send_task each; "
+        "chosen anyway when the app has before/after_task_publish receivers)",
+    ),
+    click.option(
         "--events",
         type=click.Path(dir_okay=False, allow_dash=True),
         help="append the replay's JSON log events to this file ('-' for stderr)",

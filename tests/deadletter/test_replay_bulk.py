@@ -22,6 +22,7 @@ from celery import Celery
 from support.servers import RedisServer
 
 from celery_policy.cli import main
+from celery_policy.deadletter.fastpath import RedisPipelinePublisher
 from celery_policy.deadletter.record import DeadLetter
 from celery_policy.deadletter.replay import (
     NAME_HEADER,
@@ -247,3 +248,45 @@ def test_rates_parse_and_the_token_bucket_paces_to_the_rate() -> None:
             taken += 1
         now[0] += 0.001
     assert 99 <= taken <= 101
+
+
+def test_the_pipelined_publisher_writes_the_message_send_task_writes(
+    store: RedisStreamStore, app: Celery, clean_redis: RedisServer
+) -> None:
+    """The same replay through send_task and through the pipeline: the same envelope, headers and body."""
+    link = {"task": "t.link", "args": [], "kwargs": {}, "options": {}, "subtask_type": None, "immutable": False}
+    record = seed(
+        store, chain=[link], callbacks=[link], errbacks=[link], root_id="r", parent_id="p", priority=5,
+        headers={"tenant": "acme", "timelimit": [10, 5]},
+    )  # fmt: skip
+    client = clean_redis.client()
+    celery_publisher(app, "via-send-task")(record, "same-id", eta=2e9, name="INC")
+    RedisPipelinePublisher(app, "via-pipeline")(record, "same-id", eta=2e9, name="INC")
+
+    def read(queue: str) -> dict[str, Any]:
+        (key,) = client.keys(f"{queue}*")  # priority 5: kombu's list for priority step 3
+        assert key == f"{queue}\x06\x163".encode()
+        message: dict[str, Any] = json.loads(client.lpop(key))
+        message["body"] = json.loads(base64.b64decode(message["body"]))
+        for volatile in ("delivery_tag", "reply_to"):  # a fresh tag per publish; no result consumer to reply to
+            message["properties"].pop(volatile)
+        message["properties"]["delivery_info"].pop("routing_key")
+        return message
+
+    sent, pushed = read("via-send-task"), read("via-pipeline")
+    assert pushed == sent
+    assert pushed["headers"]["celery_policy_replay_name"] == "INC"
+
+
+def test_a_pipelined_replay_deletes_nothing_when_the_broker_is_down(
+    store: RedisStreamStore, redis_server_factory: Any
+) -> None:
+    records = [seed(store) for _ in range(3)]
+    down = redis_server_factory()
+    down.stop()
+
+    report = replay_dead_letters(store, RedisPipelinePublisher(Celery("down", broker=down.url)), batch=10)
+
+    assert report.replayed == []
+    assert [entry for entry, _ in report.failed] == [r.id for r in records]
+    assert store.count() == 3
