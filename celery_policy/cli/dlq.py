@@ -164,7 +164,7 @@ def run_show(entry_id: str, url: str | None, files: tuple[str, ...], app: str | 
         shown = _when(value) + " UTC" if key in {"first_failure", "last_failure"} else value
         click.echo(f"{key:>14}: {shown}")
     for key in CANVAS_FIELDS:  # where the task was in its canvas: only what is set (older records have none)
-        if data[key] not in (None, [], {}):
+        if data[key] not in (None, "", [], {}):
             click.echo(f"{key:>14}: {_canvas_value(data[key])}")
     click.echo("     traceback:")
     click.echo(record.traceback.rstrip())

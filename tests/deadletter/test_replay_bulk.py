@@ -10,6 +10,9 @@ import base64
 import datetime as dt
 import itertools
 import json
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -19,7 +22,7 @@ import pytest
 import redis
 import structlog
 from celery import Celery
-from support.servers import RedisServer
+from support.servers import REPO_ROOT, RedisServer, wait_for
 
 from celery_policy.cli import main
 from celery_policy.deadletter.fastpath import RedisPipelinePublisher
@@ -290,3 +293,30 @@ def test_a_pipelined_replay_deletes_nothing_when_the_broker_is_down(
     assert report.replayed == []
     assert [entry for entry, _ in report.failed] == [r.id for r in records]
     assert store.count() == 3
+
+
+def test_sigterm_stops_a_paced_replay_after_the_record_in_flight_and_loses_nothing(
+    store: RedisStreamStore, clean_redis: RedisServer
+) -> None:
+    """A real `dlq replay --rate 20/s` process: SIGTERM ends it; every record is either published (and
+    deleted) or still in the store, and the report says it was interrupted."""
+    records = [seed(store) for _ in range(200)]
+    command = [sys.executable, "-m", "celery_policy.cli", "dlq", "replay", "--yes", "--rate", "20/s"]
+    process = subprocess.Popen(  # our own CLI
+        [*command, "--url", clean_redis.url, "--stream", STREAM], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, cwd=REPO_ROOT,
+    )  # fmt: skip
+    client = clean_redis.client()
+    wait_for("a few replays", lambda: client.llen(IDLE) >= 10, timeout=30)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=30)
+
+    assert process.returncode == 0, err
+    assert "stopped: interrupted; the records not replayed yet stay in the store" in err
+    replayed = int(out.splitlines()[-1].split()[0])
+    assert 10 <= replayed < 200
+    left = {r.id for r in store.iter(Filter())}
+    published = {m["headers"][REPLAY_OF_HEADER].split()[0] for m in queued(client)}
+    assert len(published) == replayed
+    assert published.isdisjoint(left)
+    assert published | left == {r.id for r in records}
