@@ -182,7 +182,7 @@ def measure_rate(app: Any, store: RedisStreamStore, count: int, rate: str) -> di
             j += 1
         busiest = max(busiest, i - j + 1)
     target = float(rate.split("/", maxsplit=1)[0])
-    achieved = (count - 1) / (times[-1] - times[0])
+    achieved = (count - 1) / max(times[-1] - times[0], 1e-9)
     return {
         "records": count,
         "rate": rate,

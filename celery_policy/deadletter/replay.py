@@ -336,6 +336,7 @@ def replay_dead_letters(
     )  # fmt: skip
     batch = max(1, min(batch, getattr(source, "max_batch", batch)))
     engine = _Engine(report, source, publish, batch, logger, on_progress)
+    report.started = time.monotonic()  # the rate and the progress ETA count from here, not from the read
     try:
         engine.run(
             bucket=bucket, spreader=spreader, max_records=max_records, allow_redacted=allow_redacted,
