@@ -320,3 +320,26 @@ def test_sigterm_stops_a_paced_replay_after_the_record_in_flight_and_loses_nothi
     assert len(published) == replayed
     assert published.isdisjoint(left)
     assert published | left == {r.id for r in records}
+
+
+def test_a_record_written_before_the_canvas_fields_existed_still_replays_as_a_plain_task(
+    store: RedisStreamStore, app: Celery, clean_redis: RedisServer
+) -> None:
+    old = {  # the JSON an older celery-policy wrote: no headers, chain, links, ids or routing
+        "task": "orders.charge", "task_id": "old-1", "args": [7], "kwargs": {"amount": 10}, "replayable": True,
+        "reason": "exhausted", "exc_type": "builtins.ConnectionError", "exc_message": "", "traceback": "",
+        "attempts": 3, "first_failure": HOUR, "last_failure": HOUR, "hostname": "w1", "queue": IDLE,
+        "policy_source": "",
+    }  # fmt: skip
+    client = clean_redis.client()
+    entry = client.xadd(STREAM, {"record": json.dumps(old)}).decode()
+
+    report = replay_dead_letters(store, RedisPipelinePublisher(app))
+
+    assert [e for e, _ in report.replayed] == [entry]
+    (message,) = queued(client)
+    body = json.loads(base64.b64decode(message["body"]))
+    assert body[:2] == [[7], {"amount": 10}]
+    assert body[2] == {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+    assert message["headers"]["root_id"] == message["headers"]["id"]  # a canvas of its own
+    assert store.count() == 0
