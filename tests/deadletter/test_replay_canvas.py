@@ -143,8 +143,12 @@ def test_link_and_link_error_of_a_replayed_task_fire_once_per_outcome(
     sig = broker.producer.signature
     link = sig("rp.step", kwargs={"key": key, "label": "link"})
     link_error = sig("rp.on_error", kwargs={"key": key})
-    first = sig("rp.flaky", args=(3,), kwargs={"key": key, "label": "b"}).apply_async(link=link, link_error=link_error)
+    first = sig("rp.flaky", args=(3,), kwargs={"key": key, "label": "b"}).apply_async(
+        link=link, link_error=link_error, headers={"tenant": "acme"}
+    )
     record = broker.record_of(first.id)
+    assert record.headers.get("tenant") == "acme"  # the task's own header
+    assert not {"celery_policy", "x-death", "redelivered", "retries", "argsrepr"} & set(record.headers)
     wait_for("the first errback", lambda: labels(broker.runs(key)) == ["b", "errback"], timeout=30)
     assert [s["task"] for s in record.callbacks] == ["rp.step"]
     assert [s["task"] for s in record.errbacks] == ["rp.on_error"]
@@ -169,6 +173,7 @@ def test_link_and_link_error_of_a_replayed_task_fire_once_per_outcome(
     runs = broker.runs(key)
     assert labels(runs) == ["b", "errback", "b", "errback", "b", "link"]
     assert runs[5]["value"] == 30
+    assert [run["headers"].get("tenant") for run in runs if run["label"] == "b"] == ["acme"] * 3
 
 
 def test_a_redacted_record_is_refused_and_kept_unless_allowed(

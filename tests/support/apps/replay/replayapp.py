@@ -46,7 +46,7 @@ class Permanent(ValueError):
 
 def _run(task: Task, key: str, label: str, **extra: Any) -> None:
     request = task.request
-    headers = {k: v for k, v in (request.headers or {}).items() if str(k).startswith("celery_policy_")}
+    headers = {k: v for k, v in (request.headers or {}).items() if str(k).startswith(("celery_policy_", "tenant"))}
     entry = {
         "label": label,
         "task": task.name,
