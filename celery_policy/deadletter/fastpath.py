@@ -53,6 +53,7 @@ class RedisPipelinePublisher:
         self._serializer = app.conf.task_serializer
         self._repr_max = int(getattr(app.amqp, "argsrepr_maxsize", 1024))
         self._origin = anon_nodename()
+        self._routes: dict[str, str] = {}
 
     def _open(self) -> Any:
         if self._channel is None:
@@ -64,7 +65,7 @@ class RedisPipelinePublisher:
         """The Redis key and the JSON payload kombu's Redis transport would ``LPUSH`` for this replay."""
         record = item.record
         options = publish_options(record, item.task_id, queue=self.queue, eta=item.eta, name=item.name)
-        queue = str(options.pop("queue", None) or self.app.conf.task_default_queue or "celery")
+        queue = str(options.pop("queue", None) or self._routed_queue(record.task))
         headers = options.pop("headers")
         priority = options.pop("priority", None)
         options["eta"] = options.get("eta")
@@ -106,6 +107,15 @@ class RedisPipelinePublisher:
         envelope["properties"]["delivery_tag"] = str(uuid.uuid4())
         key = channel._q_for_pri(queue, envelope["properties"].get("priority") or 0)
         return key, json.dumps(envelope)
+
+    def _routed_queue(self, task: str) -> str:
+        """The queue the app's router picks for ``task`` (a record without a queue of its own), as send_task would."""
+        found = self._routes.get(task)
+        if found is None:
+            route = self.app.amqp.router.route({}, task)
+            chosen = route.get("queue")
+            found = self._routes[task] = str(getattr(chosen, "name", chosen) or self.app.conf.task_default_queue)
+        return found
 
     def _repr(self, value: Any) -> str:
         """What Celery's ``saferepr`` gives for short values, at a fraction of its cost; saferepr itself otherwise."""

@@ -346,3 +346,17 @@ def test_a_record_written_before_the_canvas_fields_existed_still_replays_as_a_pl
     assert body[2] == {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
     assert message["headers"]["root_id"] == message["headers"]["id"]  # a canvas of its own
     assert store.count() == 0
+
+
+def test_a_record_without_a_queue_goes_where_the_app_routes_its_task(
+    store: RedisStreamStore, clean_redis: RedisServer
+) -> None:
+    routed = Celery("bulk-routed", broker=clean_redis.url)
+    routed.conf.task_routes = {"orders.*": {"queue": "orders-q"}}
+    seed(store, queue=None)
+    seed(store, queue=None)
+
+    report = replay_dead_letters(store, RedisPipelinePublisher(routed), batch=2)
+
+    assert len(report.replayed) == 2
+    assert clean_redis.client().llen("orders-q") == 2
