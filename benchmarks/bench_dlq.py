@@ -134,7 +134,7 @@ def main() -> None:
     )
     print(
         f"dlq replay --spread 60s of {spread['records']} records: ETAs over {spread['span_s']:.1f} s, "
-        f"per 6 s decile {spread['min_decile']}..{spread['max_decile']} (even: {spread['records'] // 10})"
+        f"per 6 s decile {spread['min_decile']}..{spread['max_decile']} (even: {int(str(spread['records'])) // 10})"
     )
     save("dlq", result)
 
@@ -152,20 +152,24 @@ class _Timed:
         self.times.extend(now for _ in items)
         return errors
 
+    def __call__(self, record: DeadLetter, task_id: str, **options: Any) -> None:
+        self.inner(record, task_id, **options)
+        self.times.append(time.monotonic())
+
     def close(self) -> None:
         self.inner.close()
 
 
-def _quiet() -> object:
+def _quiet() -> Any:
     import structlog
 
-    def drop(*_: object) -> object:
+    def drop(*_: Any) -> Any:
         raise structlog.DropEvent
 
     return structlog.wrap_logger(None, processors=[drop])
 
 
-def measure_rate(app: Any, store: RedisStreamStore, count: int, rate: str) -> dict[str, object]:
+def measure_rate(app: Any, store: RedisStreamStore, count: int, rate: str) -> dict[str, Any]:
     """Replay ``count`` records at ``rate``: the achieved rate and the busiest one-second window."""
     fill(store, count)
     publish = _Timed(RedisPipelinePublisher(app))
@@ -193,7 +197,7 @@ def measure_rate(app: Any, store: RedisStreamStore, count: int, rate: str) -> di
     }
 
 
-def measure_spread(app: Any, store: RedisStreamStore, count: int, window_s: float) -> dict[str, object]:
+def measure_spread(app: Any, store: RedisStreamStore, count: int, window_s: float) -> dict[str, Any]:
     """Replay ``count`` records with ``--spread``; read the ETAs of the published messages back from the queue."""
     import base64
     import datetime as dt

@@ -59,6 +59,11 @@ def seed(store: RedisStreamStore, task: str = "orders.charge", reason: str = "ex
     return record.model_copy(update={"id": store.add(record)})
 
 
+def signature_dict(task: str) -> dict[str, Any]:
+    """A signature as it travels in a message's embed."""
+    return {"task": task, "args": [], "kwargs": {}, "options": {}, "subtask_type": None, "immutable": False}
+
+
 def queued(client: redis.Redis) -> list[dict[str, Any]]:
     """The messages on the idle queue, oldest first."""
     return [json.loads(raw) for raw in reversed(client.lrange(IDLE, 0, -1))]
@@ -137,7 +142,7 @@ def test_spread_gives_the_replays_etas_over_the_window_and_name_labels_them(
 def test_a_replay_keeps_the_canvas_options_of_the_record(
     store: RedisStreamStore, app: Celery, clean_redis: RedisServer
 ) -> None:
-    link = {"task": "t.link", "args": [], "kwargs": {}, "options": {}, "subtask_type": None, "immutable": False}
+    link = signature_dict("t.link")
     record = seed(
         store,
         chain=[{**link, "task": "t.next"}],
@@ -257,7 +262,7 @@ def test_the_pipelined_publisher_writes_the_message_send_task_writes(
     store: RedisStreamStore, app: Celery, clean_redis: RedisServer
 ) -> None:
     """The same replay through send_task and through the pipeline: the same envelope, headers and body."""
-    link = {"task": "t.link", "args": [], "kwargs": {}, "options": {}, "subtask_type": None, "immutable": False}
+    link = signature_dict("t.link")
     record = seed(
         store, chain=[link], callbacks=[link], errbacks=[link], root_id="r", parent_id="p", priority=5,
         headers={"tenant": "acme", "timelimit": [10, 5]},
@@ -269,7 +274,9 @@ def test_the_pipelined_publisher_writes_the_message_send_task_writes(
     def read(queue: str) -> dict[str, Any]:
         (key,) = client.keys(f"{queue}*")  # priority 5: kombu's list for priority step 3
         assert key == f"{queue}\x06\x163".encode()
-        message: dict[str, Any] = json.loads(client.lpop(key))
+        raw = client.lpop(key)
+        assert isinstance(raw, bytes)
+        message: dict[str, Any] = json.loads(raw)
         message["body"] = json.loads(base64.b64decode(message["body"]))
         for volatile in ("delivery_tag", "reply_to"):  # a fresh tag per publish; no result consumer to reply to
             message["properties"].pop(volatile)
@@ -335,7 +342,8 @@ def test_a_record_written_before_the_canvas_fields_existed_still_replays_as_a_pl
         "policy_source": "",
     }  # fmt: skip
     client = clean_redis.client()
-    entry = client.xadd(STREAM, {"record": json.dumps(old)}).decode()
+    added = client.xadd(STREAM, {"record": json.dumps(old)})
+    entry = added.decode() if isinstance(added, bytes) else str(added)
 
     report = replay_dead_letters(store, RedisPipelinePublisher(app))
 

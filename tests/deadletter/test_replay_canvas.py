@@ -12,7 +12,7 @@ from __future__ import annotations
 import gc
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -67,9 +67,7 @@ class Broker:
 
 
 @pytest.fixture(params=["redis", "rabbitmq"])
-def broker(
-    request: pytest.FixtureRequest, clean_redis: RedisServer, celery_worker_process: WorkerFactory
-) -> Iterator[Broker]:
+def broker(request: pytest.FixtureRequest, clean_redis: RedisServer, celery_worker_process: WorkerFactory) -> Broker:
     if request.param == "redis":
         url = clean_redis.url
         store: RedisStreamStore | AmqpDeadLetterStore = RedisStreamStore(url, STREAM)

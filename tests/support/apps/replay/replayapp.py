@@ -61,13 +61,13 @@ def _run(task: Task, key: str, label: str, **extra: Any) -> None:
     _journal.rpush(f"rp:runs:{key}", json.dumps(entry))
 
 
-@app.task(name="rp.step", bind=True)
+@app.task(name="rp.step", bind=True)  # type: ignore[untyped-decorator]
 def step(self: Task, value: int, key: str, label: str, **_ignored: Any) -> int:
     _run(self, key, label, value=value)
     return value + 1
 
 
-@app.task(name="rp.flaky", bind=True)
+@app.task(name="rp.flaky", bind=True)  # type: ignore[untyped-decorator]
 def flaky(self: Task, value: int, key: str, label: str) -> int:
     """Fails until the test fixed the cause (``rp:fixed:<key>``)."""
     _run(self, key, label, value=value)
@@ -76,13 +76,13 @@ def flaky(self: Task, value: int, key: str, label: str) -> int:
     return value * 10
 
 
-@app.task(name="rp.on_error", bind=True)
+@app.task(name="rp.on_error", bind=True)  # type: ignore[untyped-decorator]
 def on_error(self: Task, failed_id: str, *, key: str) -> None:
     """A link_error (old style: Celery sends it the failed task's id)."""
     _run(self, key, "errback", failed_id=failed_id)
 
 
-@app.task(name="rp.secret", bind=True)
+@app.task(name="rp.secret", bind=True)  # type: ignore[untyped-decorator]
 def secret(self: Task, key: str, password: str) -> None:
     _run(self, key, "secret")
     raise Permanent("login rejected")
