@@ -9,8 +9,9 @@ on Redis the store is the stream, on RabbitMQ the ``celery.dead`` queue.
 
 from __future__ import annotations
 
-import gc
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
-from celery import Celery, chain, chord
+from celery import Celery, chain
 from support.servers import REPO_ROOT, RedisServer, WorkerProcess, wait_for
 
 from celery_policy.cli import main
@@ -203,22 +204,37 @@ def test_a_redacted_record_is_refused_and_kept_unless_allowed(
     assert {r.id for r in broker.store.iter(Filter())} == {secret_record.id, chain_record.id}
 
 
+# A chord needs the result backend on the producer side, whose results subscribe to it and unsubscribe when
+# garbage-collected: at interpreter exit, after the server is gone. So the chord is sent from a process of its own.
+_APPLY_CHORD = """
+import sys
+from celery import Celery, chord
+url, key = sys.argv[1], sys.argv[2]
+app = Celery("rp-chord", broker=url, backend=url)
+app.conf.update(task_serializer="json", accept_content=["json"])
+header = [app.signature("rp.step", args=(1,), kwargs={"key": key, "label": "ok"}),
+          app.signature("rp.flaky", args=(2,), kwargs={"key": key, "label": "b"})]
+result = chord(header, app.signature("rp.step", kwargs={"key": key, "label": "body"})).apply_async()
+print(result.parent.id, result.parent.results[1].id)
+"""
+
+
+def apply_chord(url: str, key: str) -> tuple[str, str]:
+    """Send ``chord([rp.step, rp.flaky], rp.step)``; returns the chord's group id and the rp.flaky member's id."""
+    done = subprocess.run(  # this interpreter, our own script
+        [sys.executable, "-c", _APPLY_CHORD, url, key], capture_output=True, text=True, timeout=60, check=True
+    )
+    chord_id, member_id = done.stdout.split()
+    return chord_id, member_id
+
+
 def test_a_chord_member_is_refused_with_the_reason_and_replayed_alone_on_request(
     broker: Broker, capsys: pytest.CaptureFixture[str]
 ) -> None:
     if broker.kind != "redis":
         pytest.skip("the chord needs a result backend the worker shares with the producer; the refusal is the same")
     key = f"chord-{time.time_ns()}"
-    with_backend = Celery("rp-chord", broker=broker.url, backend=broker.url)  # a chord needs the result backend
-    with_backend.conf.update(task_serializer="json", accept_content=["json"])
-    sig = with_backend.signature
-    header = [sig("rp.step", args=(1,), kwargs={"key": key, "label": "ok"}),
-              sig("rp.flaky", args=(2,), kwargs={"key": key, "label": "b"})]  # fmt: skip
-    body = sig("rp.step", kwargs={"key": key, "label": "body"})
-    result = chord(header, body).apply_async()
-    chord_id, member_id = result.parent.id, result.parent.results[1].id
-    del result  # its backend subscription ends now, while the server runs
-    gc.collect()
+    chord_id, member_id = apply_chord(broker.url, key)
     record = broker.record_of(member_id)
     assert record.chord is not None
     assert record.chord["task"] == "rp.step"
