@@ -14,8 +14,6 @@ its record stays: a duplicate on the next replay, never a loss).
 
 from __future__ import annotations
 
-import math
-import random
 import threading
 import time
 import uuid
@@ -26,6 +24,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from celery_policy.deadletter._pacing import Spread, TokenBucket, parse_rate
 from celery_policy.deadletter.canvas import chord_member, send_options
 from celery_policy.deadletter.record import DeadLetter
 from celery_policy.deadletter.store import DeadLetterStore, Filter, StoreUnavailableError
@@ -154,76 +153,6 @@ def settle(report: ReplayReport, record: DeadLetter, outcome: str, detail: str, 
     )
 
 
-# --- pacing ------------------------------------------------------------------------------------------
-
-
-def parse_rate(value: str | float | None) -> float | None:
-    """``"200/s"``, ``"50/m"``, ``"1000/h"`` or a number (per second) -> records per second; None: unlimited."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, (int, float)):
-        rate = float(value)
-    else:
-        text = value.strip().lower()
-        count, _, unit = text.partition("/")
-        per = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}.get(unit.strip())
-        try:
-            rate = float(count) / per if per else math.nan
-        except ValueError:
-            rate = math.nan
-        if per is None or math.isnan(rate):
-            msg = f"bad rate {value!r}: expected N/s, N/m or N/h, e.g. 200/s"
-            raise ValueError(msg)
-    if rate <= 0:
-        msg = f"bad rate {value!r}: must be above 0"
-        raise ValueError(msg)
-    return rate
-
-
-class TokenBucket:
-    """A token bucket of ``rate`` tokens per second holding at most ``burst``; ``wait_s()`` says how long until
-    the next token, ``take()`` spends one. Starts full, so the first ``burst`` records go at once."""
-
-    def __init__(self, rate_per_s: float, burst: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self.rate = rate_per_s
-        self.burst = max(1.0, burst)
-        self.clock = clock
-        self.tokens = self.burst
-        self.at = clock()
-
-    def _refill(self) -> None:
-        now = self.clock()
-        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-
-    def wait_s(self) -> float:
-        self._refill()
-        return 0.0 if self.tokens >= 1.0 else (1.0 - self.tokens) / self.rate
-
-    def take(self) -> None:
-        self._refill()
-        self.tokens -= 1.0
-
-
-class _Spread:
-    """ETAs over ``window_s`` from the start: slot i of n, jittered inside its slot (uniform when n is unknown)."""
-
-    def __init__(self, window_s: float, planned: int | None) -> None:
-        self.start = time.time()
-        self.window_s = window_s
-        self.planned = planned
-        self.index = 0
-
-    def next_eta(self) -> float:
-        if self.planned:
-            slot = self.window_s / self.planned
-            offset = min(self.index, self.planned - 1) * slot + random.uniform(0, slot)
-        else:
-            offset = random.uniform(0, self.window_s)
-        self.index += 1
-        return self.start + offset
-
-
 # --- sources: where records come from and how they are removed once replayed --------------------------
 
 
@@ -325,7 +254,7 @@ def replay_dead_letters(
         report.planned = sum(1 for ok in allowed if ok)
         if max_records is not None:
             report.planned = min(report.planned, max_records)
-    spreader = _Spread(spread_s, report.planned) if spread_s else None
+    spreader = Spread(spread_s, report.planned) if spread_s else None
     # A burst of 50 ms worth of tokens absorbs the oversleep of each pause (with a burst of 1 every
     # late wake-up is lost and the achieved rate falls short), while no second sees more than rate + 5 %.
     bucket = TokenBucket(rate_per_s, burst=rate_per_s * 0.05) if rate_per_s else None
@@ -375,7 +304,7 @@ class _Engine:
         self,
         *,
         bucket: TokenBucket | None,
-        spreader: _Spread | None,
+        spreader: Spread | None,
         max_records: int | None,
         allow_redacted: bool,
         without_chord: bool,
