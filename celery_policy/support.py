@@ -182,3 +182,27 @@ def reliable_fetch_problem() -> str | None:
     if not kombu.is_tested_line:
         return f"kombu {kombu.version} is not a tested release line (tested: {kombu.tested_lines()})"
     return None
+
+
+def pipeline_replay_problem() -> str | None:
+    """Why ``dlq replay`` cannot push pre-serialized messages into a Redis broker, or None when it can.
+
+    The pipelined publisher (deadletter/fastpath.py) writes the envelope kombu's Redis transport
+    writes and pushes it to the key the transport reads: it needs ``prepare_message``, ``encode_body``,
+    ``body_encoding``, ``_q_for_pri(queue, pri)`` and ``client`` of the Redis channel. Without them
+    replay publishes through ``send_task``.
+    """
+    from kombu.transport import redis as kombu_redis
+
+    channel = kombu_redis.Channel
+    problems = _missing(
+        channel,
+        "kombu.transport.redis.Channel",
+        ("prepare_message", "encode_body", "body_encoding", "_q_for_pri", "client"),
+    )
+    found = _params(getattr(channel, "_q_for_pri", None))
+    if found and found != ("self", "queue", "pri"):
+        problems.append(f"Channel._q_for_pri{found} (expected ('self', 'queue', 'pri'))")
+    if problems:
+        return f"kombu {installed('kombu').version} changed the Redis transport: {', '.join(problems)}"
+    return None

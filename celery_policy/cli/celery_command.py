@@ -197,10 +197,10 @@ def dlq_replay(ctx: click.Context, /, **opts: Any) -> None:
 @dlq.command("stats")
 @options.store_options
 @options.filter_options
-@options.format_option()
+@options.stats_options
 @click.pass_context
 def dlq_stats(ctx: click.Context, /, **opts: Any) -> None:
-    """Count dead letters by task and reason."""
+    """Count dead letters by task and reason (or --by task,reason,exception,hour)."""
     _finish(ctx, run_stats(**_dlq_defaults(ctx, opts)))
 
 

@@ -9,7 +9,11 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import signal
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +23,17 @@ from celery_policy import appinfo
 from celery_policy.cli import options
 from celery_policy.cli.exit import CONNECT, FAILED, OK, USAGE
 from celery_policy.deadletter.amqp import AmqpDeadLetterStore, confirmed_publisher
+from celery_policy.deadletter.canvas import CANVAS_FIELDS
 from celery_policy.deadletter.record import DeadLetter
-from celery_policy.deadletter.replay import celery_publisher, purge, replay
+from celery_policy.deadletter.replay import (
+    FRESH_BUDGET_NOTE,
+    ReplayReport,
+    celery_publisher,
+    parse_rate,
+    purge,
+    replay_dead_letters,
+)
+from celery_policy.deadletter.stats import group_counts, parse_dimensions, stats_json, stats_table
 from celery_policy.deadletter.store import Filter, RedisStreamStore, StoreUnavailableError, store_url_for
 from celery_policy.durations import DurationError, parse_duration
 from celery_policy.errors import PolicyError
@@ -144,14 +157,27 @@ def run_show(entry_id: str, url: str | None, files: tuple[str, ...], app: str | 
         click.echo(f"error: no dead letter {entry_id} in {store.describe()}", err=True)
         return FAILED
     record = found[0]
-    for key, value in record.model_dump().items():
-        if key == "traceback":
+    data = record.model_dump()
+    for key, value in data.items():
+        if key == "traceback" or key in CANVAS_FIELDS:
             continue
         shown = _when(value) + " UTC" if key in {"first_failure", "last_failure"} else value
         click.echo(f"{key:>14}: {shown}")
+    for key in CANVAS_FIELDS:  # where the task was in its canvas: only what is set (older records have none)
+        if data[key] not in (None, "", [], {}):
+            click.echo(f"{key:>14}: {_canvas_value(data[key])}")
     click.echo("     traceback:")
     click.echo(record.traceback.rstrip())
     return OK
+
+
+def _canvas_value(value: Any) -> str:
+    """Signatures by task name (``chain`` next task first, as it will run), other values as they are."""
+    if isinstance(value, list) and all(isinstance(item, dict) and "task" in item for item in value):
+        return " -> ".join(str(item["task"]) for item in reversed(value)) if value else ""
+    if isinstance(value, dict) and "task" in value:
+        return str(value["task"])
+    return str(value)
 
 
 def run_replay(
@@ -161,12 +187,25 @@ def run_replay(
     yes: bool = False,
     queue: str | None = None,
     allow_redacted: bool = False,
+    rate: str | None = None,
+    spread: str | None = None,
+    max_records: int | None = None,
+    name: str | None = None,
+    without_chord: bool = False,
+    events: str | None = None,
+    pipeline: bool = True,
     **where: Any,
 ) -> int:
     selection = Where(**where)
     store = selection.store()
     flt = selection.filter()
     app = selection.app
+    try:
+        parse_rate(rate)
+        if spread:
+            parse_duration(spread)
+    except (ValueError, DurationError) as exc:
+        raise click.UsageError(f"--rate/--spread: {exc}") from exc
     if not (yes or dry_run):
         # Replaying runs the work again (a charge, an e-mail): like purge, it needs a yes.
         if not sys.stdin.isatty():
@@ -187,21 +226,38 @@ def run_replay(
         from celery import Celery
 
         celery_app = Celery("celery-policy-replay", broker=broker or store.url)
+    if isinstance(store, AmqpDeadLetterStore):  # RabbitMQ: consume unacked, publish with confirm, then ack
+        publisher: Any = confirmed_publisher(celery_app, queue)
+    elif pipeline:  # a Redis broker: pre-serialized messages, one pipeline per batch (deadletter/fastpath.py)
+        from celery_policy.deadletter.fastpath import pipeline_publisher_for
+
+        publisher = pipeline_publisher_for(celery_app, queue)
+    else:
+        publisher = celery_publisher(celery_app, queue)
+    pacing = f"rate {rate}" if rate else "rate unlimited"
+    if spread:
+        pacing += f", ETAs spread over {spread}"
+    progress = _Progress(sys.stderr.isatty())
+    if progress.enabled and not dry_run:
+        click.echo(f"replaying at {pacing}; {FRESH_BUDGET_NOTE}", err=True)
+    stop = threading.Event()
     try:
-        if isinstance(store, AmqpDeadLetterStore):  # RabbitMQ: consume unacked, publish with confirm, then ack
-            publisher = confirmed_publisher(celery_app, queue)
-            report = store.replay(flt, publisher, dry_run=dry_run, allow_redacted=allow_redacted)
-        else:
-            records = list(store.iter(flt))
-            publish = celery_publisher(celery_app, queue)
-            with _progress(records) as shown:
-                report = replay(
-                    store, shown, publish, dry_run=dry_run, batch=max(1, batch), allow_redacted=allow_redacted
-                )
+        with _events_log(events) as log, _stop_on_signals(stop):
+            report = replay_dead_letters(
+                store, publisher, flt, rate=rate, spread=spread, max_records=max_records, dry_run=dry_run,
+                name=name, allow_redacted=allow_redacted, without_chord=without_chord, batch=max(1, batch),
+                stop=stop, on_progress=progress, log=log,
+            )  # fmt: skip
     except StoreUnavailableError as exc:
         click.echo(f"error: {exc}", err=True)
         return CONNECT
-    verb = "would replay" if dry_run else "replayed"
+    progress.finish()
+    _print_report(report, pacing)
+    return CONNECT if report.failed else OK
+
+
+def _print_report(report: ReplayReport, pacing: str) -> None:
+    verb = "would replay" if report.dry_run else "replayed"
     for entry, new_id in report.replayed:
         click.echo(f"{verb} {entry} as task {new_id}")
     for entry, why in report.skipped:
@@ -210,8 +266,102 @@ def run_replay(
         click.echo(f"failed {entry}: {why}", err=True)
     if report.stopped:
         click.echo(f"stopped: {report.stopped}", err=True)
-    click.echo(f"{len(report.replayed)} {verb}, {len(report.skipped)} skipped, {len(report.failed)} failed")
-    return CONNECT if report.failed else OK
+    if report.dry_run and report.replayed:
+        click.echo(f"by task: {_breakdown(report.by_task)}")
+        click.echo(f"by reason: {_breakdown(report.by_reason)}")
+    if report.replayed:
+        rate = parse_rate(pacing.removeprefix("rate ").split(",")[0]) if "unlimited" not in pacing else None
+        took = f" (about {_duration(len(report.replayed) / rate)})" if rate and report.dry_run else ""
+        verb_pace = "would publish" if report.dry_run else "published"
+        click.echo(f"{verb_pace} at {pacing}{took}; {FRESH_BUDGET_NOTE}")
+    label = f" (incident {report.name})" if report.name else ""
+    click.echo(f"{len(report.replayed)} {verb}, {len(report.skipped)} skipped, {len(report.failed)} failed{label}")
+
+
+def _breakdown(counts: Any) -> str:
+    return ", ".join(f"{key} {count:,}" for key, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds // 60:.0f}m{seconds % 60:02.0f}s"
+    return f"{seconds // 3600:.0f}h{(seconds % 3600) // 60:02.0f}m"
+
+
+class _Progress:
+    """One line on stderr at a terminal: done/planned, the publish rate and the time left."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.shown = False
+        self.last = 0.0
+
+    def __call__(self, report: ReplayReport) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self.last < 0.2:
+            return
+        self.last = now
+        elapsed = now - report.started
+        rate = len(report.replayed) / elapsed if elapsed > 0 else 0.0
+        planned = report.planned
+        left = f", ETA {_duration((planned - report.done) / rate)}" if planned and rate > 0 else ""
+        total = f"/{planned:,}" if planned else ""
+        sys.stderr.write(f"\rreplaying {report.done:,}{total}  {rate:,.0f}/s{left}   ")
+        sys.stderr.flush()
+        self.shown = True
+
+    def finish(self) -> None:
+        if self.shown:
+            sys.stderr.write("\n")
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """Ctrl-C and SIGTERM end the replay after the records in flight (confirmed, then removed)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@contextlib.contextmanager
+def _events_log(path: str | None) -> Iterator[Any]:
+    """A structlog logger writing JSON lines to ``path`` ('-': stderr); without a path, one that drops events."""
+    import structlog
+
+    if not path:
+        yield structlog.wrap_logger(None, processors=[_drop])
+        return
+    stream: Any = sys.stderr if path == "-" else open(path, "a", encoding="utf-8")  # noqa: SIM115
+    try:
+        yield structlog.wrap_logger(
+            structlog.PrintLogger(stream),
+            processors=[
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                structlog.processors.JSONRenderer(),
+            ],
+        )
+    finally:
+        if stream is not sys.stderr:
+            stream.close()
+
+
+def _drop(logger: Any, method: str, event: Any) -> Any:
+    import structlog
+
+    raise structlog.DropEvent
 
 
 def _matching(store: RedisStreamStore | AmqpDeadLetterStore, flt: Filter) -> int:
@@ -219,36 +369,25 @@ def _matching(store: RedisStreamStore | AmqpDeadLetterStore, flt: Filter) -> int
     return sum(1 for _ in store.iter(flt))
 
 
-def _progress(records: list[DeadLetter]) -> Any:
-    """A progress bar on stderr for longer replays at a terminal; a plain pass-through otherwise."""
-    if len(records) > 20 and sys.stderr.isatty():
-        return click.progressbar(records, label="replaying", file=sys.stderr)
-    return contextlib.nullcontext(records)
-
-
-def run_stats(fmt: str, **where: Any) -> int:
-    """Counts of dead letters by task and reason."""
+def run_stats(fmt: str, by: str = "task,reason", **where: Any) -> int:
+    """Counts of dead letters grouped by ``by`` (see :mod:`celery_policy.deadletter.stats`)."""
+    try:
+        dimensions = parse_dimensions(by)
+    except ValueError as exc:
+        raise click.UsageError(f"--by: {exc}") from exc
     selection = Where(**where)
     store = selection.store()
-    counts: dict[tuple[str, str], int] = {}
     try:
-        for record in store.iter(selection.filter()):
-            key = (record.task, record.reason)
-            counts[key] = counts.get(key, 0) + 1
+        rows = group_counts(store.iter(selection.filter()), dimensions)
     except StoreUnavailableError as exc:
         click.echo(f"error: {exc}", err=True)
         return CONNECT
-    rows = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
-    total = sum(counts.values())
     if fmt == "json":
-        data = {"version": 1, "total": total, "counts": [{"task": t, "reason": r, "count": n} for (t, r), n in rows]}
-        click.echo(json.dumps(data, indent=2))
+        click.echo(json.dumps(stats_json(rows, dimensions), indent=2))
         return OK
-    width = max([len("task"), *(len(t) for (t, _), _ in rows)])
-    click.echo(f"{'task':<{width}}  {'reason':<18}  count")
-    for (name, why), count in rows:
-        click.echo(f"{name:<{width}}  {why:<18}  {count:>5}")
-    click.echo(f"{total} dead letters in {store.describe()}")
+    for line in stats_table(rows, dimensions):
+        click.echo(line)
+    click.echo(f"{sum(row.count for row in rows):,} dead letters in {store.describe()}")
     return OK
 
 
@@ -309,9 +448,9 @@ def dlq_replay(**opts: Any) -> int:
 @dlq.command("stats")
 @options.store_options
 @options.filter_options
-@options.format_option()
+@options.stats_options
 def dlq_stats(**opts: Any) -> int:
-    """Count dead letters by task and reason."""
+    """Count dead letters by task and reason (or --by task,reason,exception,hour)."""
     return run_stats(**opts)
 
 

@@ -111,6 +111,38 @@ replay_options = _all(
         is_flag=True,
         help="also replay records whose arguments were redacted (they get '***')",
     ),
+    click.option("--rate", help="publish at most this many replays per second, e.g. 200/s (default: unlimited)"),
+    click.option("--spread", help="give the replays ETAs spread over this window from now, jittered, e.g. 10m"),
+    click.option("--max", "max_records", type=click.IntRange(min=1), help="replay at most N records"),
+    click.option("--name", help="incident label: sent in the celery_policy_replay_name header and in log events"),
+    click.option(
+        "--without-chord",
+        is_flag=True,
+        help="replay chord members alone (their chord already failed; its body will not run)",
+    ),
+    click.option(
+        "--pipeline/--no-pipeline",
+        default=True,
+        show_default=True,
+        help="on a Redis broker, push pre-serialized messages in pipelines (--no-pipeline: one send_task each; "
+        "chosen anyway when the app has before/after_task_publish receivers)",
+    ),
+    click.option(
+        "--events",
+        type=click.Path(dir_okay=False, allow_dash=True),
+        help="append the replay's JSON log events to this file ('-' for stderr)",
+    ),
+)
+
+stats_options = _all(
+    click.option(
+        "--by",
+        default="task,reason",
+        show_default=True,
+        help="group by these comma-separated dimensions: task, reason, exception, exception_path, hour, queue, "
+        "hostname",
+    ),
+    format_option(),
 )
 
 purge_options = _all(click.option("--yes", is_flag=True, help="really delete"))

@@ -1,10 +1,10 @@
 """Dead letters: the record, the Redis stream store, and safe replay/purge.
 
-from celery_policy.deadletter import Filter, RedisStreamStore, replay, celery_publisher
+from celery_policy.deadletter import Filter, RedisStreamStore, celery_publisher, group_counts, replay_dead_letters
 
 store = RedisStreamStore("redis://localhost:6379/0", "celery-policy:dead")
-records = list(store.iter(Filter(task="orders.*", reason="exhausted")))
-report = replay(store, records, celery_publisher(app))   # deletes each record after its publish
+rows = group_counts(store.iter(Filter(since_s=3600)), by=("task", "reason", "exception"))
+report = replay_dead_letters(store, celery_publisher(app), Filter(task="orders.*"), rate="200/s", name="INC-42")
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from celery_policy.deadletter.record import DeadLetter
-    from celery_policy.deadletter.replay import ReplayReport, celery_publisher, purge, replay
+    from celery_policy.deadletter.replay import ReplayReport, celery_publisher, purge, replay, replay_dead_letters
+    from celery_policy.deadletter.stats import group_counts
     from celery_policy.deadletter.store import DeadLetterStore, Filter, RedisStreamStore, StoreUnavailableError
 
 __all__ = [
@@ -25,8 +26,10 @@ __all__ = [
     "ReplayReport",
     "StoreUnavailableError",
     "celery_publisher",
+    "group_counts",
     "purge",
     "replay",
+    "replay_dead_letters",
 ]
 
 # Imported on first use: the store imports redis, and `celery-policy check` reads the
@@ -37,6 +40,8 @@ _HOME = {
     "celery_publisher": "replay",
     "purge": "replay",
     "replay": "replay",
+    "replay_dead_letters": "replay",
+    "group_counts": "stats",
     "DeadLetterStore": "store",
     "Filter": "store",
     "RedisStreamStore": "store",

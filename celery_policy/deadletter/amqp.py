@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from celery_policy.deadletter.canvas import capture_message
 from celery_policy.deadletter.record import DeadLetter, Reason
 from celery_policy.deadletter.store import Filter, StoreUnavailableError, _safe_url
 from celery_policy.queues import dead_queue_for, declare_dead_queue
@@ -198,43 +199,24 @@ class AmqpDeadLetterStore:
                 continue
         return False
 
-    def replay(self, flt: Filter, publish: Publisher, *, dry_run: bool = False, allow_redacted: bool = False) -> Any:
+    def claim(self, flt: Filter) -> _ClaimedRecords:
+        """The matching records, each held unacked on a channel until :meth:`_ClaimedRecords.remove` acks it
+        (after its replay was confirmed) or the channel closes and the broker takes it back."""
+        return _ClaimedRecords(self, flt)
+
+    def replay(
+        self, flt: Filter, publish: Publisher, *, dry_run: bool = False, allow_redacted: bool = False, **options: Any
+    ) -> Any:
         """Replay matching records: take one unacked, publish it (confirmed) with a new task id, then ack it.
 
-        Returns a :class:`~celery_policy.deadletter.replay.ReplayReport`. A publish
-        that fails leaves its record in place (it goes back to the queue when the
+        Returns a :class:`~celery_policy.deadletter.replay.ReplayReport` (see
+        :func:`~celery_policy.deadletter.replay.replay_dead_letters` for ``options``). A
+        publish that fails leaves its record in place (it goes back to the queue when the
         channel closes); records whose arguments were redacted are skipped.
         """
-        from celery_policy.deadletter.replay import ReplayReport, publish_one
+        from celery_policy.deadletter.replay import replay_dead_letters
 
-        report = ReplayReport()
-        for queue in self.queues:
-            dead = dead_queue_for(queue)
-            at_most = self._message_count(dead)  # records published by this replay's failures come after these
-            if not at_most:
-                continue
-            try:
-                with self._browse_channel() as channel:
-                    for message in _get_all(channel, dead, at_most):
-                        record = self._decode(message, queue)
-                        if record is None or not flt.matches(record):
-                            continue
-                        entry = record.id or "?"
-                        new_id = publish_one(record, publish, report, dry_run=dry_run, allow_redacted=allow_redacted)
-                        if new_id is None:
-                            continue
-                        try:
-                            channel.basic_ack(message.delivery_tag)
-                        except Exception as exc:
-                            # not acked: the broker requeues it, so it is replayed again later (a duplicate)
-                            report.failed.append((entry, f"published as {new_id} but not removed: {exc}"))
-                            report.stopped = "the broker connection broke; the remaining records were not replayed"
-                            self._reset()
-                            return report
-                        report.replayed.append((entry, new_id))
-            except _QueueMissing:
-                continue
-        return report
+        return replay_dead_letters(self, publish, flt, dry_run=dry_run, allow_redacted=allow_redacted, **options)
 
     def describe(self) -> str:
         names = ", ".join(f"'{dead_queue_for(q)}'" for q in self.queues)
@@ -291,6 +273,7 @@ class AmqpDeadLetterStore:
         args: list[Any] = []
         kwargs: dict[str, Any] = {}
         replayable = False
+        body: Any = None
         if (message.content_type or "application/json") == "application/json":
             try:
                 body = json.loads(_text(message.body))
@@ -298,6 +281,16 @@ class AmqpDeadLetterStore:
                 replayable = True
             except (ValueError, TypeError, IndexError, KeyError):
                 pass
+        # The original routing is in x-death: the message's own delivery_info is its delivery from the dead queue.
+        routing_keys = death.get("routing-keys") or []
+        original = {
+            "priority": (message.properties or {}).get("priority"),
+            "delivery_info": {
+                "exchange": death.get("exchange"),
+                "routing_key": routing_keys[0] if isinstance(routing_keys, list) and routing_keys else source,
+            },
+        }
+        canvas = capture_message(headers, body, original)
         reason: Reason
         if broker_reason == "delivery_limit":
             limit = self.delivery_limits.get(source)
@@ -325,7 +318,68 @@ class AmqpDeadLetterStore:
             queue=source,
             policy_source=f"broker: x-death reason {broker_reason}",
             id=_entry_id(message),
+            **canvas,
         )
+
+
+class _ClaimedRecords:
+    """A replay source over the dead queues: records read unacked, acked one by one once replayed.
+
+    ``max_batch`` is 1: each record is acked before the next one is read, while its channel is
+    still open (a channel that closes hands back whatever it holds unacked).
+    """
+
+    max_batch = 1
+
+    def __init__(self, store: AmqpDeadLetterStore, flt: Filter) -> None:
+        self.store = store
+        self.flt = flt
+        self._held: dict[int, tuple[Any, Any]] = {}  # id(record) -> (channel, delivery tag)
+        self._iterator: Iterator[DeadLetter] | None = None
+
+    def records(self) -> Iterator[DeadLetter]:
+        self._iterator = self._records()
+        return self._iterator
+
+    def _records(self) -> Iterator[DeadLetter]:
+        store = self.store
+        for queue in store.queues:
+            dead = dead_queue_for(queue)
+            at_most = store._message_count(dead)  # records published by this replay's failures come after these
+            if not at_most:
+                continue
+            try:
+                with store._browse_channel() as channel:
+                    for message in _get_all(channel, dead, at_most):
+                        record = store._decode(message, queue)
+                        if record is None or not self.flt.matches(record):
+                            continue
+                        self._held[id(record)] = (channel, message.delivery_tag)
+                        yield record
+                        self._held.pop(id(record), None)
+            except _QueueMissing:
+                continue
+
+    def remove(self, records: list[DeadLetter]) -> None:
+        from celery_policy.deadletter.replay import _RemoveFailed
+
+        for record in records:
+            channel, tag = self._held.pop(id(record), (None, None))
+            if channel is None:
+                raise _RemoveFailed("the record's channel is closed", "the broker connection broke")
+            try:
+                channel.basic_ack(tag)
+            except Exception as exc:
+                # not acked: the broker requeues it, so it is replayed again later (a duplicate)
+                self.store._reset()
+                stop = "the broker connection broke; the remaining records were not replayed"
+                raise _RemoveFailed(str(exc), stop) from exc
+
+    def close(self) -> None:
+        if self._iterator is not None:
+            close = getattr(self._iterator, "close", None)
+            if close is not None:
+                close()  # leaves the channel's `with`: the broker takes back what was not acked
 
 
 class _QueueMissing(Exception):
@@ -363,12 +417,10 @@ def confirmed_publisher(app: Any, queue: str | None = None) -> Publisher:
     options["confirm_publish"] = True
     app.conf.broker_transport_options = options
 
-    from celery_policy.deadletter.replay import replay_headers
+    from celery_policy.deadletter.replay import publish_options
 
-    def publish(record: DeadLetter, task_id: str) -> None:
-        extra: dict[str, Any] = {"task_id": task_id, "declare": [], "headers": replay_headers(record)}
-        if queue or record.queue:
-            extra["queue"] = queue or record.queue
-        app.send_task(record.task, args=record.args, kwargs=record.kwargs, **extra)
+    def publish(record: DeadLetter, task_id: str, *, eta: float | None = None, name: str | None = None) -> None:
+        extra = publish_options(record, task_id, queue=queue, eta=eta, name=name)
+        app.send_task(record.task, args=record.args, kwargs=record.kwargs, declare=[], **extra)
 
     return publish

@@ -34,4 +34,19 @@ class DeadLetter(BaseModel):  # type: ignore[no-redef]  # pydantic's mypy plugin
     hostname: str | None = None
     queue: str | None = None
     policy_source: str = ""
+    # What a faithful replay needs (records written before these fields existed read back empty and
+    # replay as a plain task). ``headers``: the task's own message headers, never broker bookkeeping
+    # (x-death, redelivered, delivery tags) nor the retry state a replay starts afresh (deadletter/canvas.py).
+    headers: dict[str, Any] = Field(default_factory=dict)
+    chain: list[dict[str, Any]] = Field(default_factory=list, description="the rest of the chain, next task last")
+    callbacks: list[dict[str, Any]] = Field(default_factory=list, description="link: run with the result")
+    errbacks: list[dict[str, Any]] = Field(default_factory=list, description="link_error: run on failure")
+    chord: dict[str, Any] | None = Field(None, description="the chord body this task was a header member of")
+    group_id: str | None = None
+    group_index: int | None = None
+    root_id: str | None = None
+    parent_id: str | None = None
+    priority: int | None = None
+    exchange: str | None = None
+    routing_key: str | None = None
     id: str | None = Field(None, description="stream entry id, set when read back")

@@ -17,6 +17,7 @@ import redis
 from celery import Task, signals
 from celery.exceptions import Ignore, Reject
 
+from celery_policy.deadletter.canvas import capture_request, redact_fields
 from celery_policy.deadletter.record import DeadLetter
 from celery_policy.deadletter.store import DeadLetterStore, StoreUnavailableError
 from celery_policy.runtime.decision import Decision
@@ -74,12 +75,13 @@ class DeadLetterWriter:
             list(rendered.get("args", [])) == list(args) and dict(rendered.get("kwargs", {})) == dict(kwargs)
         )
         delivery = getattr(request, "delivery_info", None) or {}
+        canvas, canvas_intact = redact_fields(capture_request(request), self.args.mode, self.args.keys)
         record = DeadLetter(
             task=self.name,
             task_id=getattr(request, "id", None),
             args=list(args) if shown else list(rendered.get("args", [])),
             kwargs=dict(kwargs) if shown else dict(rendered.get("kwargs", {})),
-            replayable=replayable,
+            replayable=replayable and canvas_intact,
             reason=reason,
             exc_type=decision.exc_type,
             exc_message=scrub(str(exc), secrets)[:2000],
@@ -90,6 +92,7 @@ class DeadLetterWriter:
             hostname=getattr(request, "hostname", None) or socket.gethostname(),
             queue=delivery.get("routing_key"),
             policy_source=decision.policy_source,
+            **canvas,
         )
         try:
             self.store.add(record)

@@ -167,12 +167,22 @@ class _ParentRequest:
         self.headers: dict[str, Any] = {}
         self.delivery_info: dict[str, Any] = {}
         self.hostname: str | None = None
+        for name in _CANVAS:
+            setattr(self, name, None)
         context = _calling_request_context(task_id)
         if context is not None:
             self.retries = int(getattr(context, "retries", 0) or 0)
             self.headers = dict(getattr(context, "headers", None) or {})
             self.delivery_info = dict(getattr(context, "delivery_info", None) or {})
             self.hostname = getattr(context, "hostname", None)
+            for name in _CANVAS:  # the dead letter keeps the task's place in its canvas (deadletter/canvas.py)
+                setattr(self, name, getattr(context, name, None))
+
+
+# What a dead letter copies of a task's canvas from its request (deadletter/canvas.py capture_request).
+_CANVAS = (
+    "root_id", "parent_id", "group", "group_index", "chain", "callbacks", "errbacks", "chord", "timelimit", "shadow",
+)  # fmt: skip
 
 
 def _calling_request_context(task_id: str, depth: int = 8) -> Any:

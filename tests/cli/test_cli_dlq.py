@@ -290,6 +290,10 @@ def test_replay_dry_run_says_what_it_would_do_and_changes_nothing(
     assert lines[1:] == [
         f"skipped {secret.id}: arguments were redacted when stored; "
         "replay it by hand, or pass --allow-redacted to send '***'",
+        "by task: dl.once 1",
+        "by reason: permanent 1",
+        "would publish at rate unlimited; replayed tasks start with a fresh retry budget "
+        "(retries 0, the deadline counts from the replay)",
         "1 would replay, 1 skipped, 0 failed",
     ]
     assert [r.id for r in store.iter(Filter())] == [good.id, secret.id]
@@ -521,10 +525,10 @@ def test_stats_counts_by_task_and_reason(dlq: Run, store: RedisStreamStore) -> N
 
     assert (code, err) == (0, "")
     assert out.splitlines()[:4] == [
-        "task           reason              count",
-        "orders.charge  permanent               2",
-        "emails.send    permanent               1",
-        "orders.charge  exhausted               1",
+        "task           reason     count",
+        "orders.charge  permanent      2",
+        "emails.send    permanent      1",
+        "orders.charge  exhausted      1",
     ]
     code, out, _ = dlq("stats", "--format", "json", "--task", "orders.*")
     assert json.loads(out)["counts"] == [

@@ -204,12 +204,16 @@ def test_a_hard_time_limit_writes_a_time_limit_record(
     prefork: WorkerProcess, app: Celery, client: redis.Redis, store: RedisStreamStore
 ) -> None:
     key = new_key("slow")
-    task_id = app.send_task("dl.slow", args=(key, 30), queue=PREFORK).id
+    link = app.signature("dl.add", args=(1,))
+    task_id = app.send_task("dl.slow", args=(key, 30), queue=PREFORK, link=link, headers={"tenant": "acme"}).id
 
     record = wait_record(store, task_id, timeout=15)
 
     assert len(dl_runs(client, key)) == 1
     assert (record.task, record.reason, record.attempts) == ("dl.slow", "time_limit", 1)
+    # written in the worker's main process, from the message: the canvas and headers are kept there too
+    assert ([s["task"] for s in record.callbacks], record.root_id) == (["dl.add"], task_id)
+    assert record.headers.get("tenant") == "acme"
     assert record.exc_type == "billiard.exceptions.TimeLimitExceeded"  # what celery.exceptions re-exports
     assert "TimeLimitExceeded" in record.traceback
     assert (record.args, record.kwargs, record.replayable) == ([key, 30], {}, True)

@@ -21,7 +21,7 @@ CASES = {
     "boot": ["bench_boot.py", "--tasks", "200", "--globs", "20", "--exact", "20", "--rounds", "1"],
     "check": ["bench_check.py", "--tasks", "200", "--globs", "20", "--exact", "20", "--rounds", "1"],
     "e2e": ["bench_e2e.py", "--tasks", "40", "--rounds", "1", "--pools", "solo"],
-    "dlq": ["bench_dlq.py", "--records", "100", "--stream", "300"],
+    "dlq": ["bench_dlq.py", "--records", "100", "--stream", "300", "--rated", "50", "--spread-records", "20"],
     "fetch": ["bench_fetch.py", "--tasks", "40", "--rounds", "1", "--pools", "solo"],
     "web": ["bench_web.py", "--records", "300"],
     "overhead-breaker": ["bench_overhead.py", "--breaker", "--calls", "500", "--rounds", "1"],
