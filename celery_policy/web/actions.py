@@ -27,12 +27,21 @@ logger = structlog.get_logger("celery_policy")
 ACTIVITY_KEEP = 500
 
 
-def replay_records(store: RedisStreamStore, records: Iterable[DeadLetter], app: Any) -> ReplayReport:
+def replay_records(
+    store: RedisStreamStore,
+    records: Iterable[DeadLetter],
+    app: Any,
+    *,
+    spread: str | None = None,
+    name: str | None = None,
+) -> ReplayReport:
     """Re-publish ``records`` through ``app`` with new task ids; each is deleted after its publish returned.
 
-    The one place the console calls the replay API.
+    The one place the console calls the replay API. ``spread`` (a duration) gives the replays jittered
+    ETAs over that window; ``name`` is the incident label sent in a header and in the replay's log events.
+    A ``--rate`` limit is left to ``dlq replay``: it would hold the request open for the whole replay.
     """
-    return replay(store, records, celery_publisher(app))
+    return replay(store, records, celery_publisher(app), spread=spread or None, name=name or None)
 
 
 def count_matching(store: RedisStreamStore, flt: Filter) -> int:

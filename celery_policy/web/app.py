@@ -321,9 +321,11 @@ def build_app(config: WebConfig) -> Starlette:  # noqa: PLR0915 - the handlers s
             return console.render(request, "error.html", who, status_code=404, message=f"no dead letter {entry_id}")
         return _do_replay(request, who, [record], {"id": entry_id})
 
-    def _do_replay(request: Request, who: Who, records: Iterable[Any], shown: dict[str, Any]) -> Response:
+    def _do_replay(
+        request: Request, who: Who, records: Iterable[Any], shown: dict[str, Any], options: dict[str, str] | None = None
+    ) -> Response:
         seen = actions.Seen()
-        report = actions.replay_records(console.store, seen.track(records), console.replay_app())
+        report = actions.replay_records(console.store, seen.track(records), console.replay_app(), **(options or {}))
         actions.count_replays(console.counters.inc, {k: task for k, (task, _) in seen.keys.items()}, report)
         console.index.forget(seen.keys[entry][1] for entry, _ in report.replayed if entry in seen.keys)
         console.activity.record(
@@ -355,6 +357,12 @@ def build_app(config: WebConfig) -> Starlette:  # noqa: PLR0915 - the handlers s
         flt, shown, error = _filter_from(form)
         if error:
             return console.render(request, "error.html", who, status_code=400, message=error)
+        options = {key: str(form.get(key) or "").strip() for key in ("spread", "name")}
+        if options["spread"]:
+            try:
+                parse_duration(options["spread"])
+            except ValueError as exc:
+                return console.render(request, "error.html", who, status_code=400, message=f"spread: {exc}")
         count = actions.count_matching(console.store, flt)
         confirmed = str(form.get("confirm_count") or "")
         if confirmed != str(count) or not count:
@@ -362,10 +370,17 @@ def build_app(config: WebConfig) -> Starlette:  # noqa: PLR0915 - the handlers s
             if who.via == "bearer":
                 return JSONResponse({"dry_run": True, "count": count})
             return console.render(
-                request, "confirm_replay.html", who, count=count, filter=shown, changed=bool(confirmed)
+                request,
+                "confirm_replay.html",
+                who,
+                count=count,
+                filter=shown,
+                changed=bool(confirmed),
+                options=options,
             )
         # the records confirmed, oldest first: one that failed since is not replayed unseen
-        return _do_replay(request, who, console.store.iter(flt, limit=count), shown)
+        shown = {**shown, **{key: value for key, value in options.items() if value}}
+        return _do_replay(request, who, console.store.iter(flt, limit=count), shown, options)
 
     async def purge_filter(request: Request) -> Response:
         who = _need(console, request, "operator")
