@@ -11,10 +11,10 @@ from typing import Any
 from celery_policy._yaml import KeyPath, render_path
 from celery_policy.durations import format_duration
 from celery_policy.errors import Diagnostic, PolicyError, trim
-from celery_policy.lint.context import LintContext
+from celery_policy.lint.context import LintContext, View
 from celery_policy.lint.globs import candidate_pairs, common_match
 from celery_policy.lint.registry import rule
-from celery_policy.loader import RawPolicy
+from celery_policy.loader import RawPolicy, lookup_origin
 from celery_policy.patterns import Specificity, glob_problem, is_glob, specificity
 from celery_policy.resolve import Policy
 
@@ -346,12 +346,26 @@ def needs_late_ack(ctx: LintContext) -> Iterator[Diagnostic]:
             yield Diagnostic("CP113", message, ctx.key_locate(path), hint, path=render_path((*layer.prefix, "ack")))
 
 
+def _overlay_tightens(ctx: LintContext, view: View) -> bool:
+    """True when an environment overlay lowered ``max_retries`` below an ``unknown_max_retries`` it did
+    not write ("no retries in development"): unknown errors then get the lower of the two, as intended."""
+    _, max_path = view.blame(("retry", "max_retries"))
+    _, unknown_path = view.blame(("retry", "unknown_max_retries"))
+    max_origin = lookup_origin(ctx.source, max_path)
+    unknown_origin = lookup_origin(ctx.source, unknown_path)
+    if max_origin is None or not max_origin.layer.startswith("env:"):
+        return False
+    return unknown_origin is None or unknown_origin.layer != max_origin.layer
+
+
 @rule("CP114", "retry-limits")
 def retry_limits(ctx: LintContext) -> Iterator[Diagnostic]:
     """What it does: reports retry limits that contradict each other.
 
     `unknown_max_retries` above `max_retries` (unknown errors are meant to
-    retry less), `unknown_max_retries` with `unknown: fail` (it never
+    retry less; unknown errors get the lower of the two, so an environment
+    overlay that only lowers `max_retries`, such as `max_retries: 0` in
+    development, is not a finding), `unknown_max_retries` with `unknown: fail` (it never
     applies), and a class in `never` that a `rules` entry retries anyway
     (rules apply first, so the `never` entry is dead).
 
@@ -371,7 +385,12 @@ def retry_limits(ctx: LintContext) -> Iterator[Diagnostic]:
             message = f"retry.unknown_max_retries {unknown_max} has no effect while retry.unknown is fail"
             hint = "set retry.unknown: retry, or remove unknown_max_retries"
             yield Diagnostic("CP114", message, ctx.key_locate(path), hint, path=render_path((*layer.prefix, "retry")))
-        elif unknown_max is not None and retry.max_retries is not None and unknown_max > retry.max_retries:
+        elif (
+            unknown_max is not None
+            and retry.max_retries is not None
+            and unknown_max > retry.max_retries
+            and not _overlay_tightens(ctx, view)
+        ):
             layer, path = view.blame(("retry", "unknown_max_retries"), ("retry", "max_retries"))
             message = f"retry.unknown_max_retries {unknown_max} is above retry.max_retries {retry.max_retries}"
             hint = "unknown errors are meant to retry less than known ones; lower unknown_max_retries"
