@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from celery_policy.durations import Duration
 
@@ -215,6 +215,15 @@ class WorkerSettings(_Section):
         "of dead workers (celery_policy.transport.redis); unset = on when the broker is redis:// and any task has "
         "ack.late",
     )
+
+    @field_validator("visibility_timeout")
+    @classmethod
+    def _positive_visibility(cls, value: float | None) -> float | None:
+        # kombu would restore every unacked message on each sweep: every task would run again and again.
+        if value is not None and value <= 0:
+            msg = "visibility_timeout must be greater than 0"
+            raise ValueError(msg)
+        return value
 
 
 class PublishRetry(_Section):
