@@ -19,18 +19,24 @@ ENV_VARIABLE = "CELERY_POLICY_ENV"
 def run_explain(task: str, files: Sequence[str], env: str | None = None, fmt: str = "text") -> int:
     """Print ``task``'s effective policy to stdout; diagnostics go to stderr.
 
-    ``files`` default to :func:`celery_policy.loader.default_policy_paths`, ``env``
-    to ``$CELERY_POLICY_ENV``. Returns 0, 1 for an invalid policy or unknown
-    environment, 2 for an unreadable file.
+    ``files`` default to ``files`` of ``[tool.celery-policy]`` in ``pyproject.toml``, else
+    :func:`celery_policy.loader.default_policy_paths`; ``env`` to ``$CELERY_POLICY_ENV``, else
+    the table's ``env``. Returns 0, 1 for an invalid policy or unknown environment, 2 for an
+    unreadable file or a bad ``pyproject.toml``.
     """
+    from celery_policy.cli.project import ProjectConfigError, find_project_config, project_policy
     from celery_policy.explain import explain
     from celery_policy.explain_report import render_json, render_text
-    from celery_policy.loader import UnreadableFileError, default_policy_paths
+    from celery_policy.loader import UnreadableFileError
     from celery_policy.resolve import load
 
-    paths = list(files) or default_policy_paths()
     if env is None:
         env = os.environ.get(ENV_VARIABLE) or None
+    try:
+        paths, env = project_policy(files, env, find_project_config())
+    except ProjectConfigError as exc:
+        sys.stderr.write(f"celery-policy explain: error: {exc}\n")
+        return USAGE
     try:
         policy = load(paths, env=env, check_imports=False)
         explanation = explain(policy, task)

@@ -29,7 +29,14 @@ from celery_policy.patterns import is_glob
 from celery_policy.references import check_references, expand_refs
 from celery_policy.resolve import Layer, Layering, merge_leaves, unflatten
 
-__all__ = ["Layer", "LintContext", "View"]
+__all__ = ["Layer", "LintContext", "LintOptions", "View"]
+
+
+@dataclass(frozen=True, slots=True)
+class LintOptions:
+    """Facts about the deployment that the policy files do not hold, from ``[tool.celery-policy]``."""
+
+    consumer_timeout_s: float | None = None  # the RabbitMQ broker's consumer_timeout (CP220)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +92,7 @@ class LintContext:
     raw: RawPolicy  # the files as read, before the environment was applied
     env: str | None = None
     app: AppSnapshot | None = None
+    options: LintOptions = field(default_factory=LintOptions)
     _views: list[View] | None = field(default=None, repr=False)
     _references: list[Diagnostic] | None = field(default=None, repr=False)
     _layering: Layering | None = field(default=None, repr=False)

@@ -3,11 +3,13 @@
 Importing this package registers every rule (:mod:`celery_policy.lint.registry`),
 one module per family: :mod:`.structure` (CP1xx errors), :mod:`.reliability` and
 :mod:`.idempotency` (CP2xx warnings), :mod:`.app` (CP3xx cross-checks against the
-``--app``) and :mod:`.amqp` (RabbitMQ queues, CP209 and CP305-CP307). Codes are
-stable; see the registry for the docstring format.
+``--app``), :mod:`.amqp` (RabbitMQ queues, CP209 and CP305-CP307), :mod:`.deployment`
+(broker and worker settings around the policy: CP220-CP223) and :mod:`.hygiene`
+(unused suppression comments, CP229). Codes are stable; see the registry for the
+docstring format.
 """
 
 from celery_policy.lint.context import LintContext
-from celery_policy.lint.rules import amqp, app, idempotency, reliability, structure
+from celery_policy.lint.rules import amqp, app, hygiene, idempotency, reliability, structure
 
-__all__ = ["LintContext", "amqp", "app", "idempotency", "reliability", "structure"]
+__all__ = ["LintContext", "amqp", "app", "hygiene", "idempotency", "reliability", "structure"]
