@@ -10,6 +10,6 @@ docstring format.
 """
 
 from celery_policy.lint.context import LintContext
-from celery_policy.lint.rules import amqp, app, hygiene, idempotency, reliability, structure
+from celery_policy.lint.rules import amqp, app, deployment, hygiene, idempotency, reliability, structure
 
-__all__ = ["LintContext", "amqp", "app", "hygiene", "idempotency", "reliability", "structure"]
+__all__ = ["LintContext", "amqp", "app", "deployment", "hygiene", "idempotency", "reliability", "structure"]

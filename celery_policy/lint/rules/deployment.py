@@ -1,0 +1,171 @@
+"""CP220-CP223: the policy against the broker and worker settings around it.
+
+These are the failures Celery users report from production: a retry that
+outlives RabbitMQ's ``consumer_timeout``, a deploy's SIGTERM without soft
+shutdown, a deduplication setting that forgets too early, and countdown retries
+piling up in worker memory. Settings the policy file does not hold come from
+the app (``--app``) and from ``[tool.celery-policy]``.
+
+Delayed delivery keeps countdown retries out of the worker, so the rules about
+held retries (CP220, CP223) skip it: RabbitMQ's native delayed delivery (Celery
+5.5+ with quorum queues on a topic or fanout exchange), and ``worker.delayed_delivery``
+of the policy when the model has that key (read with ``getattr``, so these rules
+work with and without it) on a broker ``celery_policy.transport.DELAYED_DELIVERY_BROKERS``
+lists (``redis`` when the transport does not say).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+
+from celery_policy._yaml import KeyPath, render_path
+from celery_policy.backoff import longest_delay
+from celery_policy.budgets import Budget, budgets
+from celery_policy.durations import format_duration
+from celery_policy.errors import Diagnostic, trim
+from celery_policy.lint.context import Layer, LintContext, View
+from celery_policy.lint.registry import rule
+from celery_policy.queues import queue_of
+
+CONSUMER_TIMEOUT_DEFAULT_S = 1800.0  # RabbitMQ 3.8.17+ (15 min in 3.8.15-3.8.16)
+ETA_LONG_DELAY_S = 600.0  # a retry held this long (Celery's retry_backoff_max) is "long"
+ETA_HELD_MESSAGES = 1000  # with a rate limit: fewer held retries than this are harmless
+NATIVE_DELAY_EXCHANGES = {"topic", "fanout"}
+
+_HARD = ("timeout", "hard")
+_SOFT = ("timeout", "soft")
+
+
+def _d(seconds: float) -> str:
+    return format_duration(seconds)
+
+
+def _rule_path(budget: Budget, layer: Layer) -> KeyPath:
+    return (*layer.prefix, "retry", "rules", budget.rule_index or 0)
+
+
+def _delay_path(view: View, budget: Budget, fallback: KeyPath) -> KeyPath:
+    """Where to point for a budget's longest delay: its `rules` entry, the backoff that sets it, else ``fallback``."""
+    if budget.rule_index is not None:
+        return _rule_path(budget, view.blame(("retry", "rules"))[0])
+    if view.owner(("retry", "backoff")) < 0:  # built-in backoff: what is short is the broker's limit
+        return fallback
+    return view.blame(("retry", "backoff", "max"), ("retry", "backoff"))[1]
+
+
+def _queue(ctx: LintContext, view: View) -> str:
+    return queue_of(view.policy.route, ctx.app.default_queue if ctx.app is not None else "celery")
+
+
+def _broker(ctx: LintContext) -> str | None:
+    """``redis``, ``sqs``, ``amqp``... with ``--app``; without it, ``amqp`` when the policy is evidently
+    for RabbitMQ (it gives ``consumer_timeout``, queue types or the broker's dead-letter queues), else None."""
+    if ctx.app is not None:
+        return ctx.app.broker_scheme
+    document = ctx.document
+    routes = [document.defaults.route, *(task.route for task in document.tasks.values())]
+    if (
+        document.worker.consumer_timeout is not None
+        or ctx.options.consumer_timeout_s is not None
+        or document.dead_letter_store.backend == "amqp"
+        or any(route is not None and route.queue_type is not None for route in routes)
+    ):
+        return "amqp"
+    return None
+
+
+def _policy_delayed_delivery(ctx: LintContext, broker: str | None) -> bool:
+    """``worker.delayed_delivery: true`` on a broker celery-policy's delayed delivery supports."""
+    if getattr(ctx.document.worker, "delayed_delivery", None) is not True:
+        return False
+    transport = importlib.import_module("celery_policy.transport")
+    supported = getattr(transport, "DELAYED_DELIVERY_BROKERS", ("redis",))
+    return broker is not None and broker in supported
+
+
+def _native_delayed_delivery(ctx: LintContext, view: View) -> bool:
+    """RabbitMQ keeps the countdown (Celery 5.5+ native delayed delivery): the app has a quorum queue and the
+    task's queue is bound to a topic or fanout exchange."""
+    app = ctx.app
+    if app is None or app.broker_scheme != "amqp" or not app.has_setting((5, 5)):
+        return False
+    declared = app.declared_queues or {}
+    types = app.declared_queue_types()
+    asked = [v.policy.route.queue_type for v in ctx.views() if v.policy.route is not None]
+    if "quorum" not in (*types.values(), app.default_queue_type, *asked):
+        return False
+    queue = _queue(ctx, view)
+    info = declared.get(queue)
+    exchange = info.exchange_type if info is not None and info.exchange_type else app.default_exchange_type
+    return exchange in NATIVE_DELAY_EXCHANGES
+
+
+def _out_of_worker(ctx: LintContext, view: View, broker: str | None) -> bool:
+    return _policy_delayed_delivery(ctx, broker) or _native_delayed_delivery(ctx, view)
+
+
+def _consumer_timeout(ctx: LintContext, view: View) -> tuple[float, str]:
+    """The consumer timeout of the task's queue and where it comes from."""
+    app = ctx.app
+    if app is not None:
+        info = (app.declared_queues or {}).get(_queue(ctx, view))
+        if info is not None and info.consumer_timeout_s is not None:
+            return info.consumer_timeout_s, f"x-consumer-timeout of queue '{trim(info.name)}'"
+    if ctx.document.worker.consumer_timeout is not None:
+        return ctx.document.worker.consumer_timeout, "worker.consumer_timeout"
+    if ctx.options.consumer_timeout_s is not None:
+        return ctx.options.consumer_timeout_s, "consumer-timeout in [tool.celery-policy]"
+    return CONSUMER_TIMEOUT_DEFAULT_S, "RabbitMQ's default"
+
+
+@rule("CP220", "consumer-timeout", severity="warning")
+def consumer_timeout(ctx: LintContext) -> Iterator[Diagnostic]:
+    """What it does: warns when a retry delay, or a late-acked task's hard timeout, is longer than
+    RabbitMQ's `consumer_timeout`.
+
+    Applies to RabbitMQ: an AMQP broker with `--app`, or without it a policy
+    that is evidently for RabbitMQ (it sets `worker.consumer_timeout`,
+    `route.queue_type` or `dead_letter_store.backend: amqp`, or
+    `[tool.celery-policy]` sets `consumer-timeout`). The timeout is the queue's
+    `x-consumer-timeout` in the app's `task_queues`, else `worker.consumer_timeout`,
+    else `consumer-timeout` in `[tool.celery-policy]`, else 30m (RabbitMQ's
+    default). A client cannot read the broker's value (it is in rabbitmq.conf;
+    only the management API and `rabbitmqctl` show it), so say it when it is
+    not the default. Retries that RabbitMQ delays itself (native delayed
+    delivery on quorum queues, Celery 5.5+) are not held by the worker and are
+    left alone.
+
+    Why: a worker holds a countdown retry unacknowledged until it is due; a
+    delivery unacknowledged for longer than `consumer_timeout` makes RabbitMQ
+    close the worker's channel (PRECONDITION_FAILED), the worker restarts and
+    every message it held is delivered again (celery/celery#6760).
+
+    Example:
+        bad:  retry: {on: [transient], max_retries: 10, backoff: {max: 1h}}     (consumer_timeout 30m)
+        good: retry: {on: [transient], max_retries: 10, backoff: {max: 20m}}, or worker: {consumer_timeout: 2h}
+    """
+    broker = _broker(ctx)
+    if broker != "amqp":
+        return
+    for view in ctx.views():
+        limit, origin = _consumer_timeout(ctx, view)
+        where = f"RabbitMQ's consumer_timeout {_d(limit)} ({origin})"
+        hint = (
+            "the broker closes the channel and redelivers everything the worker held: keep the delay and hard timeout "
+            "below it, or raise consumer_timeout on the broker and set worker.consumer_timeout to match"
+        )
+        if not _out_of_worker(ctx, view, broker):
+            for budget in budgets(view.policy.retry):
+                worst = longest_delay(budget.backoff, budget.retries, budget.delay_from)
+                if worst <= limit:
+                    continue
+                path = _delay_path(view, budget, ("worker", "consumer_timeout"))
+                message = f"{budget.label} can wait {_d(worst)} before a retry, longer than {where}"
+                yield Diagnostic("CP220", message, ctx.key_locate(path), hint, path=render_path(path))
+        policy = view.policy
+        hard = policy.timeout.hard if policy.timeout.hard is not None else policy.timeout.soft
+        if policy.ack.late and hard is not None and hard > limit:
+            _, path = view.blame(_HARD if policy.timeout.hard is not None else _SOFT, ("ack", "late"))
+            message = f"a late-acked task may run {_d(hard)}, longer than {where}"
+            yield Diagnostic("CP220", message, ctx.key_locate(path), hint, path=render_path(path))
