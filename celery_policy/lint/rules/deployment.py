@@ -169,3 +169,59 @@ def consumer_timeout(ctx: LintContext) -> Iterator[Diagnostic]:
             _, path = view.blame(_HARD if policy.timeout.hard is not None else _SOFT, ("ack", "late"))
             message = f"a late-acked task may run {_d(hard)}, longer than {where}"
             yield Diagnostic("CP220", message, ctx.key_locate(path), hint, path=render_path(path))
+
+
+def _late_views(ctx: LintContext) -> list[View]:
+    app_late = ctx.app is not None and ctx.app.task_acks_late
+    return [view for view in ctx.views() if view.policy.ack.late or app_late]
+
+
+def _late_path(ctx: LintContext, views: list[View]) -> KeyPath:
+    """The `ack.late` key of the first late-acked view, else the top of the file."""
+    for view in views:
+        if view.owner(("ack", "late")) >= 0:
+            return view.blame(("ack", "late"))[1]
+    return ("defaults",) if "defaults" in ctx.document.model_fields_set else ()
+
+
+@rule("CP221", "soft-shutdown-missing", severity="warning", needs_app=True)
+def soft_shutdown_missing(ctx: LintContext) -> Iterator[Diagnostic]:
+    """What it does: warns when tasks ack late on SQS, or on Redis without reliable fetch, with Celery
+    5.5 or newer and no `worker_soft_shutdown_timeout` in the app.
+
+    Needs `--app` (the broker, the Celery release and the setting are the
+    app's). On Redis, celery-policy's reliable fetch (on by default with late
+    ack) gives a dead worker's messages back after its heartbeat lapses, so
+    only `worker.reliable_fetch: false` counts there.
+
+    Why: a deploy sends SIGTERM; a worker that must stop before its running
+    tasks finish exits with their messages unacknowledged, and the broker
+    delivers them again only after the visibility timeout (1h on Redis by
+    default). Soft shutdown (Celery 5.5) gives the tasks that time to finish
+    and then hands the messages back at once.
+
+    Example:
+        bad:  defaults: {ack: {late: true}}              (SQS broker, worker_soft_shutdown_timeout unset)
+        good: app.conf.worker_soft_shutdown_timeout = 60 with defaults: {ack: {late: true}}
+    """
+    app = ctx.app
+    if app is None or app.broker_scheme not in {"redis", "sqs"} or not app.has_setting((5, 5)):
+        return
+    if app.soft_shutdown_timeout_s is not None and app.soft_shutdown_timeout_s > 0:
+        return
+    if app.broker_scheme == "redis" and ctx.document.worker.reliable_fetch is not False:
+        return
+    late = _late_views(ctx)
+    if not late:
+        return
+    version = ".".join(str(part) for part in app.celery_version)
+    message = (
+        f"late ack on {app.broker_scheme} without worker_soft_shutdown_timeout (Celery {version}): a SIGTERM "
+        "leaves running tasks' messages unacknowledged until the visibility timeout"
+    )
+    hint = (
+        f"set worker_soft_shutdown_timeout in the app {app.spec} (seconds the tasks get to finish, e.g. 60); "
+        "Celery then requeues their messages at once"
+    )
+    path = _late_path(ctx, late)
+    yield Diagnostic("CP221", message, ctx.key_locate(path), hint, path=render_path(path))
