@@ -225,3 +225,78 @@ def soft_shutdown_missing(ctx: LintContext) -> Iterator[Diagnostic]:
     )
     path = _late_path(ctx, late)
     yield Diagnostic("CP221", message, ctx.key_locate(path), hint, path=render_path(path))
+
+
+def _visibility(ctx: LintContext) -> tuple[float, str] | None:
+    """The visibility timeout (Redis/SQS), as CP205 finds it, or None for brokers without one."""
+    app = ctx.app
+    if app is None or app.broker_scheme not in {"redis", "sqs"}:
+        return None
+    if ctx.document.worker.visibility_timeout is not None:
+        return ctx.document.worker.visibility_timeout, "worker.visibility_timeout"
+    if app.visibility_timeout_s is not None:
+        explicit = "visibility_timeout" in app.broker_transport_options
+        return (
+            app.visibility_timeout_s,
+            "the app's broker_transport_options" if explicit else f"the {app.broker_scheme} default",
+        )
+    return None
+
+
+@rule("CP222", "deduplication-window", severity="warning", needs_app=True)
+def deduplication_window(ctx: LintContext) -> Iterator[Diagnostic]:
+    """What it does: warns about `worker_deduplicate_successful_tasks` where it cannot work: no task acks
+    late, the app has no result backend, or results expire (`result_expires`) before a redelivered
+    copy can arrive.
+
+    Needs `--app` (the setting is the app's). The redelivery window is the
+    broker's visibility timeout on Redis and SQS (`worker.visibility_timeout`,
+    else the app's `broker_transport_options`, else 1h); `result_expires` is
+    the policy's `worker.result_expires`, else the app's (Celery's default 1d).
+
+    Why: the worker skips a redelivered message only when the result backend
+    still says SUCCESS for its id, and it looks only with late ack and a
+    persistent backend. Results that expire first let the duplicate run again.
+
+    Example:
+        bad:  worker: {result_expires: 10m, visibility_timeout: 1h}    (worker_deduplicate_successful_tasks = True)
+        good: worker: {result_expires: 1d, visibility_timeout: 1h}
+    """
+    app = ctx.app
+    if app is None or not app.deduplicate_successful_tasks:
+        return
+    late = _late_views(ctx)
+    top: KeyPath = ("defaults",) if "defaults" in ctx.document.model_fields_set else ()
+    if not late:
+        message = "worker_deduplicate_successful_tasks has no effect: no task acks late"
+        hint = "Celery deduplicates only late-acked tasks; set ack.late: true or drop the setting"
+        yield Diagnostic("CP222", message, ctx.key_locate(top), hint, path=render_path(top))
+        return
+    backend = (app.result_backend or "").split(":", 1)[0].lower()
+    if backend in {"", "disabled", "rpc"}:
+        shown = app.result_backend or "none"
+        message = f"worker_deduplicate_successful_tasks needs a persistent result backend, the app has {shown}"
+        hint = "set result_backend to Redis or a database; the worker looks the task's state up there"
+        late_path = _late_path(ctx, late)
+        yield Diagnostic("CP222", message, ctx.key_locate(late_path), hint, path=render_path(late_path))
+        return
+    window = _visibility(ctx)
+    if window is None:
+        return
+    limit, origin = window
+    if ctx.document.worker.result_expires is not None:
+        expires, expires_origin = ctx.document.worker.result_expires, "worker.result_expires"
+        path: KeyPath = ("worker", "result_expires")
+    else:
+        if app.result_expires_s is None or app.result_expires_s <= 0:
+            return  # results are kept for good
+        expires, expires_origin = app.result_expires_s, "the app's result_expires"
+        path = ("worker", "visibility_timeout") if ctx.document.worker.visibility_timeout is not None else top
+    if expires >= limit:
+        return
+    message = (
+        f"results expire after {_d(expires)} ({expires_origin}), before a redelivered copy can arrive "
+        f"(visibility timeout {_d(limit)}, {origin}): worker_deduplicate_successful_tasks forgets it ran"
+    )
+    hint = "keep results at least as long as the visibility timeout (worker.result_expires), or lower the timeout"
+    yield Diagnostic("CP222", message, ctx.key_locate(path), hint, path=render_path(path))
