@@ -300,3 +300,64 @@ def deduplication_window(ctx: LintContext) -> Iterator[Diagnostic]:
     )
     hint = "keep results at least as long as the visibility timeout (worker.result_expires), or lower the timeout"
     yield Diagnostic("CP222", message, ctx.key_locate(path), hint, path=render_path(path))
+
+
+def _per_second(rate_limit: str | None) -> float | None:
+    """Celery's rate limit string (``10/s``, ``100/m``, ``5/h``, ``10``) as tasks per second."""
+    if not rate_limit:
+        return None
+    number, _, unit = rate_limit.partition("/")
+    try:
+        value = float(number)
+    except ValueError:
+        return None
+    return value / {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}.get(unit, 1.0)
+
+
+@rule("CP223", "eta-task-limit", severity="warning", needs_app=True)
+def eta_task_limit(ctx: LintContext) -> Iterator[Diagnostic]:
+    """What it does: warns when retries can wait long (10m or more) in worker memory while the app leaves
+    `worker_eta_task_limit` unset (Celery 5.6+).
+
+    Needs `--app` (the setting and the Celery release are the app's). A task's
+    `rate_limit` bounds its retries per second: a task whose longest delay
+    times that rate stays under 1000 held messages is left alone. Retries that
+    delayed delivery keeps out of the worker are left alone (native delayed
+    delivery on RabbitMQ quorum queues; `worker.delayed_delivery: true` where
+    the policy has that key).
+
+    Why: a worker keeps each countdown retry in memory until it is due and
+    raises its prefetch count for it; with long backoffs and an outage
+    that makes every task retry, the held messages grow without bound until
+    the worker runs out of memory.
+
+    Example:
+        bad:  retry: {on: [transient], max_retries: 10, backoff: {max: 1h}}      (worker_eta_task_limit unset)
+        good: app.conf.worker_eta_task_limit = 1000, or retry: {backoff: {max: 5m}}
+    """
+    app = ctx.app
+    if app is None or not app.has_setting((5, 6)) or app.eta_task_limit is not None:
+        return
+    broker = app.broker_scheme
+    for view in ctx.views():
+        if _out_of_worker(ctx, view, broker):
+            continue
+        rate = _per_second(view.policy.rate_limit)
+        for budget in budgets(view.policy.retry):
+            worst = longest_delay(budget.backoff, budget.retries, budget.delay_from)
+            if worst < ETA_LONG_DELAY_S or (rate is not None and rate * worst < ETA_HELD_MESSAGES):
+                continue
+            if rate is not None:
+                volume = f"at its rate_limit {view.policy.rate_limit} a worker may hold {int(rate * worst):,} of them"
+            else:
+                volume = f"each retry per second adds {int(worst):,} messages a worker holds"
+            message = (
+                f"{budget.label} can keep a retry in worker memory for {_d(worst)} with worker_eta_task_limit "
+                f"unset: {volume}"
+            )
+            hint = (
+                f"set worker_eta_task_limit in the app {app.spec} (e.g. 1000), shorten the backoff, or keep retries "
+                "out of the worker with delayed delivery"
+            )
+            path = _delay_path(view, budget, ("defaults",))
+            yield Diagnostic("CP223", message, ctx.key_locate(path), hint, path=render_path(path))
