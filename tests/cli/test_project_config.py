@@ -122,3 +122,29 @@ def test_dlq_takes_the_store_from_the_policy_the_table_names(project: Path, caps
     code, _, err = run(capsys, "dlq", "list")
     assert code == 3
     assert "redis://127.0.0.1:1/0" in err
+
+
+def test_consumer_timeout_from_the_table_for_rabbitmq_policies(project: Path, capsys: Any) -> None:
+    """The broker's consumer_timeout cannot be read by a client; the project says it (the policy's own wins)."""
+    policy = (
+        "version: 1\ndefaults:\n  retry: {on: [builtins.TimeoutError], max_retries: 20, backoff: {max: 40m}}\n"
+        "  route: {queue_type: quorum}\n  timeout: {soft: 5m, hard: 6m}\n"
+    )
+    (project / "policies" / "p.yaml").write_text(policy)
+    code, out, _ = run(capsys, "check", "policies/p.yaml", "--format", "json")
+    [hit] = [f for f in json.loads(out)["findings"] if f["code"] == "CP220"]
+    assert "consumer_timeout 30m (RabbitMQ's default)" in hit["message"]
+    configure(project, 'consumer-timeout = "1h"\n')
+    code, out, _ = run(capsys, "check", "policies/p.yaml", "--format", "json")
+    assert [f for f in json.loads(out)["findings"] if f["code"] == "CP220"] == []
+    configure(project, 'consumer-timeout = "20m"\n')
+    code, out, _ = run(capsys, "check", "policies/p.yaml", "--format", "json")
+    [hit] = [f for f in json.loads(out)["findings"] if f["code"] == "CP220"]
+    assert "consumer_timeout 20m (consumer-timeout in [tool.celery-policy])" in hit["message"]
+    (project / "policies" / "p.yaml").write_text(policy + "worker: {consumer_timeout: 2h}\n")
+    code, out, _ = run(capsys, "check", "policies/p.yaml", "--format", "json")
+    assert [f for f in json.loads(out)["findings"] if f["code"] == "CP220"] == []
+    configure(project, 'consumer-timeout = "soon"\n')
+    code, _, err = run(capsys, "check", "policies/p.yaml")
+    assert code == 2
+    assert "'consumer-timeout' must be a duration" in err
