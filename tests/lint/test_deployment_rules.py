@@ -32,18 +32,26 @@ class _WithDelayedDelivery(WorkerSettings):
     delayed_delivery: bool | None = None
 
 
-def _context(app: str, *, delayed_delivery: bool | None) -> LintContext:
+def _context(app: str, *, delayed_delivery: bool | None, reliable_fetch: bool | None = None) -> LintContext:
     raw = parse_policy_text(POLICY, "policy.yaml")
     document = PolicyDocument.model_validate(raw.data)
-    worker = _WithDelayedDelivery(**document.worker.model_dump(exclude_unset=True), delayed_delivery=delayed_delivery)
+    worker = _WithDelayedDelivery(
+        **document.worker.model_dump(exclude_unset=True),
+        delayed_delivery=delayed_delivery,
+        reliable_fetch=reliable_fetch,
+    )
     return LintContext(document.model_copy(update={"worker": worker}), raw.source, raw, app=load_app(app, str(APPS)))
 
 
-@pytest.mark.parametrize(("delayed_delivery", "fires"), [(None, True), (False, True), (True, False)])
+@pytest.mark.parametrize(
+    ("delayed_delivery", "reliable_fetch", "fires"),
+    [(None, None, False), (None, False, True), (False, None, True), (True, False, False)],
+)
 def test_eta_rule_leaves_retries_alone_that_delayed_delivery_keeps_out_of_the_worker(
-    delayed_delivery: bool | None, fires: bool
+    delayed_delivery: bool | None, reliable_fetch: bool | None, fires: bool
 ) -> None:
-    ctx = _context("lintapp_redis", delayed_delivery=delayed_delivery)
+    """Unset, delayed delivery follows reliable fetch (on with late ack on Redis), as the design says."""
+    ctx = _context("lintapp_redis", delayed_delivery=delayed_delivery, reliable_fetch=reliable_fetch)
     found = list(RULES["CP223"].run(ctx))
     assert bool(found) is fires, found
 

@@ -8,9 +8,10 @@ the app (``--app``) and from ``[tool.celery-policy]``.
 
 Delayed delivery keeps countdown retries out of the worker, so the rules about
 held retries (CP220, CP223) skip it: RabbitMQ's native delayed delivery (Celery
-5.5+ with quorum queues on a topic or fanout exchange), and ``worker.delayed_delivery``
-of the policy when the model has that key (read with ``getattr``, so these rules
-work with and without it) on a broker ``celery_policy.transport.DELAYED_DELIVERY_BROKERS``
+5.5+ with quorum queues on a topic or fanout exchange), and celery-policy's own when
+the model has the key ``worker.delayed_delivery`` (read with ``getattr``, so these
+rules work with and without it): ``true``, or unset while reliable fetch is on (its
+documented default), on a broker ``celery_policy.transport.DELAYED_DELIVERY_BROKERS``
 lists (``redis`` when the transport does not say).
 """
 
@@ -75,13 +76,25 @@ def _broker(ctx: LintContext) -> str | None:
     return None
 
 
+_MISSING = object()
+
+
 def _policy_delayed_delivery(ctx: LintContext, broker: str | None) -> bool:
-    """``worker.delayed_delivery: true`` on a broker celery-policy's delayed delivery supports."""
-    if getattr(ctx.document.worker, "delayed_delivery", None) is not True:
+    """celery-policy's delayed delivery holds the countdowns: ``worker.delayed_delivery: true``, or unset
+    (its default: on with reliable fetch, i.e. a Redis broker, late ack and ``reliable_fetch`` not false),
+    on a broker ``celery_policy.transport.DELAYED_DELIVERY_BROKERS`` lists. False while the model has no
+    such key."""
+    worker = ctx.document.worker
+    wanted = getattr(worker, "delayed_delivery", _MISSING)
+    if wanted is _MISSING or wanted is False or broker is None:
         return False
     transport = importlib.import_module("celery_policy.transport")
-    supported = getattr(transport, "DELAYED_DELIVERY_BROKERS", ("redis",))
-    return broker is not None and broker in supported
+    if broker not in getattr(transport, "DELAYED_DELIVERY_BROKERS", ("redis",)):
+        return False
+    if wanted is None:  # the default follows reliable fetch
+        late = any(view.policy.ack.late for view in ctx.views())
+        return broker == "redis" and late and worker.reliable_fetch is not False
+    return wanted is True
 
 
 def _native_delayed_delivery(ctx: LintContext, view: View) -> bool:
@@ -323,8 +336,8 @@ def eta_task_limit(ctx: LintContext) -> Iterator[Diagnostic]:
     `rate_limit` bounds its retries per second: a task whose longest delay
     times that rate stays under 1000 held messages is left alone. Retries that
     delayed delivery keeps out of the worker are left alone (native delayed
-    delivery on RabbitMQ quorum queues; `worker.delayed_delivery: true` where
-    the policy has that key).
+    delivery on RabbitMQ quorum queues; celery-policy's `worker.delayed_delivery`
+    on Redis, where the policy format has that key).
 
     Why: a worker keeps each countdown retry in memory until it is due and
     raises its prefetch count for it; with long backoffs and an outage

@@ -347,16 +347,22 @@ def needs_late_ack(ctx: LintContext) -> Iterator[Diagnostic]:
             yield Diagnostic("CP113", message, ctx.key_locate(path), hint, path=render_path((*layer.prefix, "ack")))
 
 
-def _overlay_tightens(ctx: LintContext, view: View) -> bool:
-    """True when an environment overlay lowered ``max_retries`` below an ``unknown_max_retries`` it did
-    not write ("no retries in development"): unknown errors then get the lower of the two, as intended."""
-    _, max_path = view.blame(("retry", "max_retries"))
-    _, unknown_path = view.blame(("retry", "unknown_max_retries"))
-    max_origin = lookup_origin(ctx.source, max_path)
-    unknown_origin = lookup_origin(ctx.source, unknown_path)
-    if max_origin is None or not max_origin.layer.startswith("env:"):
+def _overlay_tightens(
+    ctx: LintContext,
+    view: View,
+    cap: KeyPath = ("retry", "max_retries"),
+    other: KeyPath = ("retry", "unknown_max_retries"),
+) -> bool:
+    """True when an environment overlay lowered the limit at ``cap`` below the value at ``other`` that it did
+    not write ("no retries in development", "short delays in development"): the lower one applies, as
+    the overlay intends, so that is not a contradiction."""
+    _, cap_path = view.blame(cap)
+    _, other_path = view.blame(other)
+    cap_origin = lookup_origin(ctx.source, cap_path)
+    other_origin = lookup_origin(ctx.source, other_path)
+    if cap_origin is None or not cap_origin.layer.startswith("env:"):
         return False
-    return unknown_origin is None or unknown_origin.layer != max_origin.layer
+    return other_origin is None or other_origin.layer != cap_origin.layer
 
 
 @rule("CP114", "retry-limits")
@@ -416,7 +422,9 @@ def backoff_initial_above_max(ctx: LintContext) -> Iterator[Diagnostic]:
 
     Checked for the effective backoff of every layer and of each `rules`
     entry (a rule's fields over the task's), so a task's `max: 30s` under a
-    default `initial: 1m` is a finding too.
+    default `initial: 1m` is a finding too. An environment overlay that only
+    lowers `max` (short delays in development) is not: capping every delay
+    is what it means.
 
     Why: the delay is `min(max, initial * factor ** n)`, so every retry waits
     the cap and `initial` and `factor` do nothing. That is almost always a unit
@@ -429,7 +437,8 @@ def backoff_initial_above_max(ctx: LintContext) -> Iterator[Diagnostic]:
     for view in ctx.views():
         retry = view.policy.retry
         backoff = retry.backoff
-        if backoff.initial > backoff.max:
+        lowered = _overlay_tightens(ctx, view, ("retry", "backoff", "max"), ("retry", "backoff", "initial"))
+        if backoff.initial > backoff.max and not lowered:
             layer, blamed = view.blame(("retry", "backoff", "initial"), ("retry", "backoff", "max"))
             places = {name: _place(ctx, view, ("retry", "backoff", name)) for name in ("initial", "max")}
             prefix = (*layer.prefix, "retry", "backoff")
