@@ -437,19 +437,21 @@ def backoff_initial_above_max(ctx: LintContext) -> Iterator[Diagnostic]:
     for view in ctx.views():
         retry = view.policy.retry
         backoff = retry.backoff
-        lowered = _overlay_tightens(ctx, view, ("retry", "backoff", "max"), ("retry", "backoff", "initial"))
-        if backoff.initial > backoff.max and not lowered:
+        if backoff.initial > backoff.max and not _overlay_tightens(
+            ctx, view, ("retry", "backoff", "max"), ("retry", "backoff", "initial")
+        ):
             layer, blamed = view.blame(("retry", "backoff", "initial"), ("retry", "backoff", "max"))
             places = {name: _place(ctx, view, ("retry", "backoff", name)) for name in ("initial", "max")}
             prefix = (*layer.prefix, "retry", "backoff")
             yield _initial_above_max(ctx, "retry.backoff", backoff.initial, backoff.max, places, blamed, prefix)
-        rules_layer = view.blame(("retry", "rules"))[0]
         for index, retry_rule in enumerate(retry.rules):
             own = retry_rule.backoff.model_fields_set if retry_rule.backoff is not None else set()
-            effective = rule_backoff(backoff, retry_rule)
-            if not own & {"initial", "max"} or effective.initial <= effective.max:
+            if not own & {"initial", "max"}:
                 continue  # a rule that sets neither inherits the task's backoff, reported above
-            prefix = (*rules_layer.prefix, "retry", "rules", index, "backoff")
+            effective = rule_backoff(backoff, retry_rule)
+            if effective.initial <= effective.max:
+                continue
+            prefix = (*view.blame(("retry", "rules"))[0].prefix, "retry", "rules", index, "backoff")
             places = {
                 name: str(ctx.key_locate((*prefix, name)))
                 if name in own
