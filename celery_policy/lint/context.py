@@ -93,6 +93,9 @@ class LintContext:
     env: str | None = None
     app: AppSnapshot | None = None
     options: LintOptions = field(default_factory=LintOptions)
+    # merged leaves (repr) -> validated policy, shared by the contexts of one check run: most views come out
+    # the same in every environment, and validating them is the bulk of a big file's lint time
+    policy_cache: dict[str, TaskPolicy | None] | None = field(default=None, repr=False)
     _views: list[View] | None = field(default=None, repr=False)
     _references: list[Diagnostic] | None = field(default=None, repr=False)
     _layering: Layering | None = field(default=None, repr=False)
@@ -174,7 +177,7 @@ class LintContext:
                     candidates.append((task, "task", matched))
         views: list[View] = []
         for subject, kind, chain in candidates:
-            view = _merge(subject, kind, chain)
+            view = _merge(subject, kind, chain, self.policy_cache)
             if view is not None:
                 views.append(view)
         self._views = views
@@ -185,16 +188,26 @@ class LintContext:
         if self.app is None:
             return
         for task in self.app.user_tasks():
-            view = _merge(task, "task", self.layers_for(task))
+            view = _merge(task, "task", self.layers_for(task), self.policy_cache)
             if view is not None:
                 yield task, view
 
 
-def _merge(subject: str, kind: str, layers: Sequence[Layer]) -> View | None:
+def _merge(
+    subject: str, kind: str, layers: Sequence[Layer], cache: dict[str, TaskPolicy | None] | None = None
+) -> View | None:
     """Per-field merge exactly as the resolver does: setting a path replaces its ancestors and descendants."""
     merged, owners = merge_leaves([layer.leaves for layer in layers])
-    try:
-        policy = TaskPolicy.model_validate(unflatten(merged))
-    except ValidationError:  # each layer validated on its own; a merge that does not is reported by the resolver
+    key = repr(merged) if cache is not None else ""
+    if cache is not None and key in cache:
+        policy = cache[key]
+    else:
+        try:
+            policy = TaskPolicy.model_validate(unflatten(merged))
+        except ValidationError:  # each layer validated on its own; a merge that does not is reported by the resolver
+            policy = None
+        if cache is not None:
+            cache[key] = policy
+    if policy is None:
         return None
     return View(subject, kind, tuple(layers), policy, owners)

@@ -103,8 +103,9 @@ def check(
         if all_envs:
             envs += _environment_names(raw)
         every_env = all_envs or not _environment_names(raw)
+        cache: dict[str, Any] = {}  # validated task policies, shared by the environments (see LintContext)
         for name in envs:
-            tagged.extend((d, name) for d in _check_env(clean, name, snapshot, select, ignore, options))
+            tagged.extend((d, name) for d in _check_env(clean, name, snapshot, select, ignore, options, cache))
     mode = "env" if env is not None else "all" if all_envs else "base"
     findings = _dedupe(tagged, mode)
     findings = [f for f in findings if is_selected(f.diagnostic.code, select, ignore)]
@@ -192,6 +193,7 @@ def _check_env(
     select: Sequence[str],
     ignore: Sequence[str],
     options: LintOptions | None = None,
+    cache: dict[str, Any] | None = None,
 ) -> list[Diagnostic]:
     """Validate the document as seen in ``env`` and run every selected lint rule over it."""
     try:
@@ -204,7 +206,7 @@ def _check_env(
         document = PolicyDocument.model_validate(effective.data)
     except ValidationError as exc:
         return translate_validation_error(exc, effective)
-    ctx = LintContext(document, effective.source, raw, env, app, options or LintOptions())
+    ctx = LintContext(document, effective.source, raw, env, app, options or LintOptions(), policy_cache=cache)
     found: list[Diagnostic] = []
     for code, entry in RULES.items():
         if entry.emitted_by != "lint" or not _runs(code, app, select, ignore):
