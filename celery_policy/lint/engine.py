@@ -105,7 +105,9 @@ def check(
         every_env = all_envs or not _environment_names(raw)
         cache: dict[str, Any] = {}  # validated task policies, shared by the environments (see LintContext)
         for name in envs:
-            tagged.extend((d, name) for d in _check_env(clean, name, snapshot, select, ignore, options, cache))
+            found, linted = _check_env(clean, name, snapshot, select, ignore, options, cache)
+            tagged.extend((d, name) for d in found)
+            every_env = every_env and linted  # rules that never ran cannot show a suppression is unused
     mode = "env" if env is not None else "all" if all_envs else "base"
     findings = _dedupe(tagged, mode)
     findings = [f for f in findings if is_selected(f.diagnostic.code, select, ignore)]
@@ -194,28 +196,32 @@ def _check_env(
     ignore: Sequence[str],
     options: LintOptions | None = None,
     cache: dict[str, Any] | None = None,
-) -> list[Diagnostic]:
-    """Validate the document as seen in ``env`` and run every selected lint rule over it."""
+) -> tuple[list[Diagnostic], bool]:
+    """Validate the document as seen in ``env`` and run every selected lint rule over it.
+
+    Also says whether the rules ran (False when the document did not validate)."""
     try:
         effective = apply_environment(raw, env)
     except PolicyError as exc:
-        return list(exc.diagnostics)
+        return list(exc.diagnostics), False
     except Exception as exc:
-        return [_internal("CP101", "applying the environment overlays", exc, raw)]
+        return [_internal("CP101", "applying the environment overlays", exc, raw)], False
     try:
         document = PolicyDocument.model_validate(effective.data)
     except ValidationError as exc:
-        return translate_validation_error(exc, effective)
+        return translate_validation_error(exc, effective), False
     ctx = LintContext(document, effective.source, raw, env, app, options or LintOptions(), policy_cache=cache)
     found: list[Diagnostic] = []
+    complete = True
     for code, entry in RULES.items():
         if entry.emitted_by != "lint" or not _runs(code, app, select, ignore):
             continue
         try:
             found.extend(entry.run(ctx))
         except Exception as exc:
+            complete = False
             found.append(_internal(code, f"rule {code} {entry.name}", exc, raw))
-    return found
+    return found, complete
 
 
 def _runs(code: str, app: AppSnapshot | None, select: Sequence[str], ignore: Sequence[str]) -> bool:

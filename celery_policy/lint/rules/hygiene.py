@@ -17,8 +17,8 @@ def unused_suppression(ctx: LintContext) -> Iterator[Diagnostic]:
     Each selector of a comment is checked on its own (`ignore[CP201, CP205]`
     where only CP205 still fires reports CP201). Reported only when the check
     could have seen the finding: every environment was checked (`--all-envs`,
-    or the file has none), and each rule the selector names ran (selected, and
-    `--app` given for rules that need it). `ignore[CP229]` in the same comment
+    or the file has none) and validated, and each rule the selector names ran
+    (selected, and `--app` given for rules that need it). `ignore[CP229]` in the same comment
     keeps its other selectors.
 
     Why: a suppression left behind after the problem was fixed silently hides
