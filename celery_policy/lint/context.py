@@ -116,6 +116,17 @@ class LintContext:
             return Location(self.files[0])
         return origin.key_location or origin.location
 
+    def overlay_lowers(self, view: View, cap: KeyPath, other: KeyPath) -> bool:
+        """True when an environment overlay set the limit at ``cap`` (relative to the view, e.g.
+        ``("retry", "max_retries")``) and not the value at ``other`` it now sits below ("no retries in
+        development", "short delays in development"): the lower one applies, as the overlay intends, so
+        that is not a contradiction of the file."""
+        cap_origin = lookup_origin(self.source, view.blame(cap)[1])
+        other_origin = lookup_origin(self.source, view.blame(other)[1])
+        if cap_origin is None or not cap_origin.layer.startswith("env:"):
+            return False
+        return other_origin is None or other_origin.layer != cap_origin.layer
+
     def diagnostic(self, code: str, message: str, path: KeyPath, hint: str | None = None) -> Diagnostic:
         """A finding at the key of ``path`` (severity is set by the registry)."""
         return Diagnostic(code, message, self.key_locate(path), hint, path=render_path(path))
