@@ -229,17 +229,49 @@ def parse_yaml(text: str, filename: str) -> ParsedYaml:
                     anchors[frame.anchor] = (frame.container, frame.path)
                 place(frame.container, start, None)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        problem = exc.problem or exc.context or "invalid YAML"
-        hint = "check the indentation and quoting around this line"
-        if "tab" in problem:
-            hint = "YAML indentation must use spaces, not tabs"
-        raise YamlError(
-            Diagnostic("CP100", f"invalid YAML: {problem}", loc(mark) if mark else Location(filename), hint)
-        ) from exc
+        raise YamlError(_syntax_diagnostic(exc, filename, text)) from exc
     except yaml.YAMLError as exc:
         raise YamlError(Diagnostic("CP100", f"invalid YAML: {exc}", Location(filename))) from exc
     return result
+
+
+def _syntax_diagnostic(exc: yaml.MarkedYAMLError, filename: str, text: str) -> Diagnostic:
+    """A syntax error at the place a person has to edit, with libyaml's other mark in the message.
+
+    libyaml gives two marks: ``problem_mark``, where it gave up, and ``context_mark``,
+    where the construct it was reading began. Usually the problem mark is the place
+    (a key indented one space too far). When the problem is that the file ended (an
+    unterminated quoted string or flow collection), the problem mark is the last
+    line of the file and tells nothing; the construct that was never closed is where
+    the mistake is.
+    """
+
+    def loc(mark: Any) -> Location:
+        return Location(filename, mark.line + 1, mark.column + 1)
+
+    def at(mark: Any) -> str:
+        return f"line {mark.line + 1}, column {mark.column + 1}"
+
+    problem = exc.problem or exc.context or "invalid YAML"
+    context, problem_mark, context_mark = exc.context, exc.problem_mark, exc.context_mark
+    hint = "check the indentation and quoting around this line"
+    if "tab" in problem:
+        hint = "YAML indentation must use spaces, not tabs"
+    ended = problem_mark is not None and ("end of stream" in problem or not text[problem_mark.index :].strip())
+    if context_mark is not None and problem_mark is not None and ended:
+        if context and "quoted scalar" in context:
+            message = f"invalid YAML: quoted string is never closed ({problem} at {at(problem_mark)})"
+            hint = "add the closing quote (a quoted string may span lines: the rest of the file was read into it)"
+        else:
+            what = (context or "a construct").removeprefix("while scanning ").removeprefix("while parsing ")
+            message = f"invalid YAML: {what} that starts here is never closed ({problem} at {at(problem_mark)})"
+            hint = "close it (a flow mapping with '}', a flow sequence with ']') or write it as a block"
+        return Diagnostic("CP100", message, loc(context_mark), hint)
+    mark = problem_mark or context_mark
+    message = f"invalid YAML: {problem}"
+    if context and context_mark is not None and problem_mark is not None and context_mark != problem_mark:
+        message += f" ({context} that starts at {at(context_mark)})"
+    return Diagnostic("CP100", message, loc(mark) if mark else Location(filename), hint)
 
 
 def _pending_path(stack: list[_Frame]) -> KeyPath:

@@ -4,7 +4,7 @@ A task has up to three kinds of counter, each with its own budget:
 
 - ``on``: exceptions in ``retry.on``, budget ``retry.max_retries``;
 - ``unknown``: exceptions in neither ``on`` nor ``never`` when ``retry.unknown`` is
-  ``retry``, budget ``retry.unknown_max_retries`` else ``retry.max_retries``;
+  ``retry``, budget the lower of ``retry.unknown_max_retries`` and ``retry.max_retries``;
 - ``r<index>``: each ``retry.rules`` entry, budget its own ``max_retries`` when the
   rule sets the key (an explicit ``null`` means no cap), else ``retry.max_retries``;
   backoff: the fields the rule sets over the task's.
@@ -45,8 +45,14 @@ def rule_backoff(task_backoff: Backoff, rule: RetryRule) -> Backoff:
 
 
 def unknown_budget(retry: RetryPolicy) -> int | None:
-    """The budget of unknown exceptions (when ``retry.unknown`` is ``retry``)."""
-    return retry.max_retries if retry.unknown_max_retries is None else retry.unknown_max_retries
+    """The budget of unknown exceptions (when ``retry.unknown`` is ``retry``): the lower of
+    ``unknown_max_retries`` and ``max_retries``, so a layer that lowers ``max_retries`` (``max_retries: 0``
+    in development) lowers it for unknown errors too; ``None`` (no cap) yields to the other."""
+    if retry.unknown_max_retries is None:
+        return retry.max_retries
+    if retry.max_retries is None:
+        return retry.unknown_max_retries
+    return min(retry.unknown_max_retries, retry.max_retries)
 
 
 def rule_budgets(retry: RetryPolicy) -> list[Budget]:

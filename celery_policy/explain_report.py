@@ -147,6 +147,8 @@ def _render_schedule(schedule: Schedule) -> list[str]:
         out.append("  unknown exceptions (in neither on nor never): fail at once")
     elif schedule.unknown == "retry":
         limit = schedule.max_retries if schedule.unknown_max_retries is None else schedule.unknown_max_retries
+        if limit is not None and schedule.max_retries is not None:
+            limit = min(limit, schedule.max_retries)  # unknown errors get the lower of the two (budgets.py)
         most = "no cap" if limit is None else f"at most {limit} retr{'y' if limit == 1 else 'ies'}"
         out.append(f"  unknown exceptions (in neither on nor never): {most} on this schedule")
     if schedule.delay_from is not None:

@@ -43,6 +43,9 @@ _SETTING_MODELS: dict[str, type[BaseModel]] = {
     "dead_letter_store": DeadLetterStoreSettings,
 }
 BUILTIN_SOURCE = "built-in"  # how a diff shows the source of a value no file sets
+# Settings only `check` reads (facts about the broker a worker does not act on): left out unless the file sets
+# them, so adding such a key to the format changes no fingerprint of a fleet that does not use it.
+CHECK_ONLY: dict[str, frozenset[str]] = {"worker": frozenset({"consumer_timeout"})}
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +123,9 @@ def snapshot(policy: Policy, tasks: Iterable[str], *, include_defaults: bool = F
     for section in SETTINGS:
         model = getattr(policy.document, section)
         fields = _flatten(model.model_dump(mode="json"))
+        for name in CHECK_ONLY.get(section, ()):
+            if name not in model.model_fields_set:
+                fields.pop(name, None)
         if section == "dead_letter_store" and fields.get("url"):
             fields["url"] = safe_url(str(fields["url"]))
         settings[section] = fields

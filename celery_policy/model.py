@@ -337,6 +337,11 @@ class WorkerSettings(_Section):
     )
     concurrency: int | None = Field(None, ge=1, description="worker_concurrency")
     max_tasks_per_child: int | None = Field(None, ge=1, description="worker_max_tasks_per_child")
+    consumer_timeout: Duration | None = Field(
+        None,
+        description="the RabbitMQ broker's consumer_timeout (rabbitmq.conf; 30m by default), which clients cannot "
+        "read: celery-policy does not change it, `check` compares retry delays and late-acked time limits with it",
+    )
     # Reliability (celery_policy/transport/): atomic take on the Redis broker
     reliable_fetch: bool | None = Field(
         None,
@@ -344,6 +349,15 @@ class WorkerSettings(_Section):
         "of dead workers (celery_policy.transport.redis); unset = on when the broker is redis:// and any task has "
         "ack.late",
     )
+
+    @field_validator("visibility_timeout", "consumer_timeout")
+    @classmethod
+    def _positive_visibility(cls, value: float | None) -> float | None:
+        # kombu would restore every unacked message on each sweep: every task would run again and again.
+        if value is not None and value <= 0:
+            msg = "must be greater than 0"
+            raise ValueError(msg)
+        return value
 
 
 class PublishRetry(_Section):

@@ -30,5 +30,7 @@ app.conf.update(
     result_serializer="json",
     accept_content=["json"],
     broker_connection_retry_on_startup=True,
+    # webhooks back off up to 1h: cap the countdown retries one worker holds in memory (Celery 5.6+, CP223)
+    worker_eta_task_limit=1000,
 )
 celery_policy.install(app)

@@ -33,8 +33,10 @@ def run_check(
     ``project=True`` reads ``[tool.celery-policy]`` from the nearest ``pyproject.toml``
     (see :func:`find_project_config`); pass a :class:`ProjectConfig`, or False/None for none.
     Explicit arguments win: ``files``, ``env``/``all_envs``, ``app`` and ``select`` replace
-    the configured values, ``ignore`` adds to them, and ``strict`` turns strictness on.
+    the configured values, ``ignore`` adds to them, and ``strict`` turns strictness on;
+    ``severity`` and ``consumer-timeout`` come from the configuration only.
     """
+    from celery_policy.lint.context import LintOptions
     from celery_policy.lint.engine import CheckUsageError, check
     from celery_policy.lint.report import render, use_color
     from celery_policy.loader import default_policy_paths
@@ -47,7 +49,17 @@ def run_check(
             )
         if not files:
             files = default_policy_paths()
-        report = check(files, env=env, all_envs=all_envs, app=app, strict=strict, select=select, ignore=ignore)
+        report = check(
+            files,
+            env=env,
+            all_envs=all_envs,
+            app=app,
+            strict=strict,
+            select=select,
+            ignore=ignore,
+            severity=config.severity if config is not None else (),
+            options=LintOptions(consumer_timeout_s=config.consumer_timeout_s if config is not None else None),
+        )
     except (CheckUsageError, ProjectConfigError) as exc:
         click.echo(f"celery-policy check: error: {exc}", err=True)
         return USAGE

@@ -52,8 +52,15 @@ def _open_store(
     settings = None
     policy = None
     if files or not url:
+        from celery_policy.cli.project import ProjectConfigError, find_project_config
         from celery_policy.resolve import load
 
+        try:
+            config = find_project_config()
+        except ProjectConfigError as exc:
+            raise click.UsageError(str(exc)) from exc
+        if not files and config is not None and config.files:
+            files = config.files  # [tool.celery-policy] names the policy, as for check and explain
         try:
             policy = load(list(files) or None, check_imports=False)
             settings = policy.document.dead_letter_store

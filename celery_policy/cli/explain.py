@@ -26,13 +26,13 @@ def run_explain(
 ) -> int:
     """Print ``task``'s effective policy to stdout; diagnostics go to stderr.
 
-    ``files`` default to :func:`celery_policy.loader.default_policy_paths`, ``env``
-    to ``$CELERY_POLICY_ENV``. ``registered``: the task names of the loaded app;
-    a name it lacks is an error with the closest name as a hint (a typo would
-    otherwise print the defaults). ``own_retries``: what the task's own code does
-    with retries (see :func:`describe_own_retries`), printed after the report.
-    Returns 0, 1 for an invalid policy, unknown
-    environment or unknown task, 2 for an unreadable file.
+    ``files`` default to ``files`` of ``[tool.celery-policy]`` in ``pyproject.toml``, else
+    :func:`celery_policy.loader.default_policy_paths`; ``env`` to ``$CELERY_POLICY_ENV``, else
+    the table's ``env``. ``registered``: the task names of the loaded app; a name it lacks is an
+    error with the closest name as a hint (a typo would otherwise print the defaults).
+    ``own_retries``: what the task's own code does with retries (see :func:`describe_own_retries`),
+    printed after the report. Returns 0, 1 for an invalid policy, unknown environment or unknown
+    task, 2 for an unreadable file or a bad ``pyproject.toml``.
     """
     if registered is not None and task not in registered:
         from celery_policy.patterns import unmatched_names
@@ -41,14 +41,19 @@ def run_explain(
         hint = f" — did you mean '{suggestion}'?" if suggestion else ""
         sys.stderr.write(f"error: no task named '{task}' in the app{hint}\n")
         return FAILED
+    from celery_policy.cli.project import ProjectConfigError, find_project_config, project_policy
     from celery_policy.explain import explain
     from celery_policy.explain_report import render_json, render_text
-    from celery_policy.loader import UnreadableFileError, default_policy_paths
+    from celery_policy.loader import UnreadableFileError
     from celery_policy.resolve import load
 
-    paths = list(files) or default_policy_paths()
     if env is None:
         env = os.environ.get(ENV_VARIABLE) or None
+    try:
+        paths, env = project_policy(files, env, find_project_config())
+    except ProjectConfigError as exc:
+        sys.stderr.write(f"celery-policy explain: error: {exc}\n")
+        return USAGE
     try:
         policy = load(paths, env=env, check_imports=False)
         explanation = explain(policy, task)

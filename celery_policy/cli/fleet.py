@@ -22,6 +22,7 @@ import click
 from celery_policy import appinfo
 from celery_policy.cli import options
 from celery_policy.cli.exit import CONNECT, FAILED, OK, USAGE
+from celery_policy.cli.project import ProjectConfigError, find_project_config, project_policy
 from celery_policy.errors import PolicyError
 from celery_policy.fleet import Change, Snapshot, diff, policy_task_names, render_changes, short, snapshot, summary
 from celery_policy.resolve import Policy, load
@@ -301,10 +302,11 @@ def _status_json(workers: Sequence[_Worker], expected: Policy | None, expect: Se
 
 def run_env_diff(files: Sequence[str], *, old_env: str | None, new_env: str | None, app: str | None) -> int:
     """``check FILE --env NEW --diff OLD``: the same files in two environments (text)."""
-    if not files:
-        from celery_policy.loader import default_policy_paths
-
-        files = list(default_policy_paths())
+    try:
+        files, _ = project_policy(files, None, find_project_config())
+    except ProjectConfigError as exc:
+        click.echo(f"celery-policy check: error: {exc}", err=True)
+        return USAGE
     return run_diff(files, files, old_env=old_env, new_env=new_env, app=app, fmt="text", command="check")
 
 
@@ -320,6 +322,12 @@ def status(app: str, expect: tuple[str, ...], env: str | None, fmt: str, timeout
     """Show which policy each running worker runs, grouped by fingerprint; with --expect exit 1 on drift."""
     if env is not None and not expect:
         raise click.UsageError("--env applies to --expect")
+    if expect and env is None:
+        try:
+            config = find_project_config()
+        except ProjectConfigError as exc:
+            raise click.UsageError(str(exc)) from exc
+        env = config.env if config is not None else None  # [tool.celery-policy] env, as check and explain use
     return run_status(app, list(expect), env, fmt, timeout)
 
 
@@ -335,4 +343,10 @@ def diff_command(
     old: str, new: str, env: str | None, old_env: str | None, new_env: str | None, app: str | None, fmt: str
 ) -> int:
     """Print the resolved difference of two policy files, task by task and field by field (exit 1 if any)."""
+    if env is None and old_env is None and new_env is None:
+        try:
+            config = find_project_config()
+        except ProjectConfigError as exc:
+            raise click.UsageError(str(exc)) from exc
+        env = config.env if config is not None else None  # [tool.celery-policy] env, as check and explain use
     return run_diff([old], [new], old_env=old_env or env, new_env=new_env or env, app=app, fmt=fmt)

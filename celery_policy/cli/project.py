@@ -1,8 +1,10 @@
-"""``[tool.celery-policy]`` in ``pyproject.toml``: the project's defaults for ``celery-policy check``.
+"""``[tool.celery-policy]`` in ``pyproject.toml``: the project's defaults for the commands that read policy files.
 
 The table of the nearest ``pyproject.toml`` that has one, found by walking up
 from the working directory (as ruff does); see :class:`ProjectConfig`.
-Command-line arguments win over it.
+Command-line arguments win over it. ``files`` and ``env`` apply to every
+command that reads policy files (``check``, ``explain``, ``diff``, ``status
+--expect``, the ``dlq`` commands' store settings); the rest is ``check``'s.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ class ProjectConfigError(Exception):
     """The ``pyproject.toml`` is not TOML, or its ``[tool.celery-policy]`` table has bad values (exit 2)."""
 
 
-_CONFIG_KEYS = ("files", "env", "all-envs", "app", "select", "ignore", "strict")
+_CONFIG_KEYS = ("files", "env", "all-envs", "app", "select", "ignore", "strict", "severity", "consumer-timeout")
+SEVERITIES = ("error", "warning", "off")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +44,8 @@ class ProjectConfig:
     select = ["CP1", "CP2"]
     ignore = ["CP206"]
     strict = true
+    severity = {CP205 = "error", CP202 = "off"}   # per rule (code, prefix or name): error | warning | off
+    consumer-timeout = "1h"                   # the RabbitMQ broker's consumer_timeout (CP220; default 30m)
     """
 
     path: str
@@ -51,6 +56,8 @@ class ProjectConfig:
     select: tuple[str, ...] = ()
     ignore: tuple[str, ...] = ()
     strict: bool = False
+    severity: tuple[tuple[str, str], ...] = ()  # (selector, "error" | "warning" | "off"), as written
+    consumer_timeout_s: float | None = None
 
     def apply(
         self,
@@ -107,6 +114,32 @@ def _project_config(path: Path, table: Any) -> ProjectConfig:
             hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(_CONFIG_KEYS)}"
             raise ProjectConfigError(f"{where}: unknown key '{key}'{hint}")
 
+    def severities() -> tuple[tuple[str, str], ...]:
+        value = table.get("severity", {})
+        if not isinstance(value, dict):
+            raise ProjectConfigError(f"{where}: 'severity' must be a table such as {{CP205 = \"error\"}}")
+        found: list[tuple[str, str]] = []
+        for selector, level in value.items():
+            if level not in SEVERITIES:
+                choices = ", ".join(f'"{s}"' for s in SEVERITIES)
+                raise ProjectConfigError(f"{where}: severity of '{selector}' must be one of {choices}, got {level!r}")
+            found.append((selector.upper() if selector[:2].upper() == "CP" else selector, level))
+        return tuple(found)
+
+    def duration(key: str) -> float | None:
+        value = table.get(key)
+        if value is None:
+            return None
+        from celery_policy.durations import parse_duration
+
+        try:
+            seconds = parse_duration(value)
+        except (TypeError, ValueError) as exc:
+            raise ProjectConfigError(f"{where}: '{key}' must be a duration such as \"30m\": {exc}") from exc
+        if seconds <= 0:
+            raise ProjectConfigError(f"{where}: '{key}' must be greater than 0")
+        return seconds
+
     def strings(key: str) -> tuple[str, ...]:
         value = table.get(key, [])
         if isinstance(value, str):
@@ -135,10 +168,14 @@ def _project_config(path: Path, table: Any) -> ProjectConfig:
         select=tuple(s.upper() if s[:2].upper() == "CP" else s for s in strings("select")),
         ignore=tuple(s.upper() if s[:2].upper() == "CP" else s for s in strings("ignore")),
         strict=flag("strict"),
+        severity=severities(),
+        consumer_timeout_s=duration("consumer-timeout"),
     )
     if config.env is not None and config.all_envs:
         raise ProjectConfigError(f"{where}: 'env' and 'all-envs' exclude each other")
-    bad = unknown_selectors([*config.select, *config.ignore])
+    import celery_policy.lint.rules  # noqa: F401  (registers the rules the selectors are checked against)
+
+    bad = unknown_selectors([*config.select, *config.ignore, *(s for s, _ in config.severity)])
     if bad:
         raise ProjectConfigError(f"{where}: unknown rule or prefix {', '.join(repr(b) for b in bad)}")
     base = path.parent
@@ -152,3 +189,14 @@ def _display_path(path: Path) -> str:
         return os.path.relpath(path)
     except ValueError:  # another drive (Windows)
         return str(path)
+
+
+def project_policy(files: Sequence[str], env: str | None, config: ProjectConfig | None) -> tuple[list[str], str | None]:
+    """The policy files and environment a command reads: explicit values, else ``[tool.celery-policy]``,
+    else (files) ``$CELERY_POLICY_FILE`` or ``policies/celery-policy.yaml``."""
+    from celery_policy.loader import default_policy_paths
+
+    chosen = list(files) or (list(config.files) if config is not None else []) or default_policy_paths()
+    if env is None and config is not None:
+        env = config.env
+    return chosen, env

@@ -47,6 +47,8 @@ class QueueInfo:
     name: str
     queue_type: str | None = None  # "quorum", "classic", "stream" (x-queue-type) when declared
     delivery_limit: int | None = None  # x-delivery-limit when declared
+    consumer_timeout_s: float | None = None  # x-consumer-timeout (RabbitMQ 3.12+, milliseconds) when declared
+    exchange_type: str | None = None  # the queue's exchange type ("direct", "topic", ...) when declared
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +70,19 @@ class AppSnapshot:
     own_retries: Mapping[str, OwnRetries] = field(default_factory=dict)  # tasks whose code retries by hand
     settings: Mapping[str, str] = field(default_factory=dict)  # app.conf values a policy can replace -> repr
     not_composed: Mapping[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)  # task -> (method, why)
+    # Worker settings the deployment rules (CP220-CP223) read; None where this Celery has no such setting.
+    celery_version: tuple[int, ...] = ()
+    default_exchange_type: str = "direct"
+    soft_shutdown_timeout_s: float | None = None  # worker_soft_shutdown_timeout (5.5+)
+    eta_task_limit: int | None = None  # worker_eta_task_limit (5.6+); None also when unset
+    deduplicate_successful_tasks: bool = False  # worker_deduplicate_successful_tasks
+    result_backend: str | None = None
+    result_expires_s: float | None = None  # None: results never expire
+    task_acks_late: bool = False  # task_acks_late, the app-wide default a policy's ack.late overrides
+
+    def has_setting(self, since: tuple[int, int]) -> bool:
+        """Whether the Celery that loaded the app is ``since`` or newer (``(5, 5)``)."""
+        return self.celery_version[:2] >= since
 
     @property
     def broker_scheme(self) -> str:
@@ -137,6 +152,14 @@ def _snapshot(app: Any, spec: str, root: str) -> AppSnapshot:
             if not str(name).startswith("celery.") and (found := composition_problems(task))
         },
         settings={k: _show(v) for k, v in changed_settings(conf_values(app)).items()},
+        celery_version=_celery_version(),
+        default_exchange_type=str(conf.task_default_exchange_type or "direct"),
+        soft_shutdown_timeout_s=_number(conf.get("worker_soft_shutdown_timeout")),
+        eta_task_limit=_int(conf.get("worker_eta_task_limit")),
+        deduplicate_successful_tasks=bool(conf.get("worker_deduplicate_successful_tasks")),
+        result_backend=str(conf.result_backend) if conf.result_backend else None,
+        result_expires_s=_seconds(conf.result_expires),
+        task_acks_late=bool(conf.task_acks_late),
     )
 
 
@@ -162,6 +185,36 @@ def _show(value: Any) -> str:
     if isinstance(value, (tuple, list)) and any(callable(v) for v in value):
         return "[" + ", ".join(_show(v) for v in value) + "]"
     return repr(value)
+
+
+def _celery_version() -> tuple[int, ...]:
+    import celery
+
+    parts: list[int] = []
+    for piece in str(celery.__version__).split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _int(value: Any) -> int | None:
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _seconds(value: Any) -> float | None:
+    """``result_expires``: a timedelta, a number of seconds, or None (never)."""
+    total = getattr(value, "total_seconds", None)
+    if callable(total):
+        return float(total())
+    return _number(value)
 
 
 def _without_annotations(app: Any, task: Any, declared: dict[str, Any]) -> dict[str, Any]:
@@ -231,9 +284,14 @@ def _queues(declared: Any) -> dict[str, QueueInfo] | None:
             arguments = queue.get("queue_arguments") or {}
         queue_type = arguments.get("x-queue-type") if isinstance(arguments, Mapping) else None
         limit = arguments.get("x-delivery-limit") if isinstance(arguments, Mapping) else None
+        consumer_timeout_ms = _number(arguments.get("x-consumer-timeout")) if isinstance(arguments, Mapping) else None
+        exchange = getattr(queue, "exchange", None)
+        exchange_type = getattr(exchange, "type", None) if exchange is not None else None
         found[str(name)] = QueueInfo(
             str(name),
             str(queue_type) if queue_type else None,
-            int(limit) if isinstance(limit, int) and not isinstance(limit, bool) else None,
+            _int(limit),
+            consumer_timeout_ms / 1000.0 if consumer_timeout_ms is not None else None,
+            str(exchange_type) if exchange_type else None,
         )
     return found

@@ -29,7 +29,14 @@ from celery_policy.patterns import is_glob
 from celery_policy.references import check_references, expand_refs
 from celery_policy.resolve import Layer, Layering, merge_leaves, unflatten
 
-__all__ = ["Layer", "LintContext", "View"]
+__all__ = ["Layer", "LintContext", "LintOptions", "View"]
+
+
+@dataclass(frozen=True, slots=True)
+class LintOptions:
+    """Facts about the deployment that the policy files do not hold, from ``[tool.celery-policy]``."""
+
+    consumer_timeout_s: float | None = None  # the RabbitMQ broker's consumer_timeout (CP220)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +93,10 @@ class LintContext:
     env: str | None = None
     app: AppSnapshot | None = None
     import_classes: bool = True  # False at worker boot: modules may define the classes after install()
+    options: LintOptions = field(default_factory=LintOptions)
+    # merged leaves (repr) -> validated policy, shared by the contexts of one check run: most views come out
+    # the same in every environment, and validating them is the bulk of a big file's lint time
+    policy_cache: dict[str, TaskPolicy | None] | None = field(default=None, repr=False)
     _views: list[View] | None = field(default=None, repr=False)
     _references: list[Diagnostic] | None = field(default=None, repr=False)
     _layering: Layering | None = field(default=None, repr=False)
@@ -105,6 +116,17 @@ class LintContext:
         if origin is None:
             return Location(self.files[0])
         return origin.key_location or origin.location
+
+    def overlay_lowers(self, view: View, cap: KeyPath, other: KeyPath) -> bool:
+        """True when an environment overlay set the limit at ``cap`` (relative to the view, e.g.
+        ``("retry", "max_retries")``) and not the value at ``other`` it now sits below ("no retries in
+        development", "short delays in development"): the lower one applies, as the overlay intends, so
+        that is not a contradiction of the file."""
+        cap_origin = lookup_origin(self.source, view.blame(cap)[1])
+        other_origin = lookup_origin(self.source, view.blame(other)[1])
+        if cap_origin is None or not cap_origin.layer.startswith("env:"):
+            return False
+        return other_origin is None or other_origin.layer != cap_origin.layer
 
     def diagnostic(self, code: str, message: str, path: KeyPath, hint: str | None = None) -> Diagnostic:
         """A finding at the key of ``path`` (severity is set by the registry)."""
@@ -167,7 +189,7 @@ class LintContext:
                     candidates.append((task, "task", matched))
         views: list[View] = []
         for subject, kind, chain in candidates:
-            view = _merge(subject, kind, chain)
+            view = _merge(subject, kind, chain, self.policy_cache)
             if view is not None:
                 views.append(view)
         self._views = views
@@ -178,16 +200,26 @@ class LintContext:
         if self.app is None:
             return
         for task in self.app.user_tasks():
-            view = _merge(task, "task", self.layers_for(task))
+            view = _merge(task, "task", self.layers_for(task), self.policy_cache)
             if view is not None:
                 yield task, view
 
 
-def _merge(subject: str, kind: str, layers: Sequence[Layer]) -> View | None:
+def _merge(
+    subject: str, kind: str, layers: Sequence[Layer], cache: dict[str, TaskPolicy | None] | None = None
+) -> View | None:
     """Per-field merge exactly as the resolver does: setting a path replaces its ancestors and descendants."""
     merged, owners = merge_leaves([layer.leaves for layer in layers])
-    try:
-        policy = TaskPolicy.model_validate(unflatten(merged))
-    except ValidationError:  # each layer validated on its own; a merge that does not is reported by the resolver
+    key = repr(merged) if cache is not None else ""
+    if cache is not None and key in cache:
+        policy = cache[key]
+    else:
+        try:
+            policy = TaskPolicy.model_validate(unflatten(merged))
+        except ValidationError:  # each layer validated on its own; a merge that does not is reported by the resolver
+            policy = None
+        if cache is not None:
+            cache[key] = policy
+    if policy is None:
         return None
     return View(subject, kind, tuple(layers), policy, owners)

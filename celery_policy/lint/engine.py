@@ -8,7 +8,8 @@
    (``all_envs``): apply the overlays, validate, run the lint rules.
 5. Keep each finding once (the first place it shows; with ``all_envs`` a
    finding that never shows in the base file names its environments), filter
-   by ``select``/``ignore``, and set aside the findings that a
+   by ``select``/``ignore``, report suppression comments that silence nothing
+   (CP229), apply the configured severities, and set aside the findings that a
    ``# celery-policy: ignore[CODE]`` comment suppresses (:mod:`.suppressions`).
 
 Unexpected input becomes findings, and a rule that crashes becomes a finding
@@ -18,6 +19,7 @@ of its own code; only the usage problems above raise.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -25,10 +27,10 @@ from pydantic import ValidationError
 import celery_policy.lint.rules  # noqa: F401  (registers the rules)
 from celery_policy.errors import Diagnostic, Location, PolicyError
 from celery_policy.lint.appsnapshot import AppLoadError, AppSnapshot, load_app
-from celery_policy.lint.context import LintContext
-from celery_policy.lint.registry import RULES, is_selected, unknown_selectors
+from celery_policy.lint.context import LintContext, LintOptions
+from celery_policy.lint.registry import RULES, find_rule, is_selected, matches_selector, unknown_selectors
 from celery_policy.lint.report import CheckReport, Finding
-from celery_policy.lint.suppressions import read_suppressions
+from celery_policy.lint.suppressions import Suppressions, read_suppressions
 from celery_policy.loader import (
     RawPolicy,
     SourceMap,
@@ -42,6 +44,8 @@ from celery_policy.loader import (
 )
 from celery_policy.model import PolicyDocument
 from celery_policy.references import ensure_import_root
+
+UNUSED_SUPPRESSION = "CP229"  # registered in lint/rules/hygiene.py; emitted here, after every other rule ran
 
 _Tagged = tuple[Diagnostic, str | None]  # a finding and the environment it showed in (None: base)
 
@@ -59,34 +63,61 @@ def check(
     strict: bool = False,
     select: Sequence[str] = (),
     ignore: Sequence[str] = (),
+    severity: Sequence[tuple[str, str]] = (),
+    options: LintOptions | None = None,
 ) -> CheckReport:
-    """Run the whole check and return the report. Raises :class:`CheckUsageError` for exit-2 situations."""
+    """Run the whole check and return the report. Raises :class:`CheckUsageError` for exit-2 situations.
+
+    ``severity``: (selector, ``error`` | ``warning`` | ``off``) pairs from ``[tool.celery-policy]``; the most
+    specific selector wins (a code or name over a prefix, a longer prefix over a shorter one), ``off``
+    drops the rule like ``ignore``. Findings of the file's reading and validation (CP100-CP104, CP108,
+    CP111, CP112) keep their severity: a worker refuses such a file whatever ``check`` says.
+    """
     if not files:
         raise CheckUsageError("no policy file given")
     if env is not None and all_envs:
         raise CheckUsageError("--env and --all-envs exclude each other")
-    bad = unknown_selectors([*select, *ignore])
+    bad = unknown_selectors([*select, *ignore, *(selector for selector, _ in severity)])
     if bad:
         raise CheckUsageError(f"unknown rule or prefix {', '.join(repr(b) for b in bad)} (see: celery-policy rules)")
+    for selector, level in severity:
+        entry = find_rule(selector)
+        if entry is not None and entry.emitted_by == "loader" and level == "warning":
+            msg = (
+                f'severity {selector} = "warning": {entry.code} is found while the file is read and validated, '
+                'and a worker refuses such a file; it stays an error ("off" hides it)'
+            )
+            raise CheckUsageError(msg)
+    levels = _levels(severity)
+    ignore = [*ignore, *(code for code, level in levels.items() if level == "off")]
     snapshot = _load_app(app)
     ensure_import_root(snapshot.root if snapshot is not None else None)
 
     envs: list[str | None] = [env] if env is not None else [None]
     tagged: list[_Tagged] = []
     raw = _read(files, tagged)
+    every_env = False  # whether each environment the file defines was checked (unused suppressions need it)
     if raw is not None:
         tagged.extend((d, None) for d in raw.diagnostics)
         tagged.extend((d, None) for d in _structure(raw))
         clean = RawPolicy(raw.files, raw.data, raw.source)  # duplicate keys are reported above, not again per env
         if all_envs:
             envs += _environment_names(raw)
+        every_env = all_envs or not _environment_names(raw)
+        cache: dict[str, Any] = {}  # validated task policies, shared by the environments (see LintContext)
         for name in envs:
-            tagged.extend((d, name) for d in _check_env(clean, name, snapshot, select, ignore))
+            found, linted = _check_env(clean, name, snapshot, select, ignore, options, cache)
+            tagged.extend((d, name) for d in found)
+            every_env = every_env and linted  # rules that never ran cannot show a suppression is unused
     mode = "env" if env is not None else "all" if all_envs else "base"
     findings = _dedupe(tagged, mode)
     findings = [f for f in findings if is_selected(f.diagnostic.code, select, ignore)]
-    findings.sort(key=lambda f: _order(f, files))
     comments = read_suppressions(files)
+    if raw is not None and every_env and is_selected(UNUSED_SUPPRESSION, select, ignore):
+        ran = [code for code in RULES if _runs(code, snapshot, select, ignore)]
+        findings += _unused_suppressions(comments, [f.diagnostic for f in findings], ran)
+    findings = [_with_level(f, levels) for f in findings]
+    findings.sort(key=lambda f: _order(f, files))
     kept = [f for f in findings if not comments.suppresses(f.diagnostic)]
     suppressed = [f for f in findings if comments.suppresses(f.diagnostic)]
     errors = any(f.diagnostic.is_error for f in kept)
@@ -177,7 +208,7 @@ def boot_findings(
     found = [d for d in raw.diagnostics if d.is_error]
     found += [d for d in _structure(raw) if d.is_error]
     clean = RawPolicy(raw.files, raw.data, raw.source)
-    found += _check_env(clean, env, None, (), (), errors_only=True, import_classes=False, validated=validated)
+    found += _check_env(clean, env, None, (), (), errors_only=True, import_classes=False, validated=validated)[0]
     comments = read_suppressions(list(raw.files))
     kept: dict[Any, Diagnostic] = {}
     for diagnostic in found:
@@ -192,40 +223,104 @@ def _check_env(
     app: AppSnapshot | None,
     select: Sequence[str],
     ignore: Sequence[str],
+    options: LintOptions | None = None,
+    cache: dict[str, Any] | None = None,
     *,
     errors_only: bool = False,
     import_classes: bool = True,
     validated: tuple[PolicyDocument, SourceMap] | None = None,
-) -> list[Diagnostic]:
-    """Validate the document as seen in ``env`` and run every selected lint rule over it."""
+) -> tuple[list[Diagnostic], bool]:
+    """Validate the document as seen in ``env`` and run every selected lint rule over it.
+
+    Also says whether the rules ran (False when the document did not validate). ``errors_only``: only
+    error-severity rules (the boot gate); ``import_classes``: False at worker boot, where the modules that
+    define exception classes may not be imported yet; ``validated``: the document and source map of ``env``
+    when the caller has them."""
     if validated is not None:
         document, source = validated
     else:
         try:
             effective = apply_environment(raw, env)
         except PolicyError as exc:
-            return list(exc.diagnostics)
+            return list(exc.diagnostics), False
         except Exception as exc:
-            return [_internal("CP101", "applying the environment overlays", exc, raw)]
+            return [_internal("CP101", "applying the environment overlays", exc, raw)], False
         try:
             document = PolicyDocument.model_validate(effective.data)
         except ValidationError as exc:
-            return translate_validation_error(exc, effective)
+            return translate_validation_error(exc, effective), False
         source = effective.source
-    ctx = LintContext(document, source, raw, env, app, import_classes=import_classes)
+    ctx = LintContext(
+        document,
+        source,
+        raw,
+        env,
+        app,
+        options=options or LintOptions(),
+        policy_cache=cache,
+        import_classes=import_classes,
+    )
     found: list[Diagnostic] = []
+    complete = True
     for code, entry in RULES.items():
-        if entry.emitted_by == "loader" or (entry.needs_app and app is None):
+        if entry.emitted_by != "lint" or not _runs(code, app, select, ignore):
             continue
         if errors_only and entry.severity != "error":
-            continue
-        if not is_selected(code, select, ignore):
             continue
         try:
             found.extend(entry.run(ctx))
         except Exception as exc:
+            complete = False
             found.append(_internal(code, f"rule {code} {entry.name}", exc, raw))
+    return found, complete
+
+
+def _runs(code: str, app: AppSnapshot | None, select: Sequence[str], ignore: Sequence[str]) -> bool:
+    """Whether the rule ``code`` runs in this check (selected, and its ``--app`` given when it needs one)."""
+    entry = RULES[code]
+    return is_selected(code, select, ignore) and not (entry.needs_app and app is None)
+
+
+def _unused_suppressions(comments: Suppressions, findings: Sequence[Diagnostic], ran: Sequence[str]) -> list[Finding]:
+    """CP229: selectors of suppression comments that silence nothing, when every rule they name ran."""
+    found: list[Finding] = []
+    name = RULES[UNUSED_SUPPRESSION].name
+    for comment, selector in comments.unused(findings):
+        if any(matches_selector(UNUSED_SUPPRESSION, s) for s in comment.selectors):
+            continue  # ignore[CP229] keeps the comment's other selectors, as ruff's noqa: RUF100 does
+        covered = [code for code in RULES if matches_selector(code, selector)]
+        if not covered or any(code not in ran for code in covered):
+            continue  # a rule that did not run (no --app, not selected) may well fire there
+        line = "this line" if comment.target == comment.location.line else f"the next line ({comment.target})"
+        message = f"unused suppression: {selector} reports nothing on {line}"
+        hint = f"remove {selector} from the comment (or the whole comment) so it does not hide a future finding"
+        found.append(Finding(Diagnostic(UNUSED_SUPPRESSION, message, comment.location, hint, "warning"), name))
     return found
+
+
+def _levels(severity: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """code -> configured level for every rule a selector covers (the most specific selector wins)."""
+    levels: dict[str, tuple[int, str]] = {}
+    for selector, level in severity:
+        for code, entry in RULES.items():
+            if not matches_selector(code, selector):
+                continue
+            exact = selector.upper() in (code, *entry.aliases) or selector.lower() == entry.name
+            rank = 1000 if exact else len(selector)
+            if code not in levels or rank >= levels[code][0]:
+                levels[code] = (rank, level)
+    return {code: level for code, (_, level) in levels.items()}
+
+
+def _with_level(finding: Finding, levels: dict[str, str]) -> Finding:
+    diagnostic = finding.diagnostic
+    level = levels.get(diagnostic.code)
+    entry = RULES.get(diagnostic.code)
+    if level not in ("error", "warning") or entry is None or entry.emitted_by == "loader":
+        return finding
+    if level == diagnostic.severity:
+        return finding
+    return replace(finding, diagnostic=replace(diagnostic, severity="error" if level == "error" else "warning"))
 
 
 def _internal(code: str, doing: str, exc: BaseException, raw: RawPolicy) -> Diagnostic:

@@ -14,7 +14,15 @@ fixed headings, which ``celery-policy rules CODE`` prints::
 Some CP1xx findings are produced by the loader while it reads and validates
 the file (syntax, schema, unknown keys...). Those rules are registered with
 ``emitted_by="loader"`` so they are documented and can be selected or ignored
-like any other; their functions yield nothing.
+like any other; their functions yield nothing. Findings about the check run
+itself (an unused suppression comment) are ``emitted_by="engine"``.
+
+What a rule needs besides the policy is declared at registration, so callers
+can pick the rules they can run (``check`` without ``--app``, validation at
+worker boot) without running them: ``needs_app`` (quiet without ``--app``) and
+``needs_broker`` (connects to the app's broker; implies ``needs_app``). A rule
+with neither is :attr:`Rule.standalone`: it sees only the policy files (rules
+that also use the app when it is given, such as CP205, are standalone).
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ if TYPE_CHECKING:
     from celery_policy.lint.context import LintContext
 
 RuleFunc = Callable[["LintContext"], Iterator[Diagnostic]]
-EmittedBy = Literal["lint", "loader"]
+EmittedBy = Literal["lint", "loader", "engine"]
 
 HEADINGS = ("What it does:", "Why:", "Example:")
 _CODE = re.compile(r"^CP[1-3]\d\d$")
@@ -49,6 +57,12 @@ class Rule:
     emitted_by: EmittedBy
     func: RuleFunc
     aliases: tuple[str, ...] = ()
+    needs_broker: bool = False
+
+    @property
+    def standalone(self) -> bool:
+        """True when the rule needs neither ``--app`` nor a broker: the policy files are all it reads."""
+        return not (self.needs_app or self.needs_broker)
 
     @property
     def doc(self) -> str:
@@ -90,10 +104,14 @@ def rule(
     *,
     severity: Severity = "error",
     needs_app: bool = False,
+    needs_broker: bool = False,
     emitted_by: EmittedBy = "lint",
     aliases: Iterable[str] = (),
 ) -> Callable[[RuleFunc], RuleFunc]:
-    """Register a rule function under ``code``. Raises ValueError for a malformed or reused code or name."""
+    """Register a rule function under ``code``. Raises ValueError for a malformed or reused code or name.
+
+    ``needs_broker`` implies ``needs_app`` (the broker is the app's).
+    """
 
     def register(func: RuleFunc) -> RuleFunc:
         if not _CODE.match(code):
@@ -112,7 +130,7 @@ def rule(
         if name in names:
             msg = f"rule name {name!r} is registered twice"
             raise ValueError(msg)
-        RULES[code] = Rule(code, name, severity, needs_app, emitted_by, func, alias_tuple)
+        RULES[code] = Rule(code, name, severity, needs_app or needs_broker, emitted_by, func, alias_tuple, needs_broker)
         return func
 
     return register

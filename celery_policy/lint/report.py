@@ -312,7 +312,9 @@ def _sarif_artifact(file: str) -> dict[str, Any]:
 def rule_markdown(entry: Rule) -> str:
     """A rule's documentation page (``docs/rules/CODE.md``), from the same docstring ``rules CODE`` prints."""
     facts = [f"Severity: **{entry.severity}**."]
-    if entry.needs_app:
+    if entry.needs_broker:
+        facts.append("Runs only with `--app` (or as `celery -A proj policy check`) and reads the app's broker.")
+    elif entry.needs_app:
         facts.append("Runs only with `--app` (or as `celery -A proj policy check`).")
     if entry.emitted_by == "loader":
         facts.append("Reported while the file is read and validated.")
@@ -354,7 +356,9 @@ def render_rule_list(rows: Sequence[tuple[str, str, str, str]]) -> str:
 def describe_rule(entry: Rule) -> str:
     """The text ``celery-policy rules CODE`` prints."""
     notes = []
-    if entry.needs_app:
+    if entry.needs_broker:
+        notes.append("needs --app and reads its broker")
+    elif entry.needs_app:
         notes.append("needs --app")
     if entry.emitted_by == "loader":
         notes.append("reported while the file is read and validated")

@@ -463,6 +463,7 @@ sections = st.fixed_dictionaries(
         "idempotency": st.fixed_dictionaries(
             {"key": st.sampled_from(["k:{kwargs[order_id]}", "{args[0]}", "{task}", "{kwargs.x}", "{oops"])}
         ),
+        "rate_limit": st.sampled_from(["10/s", "1/m", "5", "0.5/h"]),
     },
 )
 task_names = st.sampled_from(["orders.*", "*.charge", "*s.charge", "orders.charge", "reports.[a-z]*", "mail.*", "x["])
@@ -475,8 +476,11 @@ policies = st.fixed_dictionaries(
             {},
             optional={
                 "prefetch_multiplier": st.integers(0, 8),
-                "pool": st.sampled_from(["prefork", "solo", "gevent"]),
+                "pool": st.sampled_from(["prefork", "solo", "gevent", "threads"]),
                 "visibility_timeout": durations,
+                "consumer_timeout": durations,
+                "result_expires": durations,
+                "reliable_fetch": st.booleans(),
             },
         ),
         "environments": st.dictionaries(
@@ -495,12 +499,23 @@ policies = st.fixed_dictionaries(
 )
 @given(
     policy=policies,
-    args=st.sampled_from([(), ("--all-envs",), ("--app", "lintapp_redis"), ("--app", "lintapp_amqp", "--all-envs")]),
+    args=st.sampled_from(
+        [
+            (),
+            ("--all-envs",),
+            ("--app", "lintapp_redis"),
+            ("--app", "lintapp_amqp", "--all-envs"),
+            ("--app", "lintapp_deploy:dedupe_short", "--all-envs"),
+            ("--app", "lintapp_deploy:amqp_native"),
+            ("--app", "lintapp_deploy:sqs"),
+        ]
+    ),
+    comment=st.sampled_from(["", "# celery-policy: ignore[CP2]\n", "x: 1  # celery-policy: ignore[CP201, CP229]\n"]),
 )
 def test_random_well_formed_policies_run_every_rule_without_crashing(
-    workdir: Path, policy: dict[str, Any], args: tuple[str, ...]
+    workdir: Path, policy: dict[str, Any], args: tuple[str, ...], comment: str
 ) -> None:
-    Path("fuzz.yaml").write_text(yaml.safe_dump(policy), encoding="utf-8")
+    Path("fuzz.yaml").write_text(comment + yaml.safe_dump(policy), encoding="utf-8")
     code, out, err = run("check", "--format", "json", "fuzz.yaml", *args)
     assert code in (0, 1), (code, out, err)
     report = json.loads(out)

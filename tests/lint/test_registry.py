@@ -109,3 +109,15 @@ def test_rules_command_rejects_an_unknown_rule(run_cli: Any) -> None:
     result = run_cli("rules", "CP10")
     assert result.code == 2
     assert "unknown rule 'CP10'" in result.err
+
+
+def test_rules_declare_what_they_need_beyond_the_policy_files() -> None:
+    """Callers that have no app or broker (boot validation, check without --app) pick rules by these flags."""
+    assert all(entry.needs_app for entry in RULES.values() if entry.needs_broker)
+    assert RULES["CP307"].needs_broker
+    assert not RULES["CP307"].standalone
+    assert RULES["CP301"].needs_app
+    assert not RULES["CP301"].needs_broker
+    assert RULES["CP103"].standalone
+    assert RULES["CP205"].standalone
+    assert [c for c, e in RULES.items() if e.severity == "error" and e.standalone and e.emitted_by == "lint"]

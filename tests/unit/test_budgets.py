@@ -46,6 +46,16 @@ def test_unknown_errors_use_their_own_cap_else_the_task_cap() -> None:
     assert Classifier(inherited, {}).classify(KeyError).max_retries == 3
 
 
+def test_unknown_errors_get_the_lower_of_their_cap_and_a_lowered_task_cap() -> None:
+    """An overlay's `max_retries: 0` ("no retries in development") holds for unknown errors too."""
+    lowered = RetryPolicy.model_validate({"unknown": "retry", "max_retries": 0, "unknown_max_retries": 2})
+    uncapped = RetryPolicy.model_validate({"unknown": "retry", "max_retries": None, "unknown_max_retries": 2})
+
+    assert (unknown_budget(lowered), unknown_budget(uncapped)) == (0, 2)
+    assert Classifier(lowered, {}).classify(KeyError).max_retries == 0
+    assert [b.counter for b in budgets(lowered)] == []
+
+
 def test_a_rule_backoff_overrides_only_the_fields_it_sets() -> None:
     retry = _retry({"backoff": {"initial": 10}}, backoff={"initial": 1, "factor": 3, "max": 60})
 

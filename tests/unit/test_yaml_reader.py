@@ -7,6 +7,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from celery_policy._yaml import MAX_DEPTH, ParsedYaml, YamlError, parse_yaml, render_path
 from celery_policy.errors import PolicyError
@@ -391,3 +393,29 @@ def test_a_top_level_list_is_data_not_an_error_of_the_reader() -> None:
 )
 def test_render_path_quotes_keys_that_are_not_identifiers(path: tuple[str | int, ...], text: str) -> None:
     assert render_path(path) == text
+
+
+def test_an_unterminated_quote_is_reported_where_it_opens_with_where_the_file_ends() -> None:
+    error = parse_error('version: 1\ntasks:\n  "orders.charge:\n    retry: {max_retries: 3}\n  reports.daily: {}\n')
+    assert error.diagnostic.location is not None
+    assert (error.diagnostic.location.line, error.diagnostic.location.column) == (3, 3)
+    assert "quoted string is never closed" in error.diagnostic.message
+    assert "at line 6, column 1" in error.diagnostic.message  # libyaml's problem mark, mentioned
+
+
+_PIECES = st.sampled_from(["a: ", "'", '"', "{", "}", "[", "]", ",", "\n", "  ", "- ", "x", "1", "#", ": ", "\t"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(pieces=st.lists(_PIECES, max_size=40))
+def test_any_syntax_error_has_a_place_inside_the_file(pieces: list[str]) -> None:
+    text = "".join(pieces)
+    try:
+        parse_yaml(text, "f.yaml")
+    except YamlError as exc:
+        diagnostic = exc.diagnostic
+    else:
+        return
+    assert diagnostic.code == "CP100"
+    assert diagnostic.location is not None
+    assert 1 <= diagnostic.location.line <= text.count("\n") + 2

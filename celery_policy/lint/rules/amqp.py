@@ -141,7 +141,7 @@ def delivery_limit_shared(ctx: LintContext) -> Iterator[Diagnostic]:
         yield ctx.diagnostic("CP306", message, path, hint)
 
 
-@rule("CP307", "queue-arguments-conflict", needs_app=True)
+@rule("CP307", "queue-arguments-conflict", needs_app=True, needs_broker=True)
 def queue_arguments_conflict(ctx: LintContext) -> Iterator[Diagnostic]:
     """What it does: reports queues whose declaration the policy would change: tasks sharing a queue with
     different `route.queue_type`, arguments the app's `task_queues` already set otherwise, and (when the

@@ -16,6 +16,19 @@ from celery_policy.patterns import is_glob
 from celery_policy.taskoptions import POLICY_SETTINGS, OwnRetries
 
 POOLS_WITHOUT_LIMITS = {"solo", "threads", "eventlet"}
+# worker_pool may name the class ("celery.concurrency.solo:TaskPool") instead of Celery's alias
+_POOL_MODULES = {
+    "celery.concurrency.prefork": "prefork",
+    "celery.concurrency.solo": "solo",
+    "celery.concurrency.thread": "threads",
+    "celery.concurrency.eventlet": "eventlet",
+    "celery.concurrency.gevent": "gevent",
+}
+
+
+def pool_name(pool: str) -> str:
+    """Celery's alias of a ``worker_pool`` value (``celery.concurrency.solo:TaskPool`` -> ``solo``)."""
+    return _POOL_MODULES.get(pool.partition(":")[0], pool)
 
 
 def _d(seconds: float) -> str:
@@ -99,9 +112,11 @@ def undeclared_queue(ctx: LintContext) -> Iterator[Diagnostic]:
 def pool_ignores_time_limits(ctx: LintContext) -> Iterator[Diagnostic]:
     """What it does: warns about time limits under a worker pool that ignores them.
 
-    The pool is `worker.pool`, else the app's `worker_pool` (`--app`).
-    `solo`, `threads` and `eventlet` ignore both limits; `gevent` ignores the
-    soft one.
+    The pool is `worker.pool`, else the app's `worker_pool` (`--app`; an alias
+    or the pool class, such as `celery.concurrency.thread:TaskPool`). `solo`,
+    `threads` and `eventlet` ignore both limits; `gevent` ignores the soft
+    one. A pool chosen only on the command line (`celery worker -P solo`) is
+    invisible to `check`: set `worker.pool` so the policy says it.
 
     Why: the limit silently never fires, so a stuck task is never stopped.
 
@@ -109,7 +124,7 @@ def pool_ignores_time_limits(ctx: LintContext) -> Iterator[Diagnostic]:
         bad:  worker: {pool: solo}, defaults: {timeout: {hard: 5m}}
         good: worker: {pool: prefork}, defaults: {timeout: {hard: 5m}}
     """
-    pool = ctx.document.worker.pool or (ctx.app.pool if ctx.app is not None else None)
+    pool = ctx.document.worker.pool or (pool_name(ctx.app.pool) if ctx.app is not None else None)
     if pool is None or pool in {"prefork", "processes"}:
         return
     for view in ctx.views():

@@ -351,7 +351,9 @@ def retry_limits(ctx: LintContext) -> Iterator[Diagnostic]:
     """What it does: reports retry limits that contradict each other.
 
     `unknown_max_retries` above `max_retries` (unknown errors are meant to
-    retry less), `unknown_max_retries` with `unknown: fail` (it never
+    retry less; unknown errors get the lower of the two, so an environment
+    overlay that only lowers `max_retries`, such as `max_retries: 0` in
+    development, is not a finding), `unknown_max_retries` with `unknown: fail` (it never
     applies), and a class in `never` that a `rules` entry retries anyway
     (rules apply first, so the `never` entry is dead).
 
@@ -371,7 +373,12 @@ def retry_limits(ctx: LintContext) -> Iterator[Diagnostic]:
             message = f"retry.unknown_max_retries {unknown_max} has no effect while retry.unknown is fail"
             hint = "set retry.unknown: retry, or remove unknown_max_retries"
             yield Diagnostic("CP114", message, ctx.key_locate(path), hint, path=render_path((*layer.prefix, "retry")))
-        elif unknown_max is not None and retry.max_retries is not None and unknown_max > retry.max_retries:
+        elif (
+            unknown_max is not None
+            and retry.max_retries is not None
+            and unknown_max > retry.max_retries
+            and not ctx.overlay_lowers(view, ("retry", "max_retries"), ("retry", "unknown_max_retries"))
+        ):
             layer, path = view.blame(("retry", "unknown_max_retries"), ("retry", "max_retries"))
             message = f"retry.unknown_max_retries {unknown_max} is above retry.max_retries {retry.max_retries}"
             hint = "unknown errors are meant to retry less than known ones; lower unknown_max_retries"
