@@ -7,7 +7,8 @@
 
 Exit code 1 when a reliable-fetch run lost a task, ran an idempotent side effect
 twice, dead-lettered a permanent failure other than once, or let a poison pill
-run past max_redeliveries.
+run past max_redeliveries, dead-lettered a task that succeeds, or let a fault land
+while no message was in flight.
 """
 
 from __future__ import annotations
@@ -38,6 +39,13 @@ def problems(report: ChaosReport) -> list[str]:
     over = {k: v for k, v in report.poison_runs.items() if v > cap or report.poison_dead_letters.get(k) != 1}
     if over:
         found.append(f"poison pills past max_redeliveries or not dead-lettered once: {over}")
+    if report.unexpected_dead_letters:
+        found.append(
+            f"{report.unexpected_dead_letters} succeeding tasks dead-lettered: {report.unexpected_dead_letter_ids[:20]}"
+        )
+    idle = [action for action, in_flight in report.in_flight_at_fault if in_flight == 0]
+    if idle:
+        found.append(f"{len(idle)} faults hit no work in flight: {idle}")
     return found
 
 

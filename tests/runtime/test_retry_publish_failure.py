@@ -70,7 +70,7 @@ def test_a_retry_that_cannot_be_published_is_dead_lettered_instead_of_lost(
 def test_with_late_ack_a_retry_that_cannot_be_published_is_requeued_and_runs_again(
     redis_server_factory: Any, celery_worker_process: Any, tmp_path: Path
 ) -> None:
-    """The branch the chaos policy runs: ``Reject(requeue=True)``, the message comes back, nothing dead-lettered early."""
+    """The chaos policy's branch: ``Reject(requeue=True)``; the message comes back, nothing is dead-lettered early."""
     broker, store_server, worker = _start(
         redis_server_factory,
         celery_worker_process,

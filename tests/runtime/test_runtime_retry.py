@@ -269,3 +269,20 @@ def test_secret_arguments_never_reach_the_worker_log_but_their_names_do(env: Env
         assert secret not in log
     assert '"card_number": "***"' in log
     assert '"password": "***"' in log
+
+
+def test_a_task_declared_with_its_own_base_class_gets_the_policy(env: Env) -> None:
+    """``base=OwnBase`` (not PolicyTask): the annotator still binds the policy's retries and backoff."""
+    key = new_key()
+
+    task_id = env.send("rt.based", key, 100)
+
+    meta = env.final(task_id)
+    assert meta["status"] == "FAILURE"
+    entries = env.journal.entries(key)
+    assert {e["base"] for e in entries} == {"OwnBase"}
+    # Celery alone would fail it at once (no autoretry on the decorator): the policy retries it 3 times.
+    assert [e["retries"] for e in entries] == [0, 1, 2, 3]
+    decisions = env.decisions(task_id)
+    assert [d["decision"] for d in decisions] == ["retry", "retry", "retry", "fail"]
+    assert "retry.yaml" in decisions[0]["policy_source"]
