@@ -107,7 +107,8 @@ def test_a_solo_task_running_past_the_heartbeat_ttl_is_not_taken_by_a_peer(fleet
     # Drained: no copy left anywhere that could still run, so one start means it ran once.
     assert fleet.count("runs", 1) == 1
     assert "restored" not in peer.log_text()
-    assert busy.alive and peer.alive
+    assert busy.alive
+    assert peer.alive
 
 
 def test_a_killed_workers_in_flight_message_is_given_back_by_a_peer_with_the_default_timeouts(fleet: Fleet) -> None:
