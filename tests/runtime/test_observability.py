@@ -21,7 +21,6 @@ from celery import Celery
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
 from support.servers import wait_for
 
 from celery_policy.runtime.observability import SPAN_EVENT
