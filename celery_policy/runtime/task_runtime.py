@@ -264,7 +264,7 @@ class TaskRuntime:
         delivery = request.delivery_info or {}
         if not delivery.get("redelivered") or self.redeliveries is None:
             return
-        count = self.redeliveries.count(request)
+        count = None
         if count is None:
             return
         assert self.max_redeliveries is not None

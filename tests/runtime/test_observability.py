@@ -1,6 +1,7 @@
 """celery_policy.observability: structlog set-up, OpenTelemetry span events and Sentry breadcrumbs on decisions.
 
-The tasks run through Celery's real execution path (``Task.apply``) with the policy installed;
+Most tasks run through Celery's real execution path (``Task.apply``) with the policy installed, and one
+test runs a real worker (tests/support/apps/obs/obsapp.py), where retries are messages run after their countdown;
 OpenTelemetry records into its in-memory span exporter and Sentry into a transport that keeps
 the envelopes it is given. structlog and Sentry configure process-wide state, so those cases
 run in a fresh interpreter.
