@@ -264,7 +264,7 @@ class TaskRuntime:
         delivery = request.delivery_info or {}
         if not delivery.get("redelivered") or self.redeliveries is None:
             return
-        count = None
+        count = self.redeliveries.count(request)
         if count is None:
             return
         assert self.max_redeliveries is not None
