@@ -50,9 +50,11 @@ def test_a_classic_queue_poison_pill_is_stopped_by_the_redis_counter(
         pythonpath=(REPO_ROOT,),
     )
     key = new_key("crash")
-    task_id = Celery("classic-producer", broker=fresh_vhost.url).send_task(
-        "cp.crash", args=[key], queue="celery", declare=[]
-    ).id
+    task_id = (
+        Celery("classic-producer", broker=fresh_vhost.url)
+        .send_task("cp.crash", args=[key], queue="celery", declare=[])
+        .id
+    )
 
     store = RedisStreamStore(clean_redis.url, "cp:dead")
     record = wait_record(store, task_id, timeout=90)

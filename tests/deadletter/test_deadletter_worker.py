@@ -19,8 +19,8 @@ from celery import Celery, chord, group
 from celery.exceptions import ChordError, Reject
 from support.harness import (
     DL_STREAM,
-    broker_is_drained,
     deadletter_worker,
+    deliveries_once_drained,
     dl_runs,
     log_events,
     new_key,
@@ -92,6 +92,26 @@ def assert_common_fields(record: DeadLetter, worker: WorkerProcess, queue: str, 
     assert POLICY_LINE.search(record.policy_source), record.policy_source
     assert record.first_failure <= record.last_failure <= time.time()
     assert record.id is not None
+
+
+def wait_both_failure_paths(worker: WorkerProcess, task_id: str) -> None:
+    """Wait until both of Celery's reports of one hard time limit have run, instead of sleeping.
+
+    ``Request.on_timeout`` logs "Hard time limit ...", calls ``on_failure`` (which writes the record,
+    then logs the policy decision) and sends ``task_failure``; the pool's error callback sends
+    ``task_failure`` again and then logs "Task handler raised error: TimeLimitExceeded". Every hard limit
+    of this module's worker gives one of each line, so once the counts match and this task's decision
+    is logged, both reports are done.
+    """
+
+    def seen() -> bool:
+        log = worker.log_text()
+        limits = len(re.findall(r"Hard time limit \(\S+\) exceeded for ", log))
+        handled = log.count("Task handler raised error: TimeLimitExceeded")
+        decided = bool(log_events(log, "policy_decision", task_id=task_id))
+        return decided and f"[{task_id}]" in log and handled >= limits
+
+    wait_for(f"both failure reports of {task_id}", seen, timeout=20)
 
 
 def test_exhausted_retries_write_one_record_with_every_field(
@@ -216,7 +236,7 @@ def test_a_hard_time_limit_writes_a_time_limit_record(
     assert "deadletter.yaml:22" in record.policy_source  # timeout.hard of tasks."dl.slow"
     assert_common_fields(record, prefork, PREFORK, task_id)
     assert wait_final(client, task_id)["status"] == "FAILURE"
-    time.sleep(0.5)  # task_failure fires twice for one hard limit; the record must not
+    wait_both_failure_paths(prefork, task_id)  # task_failure fires twice for one hard limit; the record must not
     assert len(records_for(store, task_id)) == 1
 
 
@@ -228,7 +248,7 @@ def test_a_hard_time_limit_writes_no_record_when_on_time_limit_is_off(
 
     assert wait_final(client, task_id)["status"] == "FAILURE"
     prefork.wait_for_log(rf'"decision": "fail".*"task_id": "{task_id}".*"reason": "time_limit"', timeout=10)
-    time.sleep(0.5)
+    wait_both_failure_paths(prefork, task_id)
     assert records_for(store, task_id) == []
 
 
@@ -271,8 +291,8 @@ def test_a_poison_pill_runs_max_redeliveries_plus_one_times_then_is_dead_lettere
     meta = wait_final(client, task_id)
     assert meta["status"] == "FAILURE"
     assert "max_redeliveries=2" in str(meta["result"])
-    wait_for("the message to leave the queue and the unacked hash", lambda: broker_is_drained(client, PREFORK), 10)
-    time.sleep(1.0)  # nothing runs it again
+    # nothing runs it again: no copy is left in the broker, and each delivery was logged before it left
+    assert deliveries_once_drained(prefork, client, task_id, queues=(PREFORK,)) == [4]  # the 4th was stopped
     assert len(dl_runs(client, key)) == 3
     assert len(records_for(store, task_id)) == 1
     # the worker keeps serving other tasks
