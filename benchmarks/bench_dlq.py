@@ -59,6 +59,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=10_000)
     parser.add_argument("--stream", type=int, default=100_000)
+    parser.add_argument("--batch", type=int, default=200, help="records deleted per XDEL, as `dlq replay --batch N`")
     opts = parser.parse_args()
     from celery import Celery
 
@@ -70,7 +71,7 @@ def main() -> None:
             fill(store, opts.records)
             records = list(store.iter(Filter()))
             start = time.perf_counter()
-            report = replay(store, records, celery_publisher(app), batch=200)
+            report = replay(store, records, celery_publisher(app), batch=opts.batch)
             replay_s = time.perf_counter() - start
             assert len(report.replayed) == opts.records and store.count() == 0, report.failed[:3]
             store.client.delete("celery")
@@ -88,6 +89,7 @@ def main() -> None:
             server.wait()
     result = {
         "records": opts.records,
+        "batch": opts.batch,
         "replay_per_s": opts.records / replay_s,
         "send_task_loop_per_s": opts.records / baseline_s,
         "ratio": baseline_s / replay_s,
@@ -97,13 +99,14 @@ def main() -> None:
     }
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores")
     print(
-        f"dlq replay of {opts.records} records: {result['replay_per_s']:.0f} records/s (dlq replay --batch 200: publish each, then XDEL per 200)"
+        f"dlq replay of {opts.records} records: {result['replay_per_s']:.0f} records/s"
+        f" (dlq replay --batch {opts.batch}: publish each, then XDEL per {opts.batch})"
     )
     print(
         f"plain Celery send_task loop, same payloads: {result['send_task_loop_per_s']:.0f} tasks/s; ratio {result['ratio']:.2f}"
     )
     print(f"dlq list --task 'orders.*' on a {opts.stream}-record stream: {list_s:.2f} s ({len(found)} matches)")
-    save("dlq", result)
+    save("dlq" if opts.batch == 200 else f"dlq-batch{opts.batch}", result)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,15 @@ app sets them in YAML. Rounds alternate A B A B to cancel machine noise; the
 report gives medians and the ratio.
 
     .venv/bin/python benchmarks/bench_overhead.py [--calls 200000] [--rounds 7]
+    .venv/bin/python benchmarks/bench_overhead.py --variant no-redelivery
+    .venv/bin/python benchmarks/bench_overhead.py --variant idempotency --calls 20000
+
+Variants of the policy (the plain app is the same in each):
+- ``full`` (default): retries, time limits, late ack with ``max_redeliveries``, dead letters, hooks
+  (results/overhead.json);
+- ``no-redelivery``: the same without ``ack.max_redeliveries`` (results/overhead-no-redelivery.json);
+- ``idempotency``: ``full`` plus an idempotency key per call, on a private redis-server the script
+  starts: two Redis round trips per run (results/overhead-idempotency.json).
 """
 
 from __future__ import annotations
@@ -52,6 +61,20 @@ defaults:
   hooks: {on_failure: benchmarks.bench_overhead.hook, on_retry: benchmarks.bench_overhead.hook}
 dead_letter_store: {url: "redis://127.0.0.1:1/0"}  # never contacted on the success path
 """
+
+
+VARIANTS = ("full", "no-redelivery", "idempotency")
+
+
+def policy_text(variant: str, store_url: str | None = None) -> str:
+    text = POLICY
+    if variant == "no-redelivery":
+        text = text.replace("reject_on_worker_lost: true, max_redeliveries: 3}", "reject_on_worker_lost: true}")
+    if variant == "idempotency":
+        assert store_url is not None
+        text = text.replace('"redis://127.0.0.1:1/0"}  # never contacted on the success path', f'"{store_url}"}}')
+        text += 'tasks:\n  bench.work: {idempotency: {key: "work:{args[0]}", ttl: 1h}}\n'
+    return text
 
 
 def hook(request: object, exc: object, decision: object) -> None:
@@ -135,10 +158,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--variant", choices=VARIANTS, default="full")
     opts = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
+        server = None
+        store_url = None
+        if opts.variant == "idempotency":
+            from benchmarks.bench_e2e import start_redis
+
+            server, store_url = start_redis(Path(tmp))
         policy_path = os.path.join(tmp, "bench.yaml")
-        Path(policy_path).write_text(POLICY)
+        Path(policy_path).write_text(policy_text(opts.variant, store_url))
         plain_app, plain_task = make_plain()
         policy_app, policy_task = make_policy(policy_path)
         bare_app, bare_task = make_bare()
@@ -152,9 +182,13 @@ def main() -> None:
             policy.append(time_tracer(policy_app, policy_task, opts.calls))
             bare.append(time_tracer(bare_app, bare_task, opts.calls))
         ours, theirs = time_classify(opts.calls, policy_path)
+        if server is not None:
+            server.terminate()
+            server.wait(10)
     p, q = statistics.median(plain), statistics.median(policy)
     print(
-        f"python {sys.version.split()[0]}, {os.cpu_count()} cores, {opts.calls} calls x {opts.rounds} rounds (A B interleaved)"
+        f"python {sys.version.split()[0]}, {os.cpu_count()} cores, {opts.calls} calls x {opts.rounds} rounds"
+        f" (A B interleaved), variant {opts.variant}"
     )
     print(f"success path through the tracer: plain {p * 1e6:.3f} us/call, policy {q * 1e6:.3f} us/call")
     print(f"  added per call: {(q - p) * 1e6:+.3f} us (median); throughput ratio policy/plain = {p / q:.3f}")
@@ -171,8 +205,9 @@ def main() -> None:
     from benchmarks._results import save
 
     save(
-        "overhead",
+        "overhead" if opts.variant == "full" else f"overhead-{opts.variant}",
         {
+            "variant": opts.variant,
             "calls": opts.calls,
             "rounds": opts.rounds,
             "plain_us": p * 1e6,

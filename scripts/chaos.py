@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from chaos.driver import ChaosConfig, ChaosReport, ChaosRun, format_table  # type: ignore[import-not-found]  # on sys.path above
 
@@ -88,7 +89,21 @@ def main() -> int:
     print()
     print(format_table(reports))
     if args.json:
-        args.json.write_text(json.dumps([r.row() for r in reports], indent=2))
+        from benchmarks._results import machine
+
+        rows = [
+            {
+                **r.row(),
+                "mix": r.config.mix,
+                "unexpected dead letters": r.unexpected_dead_letters,
+                "in flight at each fault": [n for _action, n in r.in_flight_at_fault],
+                "worker exits": r.worker_exits,
+                "problems": problems(r),
+            }
+            for r in reports
+        ]
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"machine": machine(), "reports": rows}, indent=2) + "\n")
     failed = False
     for report in reports:
         issues = problems(report)
