@@ -33,6 +33,10 @@ def commit() -> str:
     return f"{head}-dirty" if dirty else head
 
 
+# Read when a script imports this module, i.e. when it starts: edits made while it runs do not count.
+COMMIT = commit()
+
+
 def machine() -> dict[str, Any]:
     import celery
     import kombu
@@ -45,7 +49,7 @@ def machine() -> dict[str, Any]:
         "celery": celery.__version__,
         "kombu": kombu.__version__,
         "redis_py": redis.__version__,
-        "commit": commit(),
+        "commit": COMMIT,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else "",
         "platform": platform.platform(),
         "load_average_1m": round(os.getloadavg()[0], 2),

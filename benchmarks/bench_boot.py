@@ -23,8 +23,8 @@ from typing import Any
 from celery import Celery
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import celery_policy
+from benchmarks._results import save  # first: it reads the commit at start
 
 
 def task_names(count: int) -> list[str]:
@@ -163,7 +163,6 @@ def main() -> None:
     print(
         f"ratio celery-policy / annotations = {p / c:.2f}; celery-policy adds {(p - b) * 1000:.0f} ms over the floor, annotations add {(c - b) * 1000:.0f} ms"
     )
-    from benchmarks._results import save
 
     save(
         "boot",

@@ -33,8 +33,8 @@ from celery import Celery
 from celery.app.trace import build_tracer, setup_worker_optimizations
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import celery_policy
+from benchmarks._results import save  # first: it reads the commit at start
 
 POLICY = """
 version: 1
@@ -202,7 +202,6 @@ def main() -> None:
     print(
         f"classification (exception -> decision): policy {ours * 1e9:.0f} ns, autoretry isinstance {theirs * 1e9:.0f} ns"
     )
-    from benchmarks._results import save
 
     save(
         "overhead" if opts.variant == "full" else f"overhead-{opts.variant}",

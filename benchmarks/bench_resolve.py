@@ -33,6 +33,9 @@ import yaml
 from celery_policy import Policy, load
 from celery_policy.loader import merge_raw, read_policy_file
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks._results import save  # first: it reads the commit at start
+
 SERVICES = 50
 MODULES = 20
 TASKS_PER_MODULE = 10
@@ -174,8 +177,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(f"  naive / indexed, resolve cold: {naive_cold_s / cold_s:5.1f}x")
     print(f"  naive / indexed, match only:   {naive_match_s / match_s:5.1f}x")
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from benchmarks._results import save
 
     save(
         "resolve",

@@ -24,6 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from chaos.driver import ChaosConfig, ChaosReport, ChaosRun, format_table  # type: ignore[import-not-found]  # on sys.path above
 
+from benchmarks._results import machine
+
 
 def problems(report: ChaosReport) -> list[str]:
     found = []
@@ -65,6 +67,7 @@ def main() -> int:
     parser.add_argument("--compare", action="store_true", help="run plain kombu, then reliable fetch, same seed")
     parser.add_argument("--json", type=Path, help="also write the reports here")
     args = parser.parse_args()
+    started_on = machine()  # the commit and load when the run starts
     modes = [False, True] if args.compare else [not args.plain]
     reports = []
     for reliable in modes:
@@ -89,8 +92,6 @@ def main() -> int:
     print()
     print(format_table(reports))
     if args.json:
-        from benchmarks._results import machine
-
         rows = [
             {
                 **r.row(),
@@ -103,7 +104,7 @@ def main() -> int:
             for r in reports
         ]
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": machine(), "reports": rows}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"machine": started_on, "reports": rows}, indent=2) + "\n")
     failed = False
     for report in reports:
         issues = problems(report)
