@@ -280,7 +280,11 @@ def render(text: str, blocks: dict[str, Callable[[], str]]) -> str:
             msg = f"no <!-- tables.py:{name} --> ... <!-- /tables.py:{name} --> block"
             raise SystemExit(msg)
         body = make()
-        text = pattern.sub(lambda m, body=body: m.group(1) + body + m.group(3), text)
+
+        def replace(match: re.Match[str], body: str = body) -> str:
+            return match.group(1) + body + match.group(3)
+
+        text = pattern.sub(replace, text)
     return text
 
 

@@ -92,7 +92,7 @@ def fleet(redis_server_factory: Any, tmp_path: Path, request: pytest.FixtureRequ
 
 
 def _drained(client: Any) -> bool:
-    return client.llen("celery") == 0 and client.hlen("unacked") == 0 and client.hlen(OWNER_KEY) == 0
+    return bool(client.llen("celery") == 0 and client.hlen("unacked") == 0 and client.hlen(OWNER_KEY) == 0)
 
 
 def test_a_solo_task_running_past_the_heartbeat_ttl_is_not_taken_by_a_peer(fleet: Fleet) -> None:
