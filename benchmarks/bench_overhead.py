@@ -122,12 +122,13 @@ def make_policy(policy_path: str) -> tuple[Celery, object]:
     return app, app.tasks[task.name]
 
 
-def time_tracer(app: Celery, task: object, calls: int) -> float:
+def time_tracer(app: Celery, task: object, calls: int, first: int = 0) -> float:
+    """Seconds per call; the argument runs from ``first`` so every idempotency key of a run is new."""
     trace = build_tracer("bench.work", task, app=app, eager=False, propagate=True)
     task_id = str(uuid.uuid4())
     request = {"id": task_id, "delivery_info": {}, "hostname": "bench"}
     start = time.perf_counter()
-    for i in range(calls):
+    for i in range(first, first + calls):
         trace(task_id, (i,), {}, request)
     return (time.perf_counter() - start) / calls
 
@@ -177,10 +178,10 @@ def main() -> None:
         plain: list[float] = []
         policy: list[float] = []
         bare: list[float] = []
-        for _ in range(opts.rounds):
-            plain.append(time_tracer(plain_app, plain_task, opts.calls))
-            policy.append(time_tracer(policy_app, policy_task, opts.calls))
-            bare.append(time_tracer(bare_app, bare_task, opts.calls))
+        for n in range(opts.rounds):
+            plain.append(time_tracer(plain_app, plain_task, opts.calls, n * opts.calls))
+            policy.append(time_tracer(policy_app, policy_task, opts.calls, n * opts.calls))
+            bare.append(time_tracer(bare_app, bare_task, opts.calls, n * opts.calls))
         ours, theirs = time_classify(opts.calls, policy_path)
         if server is not None:
             server.terminate()
