@@ -15,7 +15,7 @@ DEFAULT = Path(__file__).resolve().parent / "results"
 
 
 def commit() -> str:
-    """The commit the benchmark ran from, with ``-dirty`` when the tree had changes ("unknown" outside git)."""
+    """The commit the benchmark ran from, ``-dirty`` when code differed from it ("unknown" outside git)."""
     root = Path(__file__).resolve().parent.parent
     try:
         head = subprocess.run(

@@ -97,7 +97,13 @@ def chaos_full() -> str:
     data = result("chaos-full")
     rows = [[r["fetch"], *(str(r[c]) for c in _CHAOS_COLUMNS)] for r in data["reports"]]
     caption = f"`{data['machine']['command']}` ({_machine(data)}), seed {data['reports'][0]['seed']}:"
-    return caption + "\n\n" + _table(["fetch", *_CHAOS_COLUMNS], rows)
+    return caption + "\n\n" + _table(["fetch", *_CHAOS_COLUMNS], rows) + _chaos_problems(data)
+
+
+def _chaos_problems(data: dict[str, Any]) -> str:
+    """What the script found wrong with each run (its exit status), as saved in the results file."""
+    notes = [f"- {r['fetch']}: {problem}" for r in data["reports"] for problem in r["problems"]]
+    return ("\n\nWhat the script reported for this run:\n\n" + "\n".join(notes)) if notes else ""
 
 
 def chaos_fetch_window() -> str:
@@ -106,7 +112,7 @@ def chaos_fetch_window() -> str:
     rows = [[r["fetch"], *(str(r[c]) for c in columns)] for r in data["reports"]]
     caption = f"`{data['machine']['command']}` ({_machine(data)}):"
     headers = ["fetch", "tasks", "main kills", "succeeded", "pending (stranded in `unacked`)", "lost"]
-    return caption + "\n\n" + _table(headers, rows)
+    return caption + "\n\n" + _table(headers, rows) + _chaos_problems(data)
 
 
 def fetch_table() -> str:

@@ -46,9 +46,9 @@ def problems(report: ChaosReport) -> list[str]:
         found.append(
             f"{report.unexpected_dead_letters} succeeding tasks dead-lettered: {report.unexpected_dead_letter_ids[:20]}"
         )
-    idle = [action for action, in_flight in report.in_flight_at_fault if in_flight == 0]
+    idle = [f"{action} ({in_flight})" for action, in_flight in report.in_flight_at_fault if in_flight <= 0]
     if idle:
-        found.append(f"{len(idle)} faults hit no work in flight: {idle}")
+        found.append(f"{len(idle)} faults hit no work in flight (-1: the broker did not answer): {idle}")
     return found
 
 

@@ -95,7 +95,8 @@ class ChaosReport:
     unexpected_dead_letters: int = 0
     unexpected_dead_letter_ids: list[int] = field(default_factory=list)
     # Per fault, how many messages the broker held unacknowledged (taken by a worker, not yet
-    # acked) just before it: a fault with 0 hit an idle fleet and tested nothing.
+    # acked) just before it: a fault with 0 hit an idle fleet and tested nothing; -1: the broker
+    # did not answer (still restarting or loading its AOF), so no worker could hold anything either.
     in_flight_at_fault: list[tuple[str, int]] = field(default_factory=list)
     seconds: float = 0.0
     worker_exits: list[str] = field(default_factory=list)
@@ -277,8 +278,8 @@ class ChaosRun:
     def _in_flight(self) -> int:
         try:
             return int(self.broker_server.client().hlen("unacked"))
-        except Exception:  # the broker is restarting
-            return 0
+        except Exception:  # the broker is restarting or loading its AOF
+            return -1
 
     def _fault(self, action: str) -> None:
         in_flight = self._in_flight()
