@@ -50,7 +50,7 @@ def _machine(data: dict[str, Any]) -> str:
     m = data["machine"]
     return (
         f"{m['date']}, {m['cores']} cores, Python {m['python']}, Celery {m['celery']}, kombu {m['kombu']}, "
-        f"commit {m.get('commit', 'unknown')}, load average {m['load_average_1m']} when it finished"
+        f"commit {m.get('commit', 'unknown')}, 1-minute load average {m['load_average_1m']}"
     )
 
 
@@ -135,14 +135,24 @@ def performance_summary() -> str:
     success = sorted(e2e[k]["ratio"] for k in ("solo/success", "prefork/success"))
     transient = sorted(e2e[k]["ratio"] for k in ("solo/10% transient", "prefork/10% transient"))
     fetch_ratios = sorted(fetch[k]["ratio"] for k in ("solo", "prefork"))
+
+    def load(data: dict[str, Any]) -> str:
+        busy = data["machine"]["load_average_1m"]
+        return f" (a run at load {busy}, which a sub-µs difference cannot be read from)" if busy > 2 else ""
+
+    def span(values: list[float]) -> str:
+        low, high = f"{values[0]:.2f}", f"{values[-1]:.2f}"
+        return low if low == high else f"{low}–{high}"
+
     return (
         f"In short ({full['machine']['cores']} cores, Python {full['machine']['python']}, "
         f"Celery {full['machine']['celery']}): per task through the worker's tracer, a retry/timeout policy "
-        f"adds {bare['added_us']:+.2f} µs, the same with `max_redeliveries` {full['added_us']:+.2f} µs, "
-        f"and an idempotency key (two Redis round trips a run) {idem['added_us']:+.0f} µs; end-to-end throughput "
-        f"on a real worker at {success[0]:.2f}–{success[1]:.2f} of plain Celery on the success path and "
-        f"{transient[0]:.2f}–{transient[1]:.2f} with 10 % transient failures; reliable fetch at "
-        f"{fetch_ratios[0]:.2f}–{fetch_ratios[1]:.2f} of kombu's own fetch. Not yet at their goals: booting "
+        f"adds {bare['added_us']:+.2f} µs{load(bare)}, the same with `max_redeliveries` {full['added_us']:+.2f} µs"
+        f"{load(full)}, and an idempotency key (two Redis round trips a run) {idem['added_us']:+.0f} µs"
+        f" (at load {idem['machine']['load_average_1m']}); "
+        f"end-to-end throughput on a real worker at {span(success)} of plain Celery on the success path and "
+        f"{span(transient)} with 10 % transient failures; reliable fetch at "
+        f"{span(fetch_ratios)} of kombu's own fetch. Not yet at their goals: booting "
         f"{boot['tasks']:,} tasks with {boot['globs'] + boot['exact']:,} policy entries "
         f"({(boot['policy_ms'] - boot['bare_finalize_ms']) / 1000:.1f} s over Celery's own finalize), "
         f"`check --all-envs` on that file ({check['process_s']:.1f} s), and `dlq replay` "
@@ -280,7 +290,7 @@ def render(text: str, blocks: dict[str, Callable[[], str]]) -> str:
     """``text`` with every block named in ``blocks`` regenerated; a block without its markers is an error."""
     for name, make in blocks.items():
         pattern = re.compile(
-            rf"(<!-- tables\.py:{re.escape(name)} -->\n)(.*?)(\n<!-- /tables\.py:{re.escape(name)} -->)", re.S
+            rf"(<!-- tables\.py:{re.escape(name)} -->\n)(.*?)(<!-- /tables\.py:{re.escape(name)} -->)", re.S
         )
         if not pattern.search(text):
             msg = f"no <!-- tables.py:{name} --> ... <!-- /tables.py:{name} --> block"
@@ -288,7 +298,7 @@ def render(text: str, blocks: dict[str, Callable[[], str]]) -> str:
         body = make()
 
         def replace(match: re.Match[str], body: str = body) -> str:
-            return match.group(1) + body + match.group(3)
+            return match.group(1) + body + "\n" + match.group(3)
 
         text = pattern.sub(replace, text)
     return text

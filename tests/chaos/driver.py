@@ -35,6 +35,7 @@ from support.servers import RedisServer, WorkerProcess  # noqa: E402
 
 APPS = TESTS / "support" / "apps" / "chaos"
 STREAM = "chaos:dead"
+FAULT_WAIT_S = 10.0  # how long a fault waits for work in flight before it lands anyway
 FAST_LIVENESS = {"reliable_heartbeat_interval": 0.5, "reliable_heartbeat_ttl": 3.0, "reliable_recover_interval": 1.0}
 
 POLICY = """
@@ -175,6 +176,7 @@ class ChaosRun:
         self.workers: list[WorkerProcess] = []
         self.started = 0
         self.report = ChaosReport(config)
+        self._client: Any = None
 
     def _worker(self) -> WorkerProcess:
         self.started += 1
@@ -275,14 +277,24 @@ class ChaosRun:
         except Exception:  # the broker is restarting: not idle
             return False
 
+    def _broker_client(self) -> Any:
+        # One client for the whole run (a restart drops its pooled sockets; the next command reconnects).
+        if self._client is None:
+            self._client = self.broker_server.client()
+        return self._client
+
     def _in_flight(self) -> int:
         try:
-            return int(self.broker_server.client().hlen("unacked"))
+            return int(self._broker_client().hlen("unacked"))
         except Exception:  # the broker is restarting or loading its AOF
             return -1
 
     def _fault(self, action: str) -> None:
-        in_flight = self._in_flight()
+        # Land each fault while a worker holds work: wait (bounded) until a message is taken and not
+        # yet acked. A fault that still finds nothing is recorded with 0 (or -1) and reported.
+        deadline = time.monotonic() + FAULT_WAIT_S
+        while (in_flight := self._in_flight()) <= 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
         if action == "restart":
             self.report.in_flight_at_fault.append((action, in_flight))
             self.broker_server.restart(hard=True)
