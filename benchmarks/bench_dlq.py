@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("--stream", type=int, default=100_000)
     parser.add_argument("--rated", type=int, default=5_000, help="records of the --rate 200/s run")
     parser.add_argument("--spread-records", type=int, default=2_000, help="records of the --spread 60s run")
+    parser.add_argument("--batch", type=int, default=200, help="records deleted per XDEL, as `dlq replay --batch N`")
     opts = parser.parse_args()
     from celery import Celery
 
@@ -78,7 +79,7 @@ def main() -> None:
             fill(store, opts.records)
             records = list(store.iter(Filter()))
             start = time.perf_counter()
-            report = replay(store, records, celery_publisher(app), batch=200, log=_quiet())
+            report = replay(store, records, celery_publisher(app), batch=opts.batch, log=_quiet())
             replay_s = time.perf_counter() - start
             assert len(report.replayed) == opts.records and store.count() == 0, report.failed[:3]
             store.client.delete("celery")
@@ -106,6 +107,7 @@ def main() -> None:
             server.wait()
     result = {
         "records": opts.records,
+        "batch": opts.batch,
         "replay_per_s": opts.records / replay_s,
         "pipeline_replay_per_s": opts.records / pipeline_s,
         "send_task_loop_per_s": opts.records / baseline_s,
@@ -116,9 +118,16 @@ def main() -> None:
         "rate_200": rated,
         "spread_60s": spread,
     }
+    print_figures(result)
+    save("dlq" if opts.batch == 200 else f"dlq-batch{opts.batch}", result)
+
+
+def print_figures(result: dict[str, Any]) -> None:
+    """Print one run's figures (what save() writes)."""
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores")
     print(
-        f"dlq replay of {opts.records} records: {result['replay_per_s']:.0f} records/s (dlq replay --batch 200: publish each, then XDEL per 200)"
+        f"dlq replay of {result['records']} records: {result['replay_per_s']:.0f} records/s"
+        f" (dlq replay --batch {result['batch']}: publish each, then XDEL per {result['batch']})"
     )
     print(
         f"plain Celery send_task loop, same payloads: {result['send_task_loop_per_s']:.0f} tasks/s; ratio {result['ratio']:.2f}"
@@ -127,16 +136,17 @@ def main() -> None:
         f"dlq replay --batch 500 (pipelined, the default on Redis): {result['pipeline_replay_per_s']:.0f} records/s, "
         f"{result['pipeline_replay_per_s'] / result['send_task_loop_per_s']:.1f}x the send_task loop"
     )
-    print(f"dlq list --task 'orders.*' on a {opts.stream}-record stream: {list_s:.2f} s ({len(found)} matches)")
     print(
-        f"dlq replay --rate 200/s of {rated['records']} records: {rated['achieved_per_s']:.1f}/s "
-        f"({rated['deviation_pct']:+.1f} %), busiest second {rated['max_in_one_s']}"
+        f"dlq list --task 'orders.*' on a {result['list_stream']}-record stream: {result['list_s']:.2f} s ({result['list_matches']} matches)"
     )
     print(
-        f"dlq replay --spread 60s of {spread['records']} records: ETAs over {spread['span_s']:.1f} s, "
-        f"per 6 s decile {spread['min_decile']}..{spread['max_decile']} (even: {int(str(spread['records'])) // 10})"
+        f"dlq replay --rate 200/s of {result['rate_200']['records']} records: {result['rate_200']['achieved_per_s']:.1f}/s "
+        f"({result['rate_200']['deviation_pct']:+.1f} %), busiest second {result['rate_200']['max_in_one_s']}"
     )
-    save("dlq", result)
+    print(
+        f"dlq replay --spread 60s of {result['spread_60s']['records']} records: ETAs over {result['spread_60s']['span_s']:.1f} s, "
+        f"per 6 s decile {result['spread_60s']['min_decile']}..{result['spread_60s']['max_decile']} (even: {int(str(result['spread_60s']['records'])) // 10})"
+    )
 
 
 class _Timed:

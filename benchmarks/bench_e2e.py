@@ -25,6 +25,9 @@ from typing import Any
 
 import redis
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks._results import save  # first: it reads the commit at start
+
 ROOT = Path(__file__).resolve().parent.parent
 POLICY = """
 version: 1
@@ -171,7 +174,6 @@ def main() -> None:
                 f"{pool + ' / ' + path:<28}{statistics.median(plain):>10.0f} ±{(max(plain) - min(plain)) / 2:<5.0f}"
                 f"{statistics.median(pol):>10.0f} ±{(max(pol) - min(pol)) / 2:<5.0f}{ratio:>8.3f}"
             )
-    from benchmarks._results import save
 
     save("e2e", {"tasks": opts.tasks, "rounds": opts.rounds, "results": summary})
 

@@ -25,7 +25,7 @@ import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
+from benchmarks._results import save  # noqa: E402  # first: it reads the commit at start
 from benchmarks.bench_e2e import one_run, start_redis, start_worker, stop_all, wait_ready  # noqa: E402
 
 POLICY = """
@@ -84,7 +84,6 @@ def main() -> None:
             f"{pool:<10}{statistics.median(plain):>12.0f} ±{(max(plain) - min(plain)) / 2:<5.0f}"
             f"{statistics.median(reliable):>14.0f} ±{(max(reliable) - min(reliable)) / 2:<5.0f}{ratio:>8.3f}"
         )
-    from benchmarks._results import save
 
     save("fetch", {"tasks": opts.tasks, "rounds": opts.rounds, "results": summary})
 

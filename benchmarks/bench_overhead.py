@@ -7,7 +7,16 @@ app sets them in YAML. Rounds alternate A B A B to cancel machine noise; the
 report gives medians and the ratio.
 
     .venv/bin/python benchmarks/bench_overhead.py [--calls 200000] [--rounds 7]
+    .venv/bin/python benchmarks/bench_overhead.py --variant no-redelivery
+    .venv/bin/python benchmarks/bench_overhead.py --variant idempotency --calls 20000
     .venv/bin/python benchmarks/bench_overhead.py --breaker   # a closed circuit breaker vs none
+
+Variants of the policy (the plain app is the same in each):
+- ``full`` (default): retries, time limits, late ack with ``max_redeliveries``, dead letters, hooks
+  (results/overhead.json);
+- ``no-redelivery``: the same without ``ack.max_redeliveries`` (results/overhead-no-redelivery.json);
+- ``idempotency``: ``full`` plus an idempotency key per call, on a private redis-server the script
+  starts: two Redis round trips per run (results/overhead-idempotency.json).
 """
 
 from __future__ import annotations
@@ -25,8 +34,8 @@ from celery import Celery
 from celery.app.trace import build_tracer, setup_worker_optimizations
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import celery_policy
+from benchmarks._results import save  # first: it reads the commit at start
 
 POLICY = """
 version: 1
@@ -53,6 +62,20 @@ defaults:
   hooks: {on_failure: benchmarks.bench_overhead.hook, on_retry: benchmarks.bench_overhead.hook}
 dead_letter_store: {url: "redis://127.0.0.1:1/0"}  # never contacted on the success path
 """
+
+
+VARIANTS = ("full", "no-redelivery", "idempotency")
+
+
+def policy_text(variant: str, store_url: str | None = None) -> str:
+    text = POLICY
+    if variant == "no-redelivery":
+        text = text.replace("reject_on_worker_lost: true, max_redeliveries: 3}", "reject_on_worker_lost: true}")
+    if variant == "idempotency":
+        assert store_url is not None
+        text = text.replace('"redis://127.0.0.1:1/0"}  # never contacted on the success path', f'"{store_url}"}}')
+        text += 'tasks:\n  bench.work: {idempotency: {key: "work:{args[0]}", ttl: 1h}}\n'
+    return text
 
 
 def hook(request: object, exc: object, decision: object) -> None:
@@ -100,12 +123,13 @@ def make_policy(policy_path: str) -> tuple[Celery, object]:
     return app, app.tasks[task.name]
 
 
-def time_tracer(app: Celery, task: object, calls: int) -> float:
+def time_tracer(app: Celery, task: object, calls: int, first: int = 0) -> float:
+    """Seconds per call; the argument runs from ``first`` so every idempotency key of a run is new."""
     trace = build_tracer("bench.work", task, app=app, eager=False, propagate=True)
     task_id = str(uuid.uuid4())
     request = {"id": task_id, "delivery_info": {}, "hostname": "bench"}
     start = time.perf_counter()
-    for i in range(calls):
+    for i in range(first, first + calls):
         trace(task_id, (i,), {}, request)
     return (time.perf_counter() - start) / calls
 
@@ -211,13 +235,20 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--breaker", action="store_true", help="measure a closed circuit breaker instead")
+    parser.add_argument("--variant", choices=VARIANTS, default="full")
     opts = parser.parse_args()
     if opts.breaker:
         breaker_main(opts.calls, opts.rounds)
         return
     with tempfile.TemporaryDirectory() as tmp:
+        server = None
+        store_url = None
+        if opts.variant == "idempotency":
+            from benchmarks.bench_e2e import start_redis
+
+            server, store_url = start_redis(Path(tmp))
         policy_path = os.path.join(tmp, "bench.yaml")
-        Path(policy_path).write_text(POLICY)
+        Path(policy_path).write_text(policy_text(opts.variant, store_url))
         plain_app, plain_task = make_plain()
         policy_app, policy_task = make_policy(policy_path)
         bare_app, bare_task = make_bare()
@@ -228,16 +259,20 @@ def main() -> None:
         policy: list[float] = []
         bare: list[float] = []
         metrics: list[float] = []
-        for _ in range(opts.rounds):
-            plain.append(time_tracer(plain_app, plain_task, opts.calls))
-            policy.append(time_tracer(policy_app, policy_task, opts.calls))
-            bare.append(time_tracer(bare_app, bare_task, opts.calls))
-            metrics.append(time_tracer(metrics_app, metrics_task, opts.calls))
+        for n in range(opts.rounds):
+            plain.append(time_tracer(plain_app, plain_task, opts.calls, n * opts.calls))
+            policy.append(time_tracer(policy_app, policy_task, opts.calls, n * opts.calls))
+            bare.append(time_tracer(bare_app, bare_task, opts.calls, n * opts.calls))
+            metrics.append(time_tracer(metrics_app, metrics_task, opts.calls, n * opts.calls))
         ours, theirs = time_classify(opts.calls, policy_path)
         counted = time_decision_counters(min(opts.calls, 50_000))
+        if server is not None:
+            server.terminate()
+            server.wait(10)
     p, q = statistics.median(plain), statistics.median(policy)
     print(
-        f"python {sys.version.split()[0]}, {os.cpu_count()} cores, {opts.calls} calls x {opts.rounds} rounds (A B interleaved)"
+        f"python {sys.version.split()[0]}, {os.cpu_count()} cores, {opts.calls} calls x {opts.rounds} rounds"
+        f" (A B interleaved), variant {opts.variant}"
     )
     print(f"success path through the tracer: plain {p * 1e6:.3f} us/call, policy {q * 1e6:.3f} us/call")
     print(f"  added per call: {(q - p) * 1e6:+.3f} us (median); throughput ratio policy/plain = {p / q:.3f}")
@@ -257,11 +292,11 @@ def main() -> None:
     print(
         f"classification (exception -> decision): policy {ours * 1e9:.0f} ns, autoretry isinstance {theirs * 1e9:.0f} ns"
     )
-    from benchmarks._results import save
 
     save(
-        "overhead",
+        "overhead" if opts.variant == "full" else f"overhead-{opts.variant}",
         {
+            "variant": opts.variant,
             "calls": opts.calls,
             "rounds": opts.rounds,
             "plain_us": p * 1e6,

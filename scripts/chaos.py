@@ -7,7 +7,8 @@
 
 Exit code 1 when a reliable-fetch run lost a task, ran an idempotent side effect
 twice, dead-lettered a permanent failure other than once, or let a poison pill
-run past max_redeliveries.
+run past max_redeliveries, dead-lettered a task that succeeds, or let a fault land
+while no message was in flight.
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from chaos.driver import ChaosConfig, ChaosReport, ChaosRun, format_table  # type: ignore[import-not-found]  # on sys.path above
+
+from benchmarks._results import machine
 
 
 def problems(report: ChaosReport) -> list[str]:
@@ -38,6 +42,13 @@ def problems(report: ChaosReport) -> list[str]:
     over = {k: v for k, v in report.poison_runs.items() if v > cap or report.poison_dead_letters.get(k) != 1}
     if over:
         found.append(f"poison pills past max_redeliveries or not dead-lettered once: {over}")
+    if report.unexpected_dead_letters:
+        found.append(
+            f"{report.unexpected_dead_letters} succeeding tasks dead-lettered: {report.unexpected_dead_letter_ids[:20]}"
+        )
+    idle = [f"{action} ({in_flight})" for action, in_flight in report.in_flight_at_fault if in_flight <= 0]
+    if idle:
+        found.append(f"{len(idle)} faults hit no work in flight (-1: the broker did not answer): {idle}")
     return found
 
 
@@ -56,6 +67,7 @@ def main() -> int:
     parser.add_argument("--compare", action="store_true", help="run plain kombu, then reliable fetch, same seed")
     parser.add_argument("--json", type=Path, help="also write the reports here")
     args = parser.parse_args()
+    started_on = machine()  # the commit and load when the run starts
     modes = [False, True] if args.compare else [not args.plain]
     reports = []
     for reliable in modes:
@@ -80,7 +92,19 @@ def main() -> int:
     print()
     print(format_table(reports))
     if args.json:
-        args.json.write_text(json.dumps([r.row() for r in reports], indent=2))
+        rows = [
+            {
+                **r.row(),
+                "mix": r.config.mix,
+                "unexpected dead letters": r.unexpected_dead_letters,
+                "in flight at each fault": [n for _action, n in r.in_flight_at_fault],
+                "worker exits": r.worker_exits,
+                "problems": problems(r),
+            }
+            for r in reports
+        ]
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"machine": started_on, "reports": rows}, indent=2) + "\n")
     failed = False
     for report in reports:
         issues = problems(report)

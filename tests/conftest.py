@@ -31,6 +31,9 @@ import pytest
 pytest_plugins = ["pytester"]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The repository root too, so ``tests.support.apps.*`` (the test apps, as workers import them) imports in-process
+# whichever test module runs first.
+sys.path.append(str(Path(__file__).resolve().parent.parent))
 
 from support.servers import (  # noqa: E402
     ProcessStartError,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -190,7 +189,7 @@ def test_replay_round_trip_on_rabbitmq_runs_the_task_again_and_empties_the_dead_
     monkeypatch.chdir(REPO_ROOT)
     policy = str(REPO_ROOT / "tests" / "support" / "apps" / "amqp" / "policy.yaml")
     journal = clean_redis.client()
-    celery_worker_process(
+    worker = celery_worker_process(
         BROKERAPP, env=amqp_worker_env(fresh_vhost.url, clean_redis.url), cwd=REPO_ROOT, pythonpath=(REPO_ROOT,)
     )
     key = new_key("once")
@@ -214,7 +213,8 @@ def test_replay_round_trip_on_rabbitmq_runs_the_task_again_and_empties_the_dead_
 
     executions = wait_for("the replayed run", lambda: r if len(r := amqp_runs(journal, key)) == 2 else None, timeout=30)
     assert [e["id"] for e in executions] == [task_id, new_id]
-    time.sleep(0.5)
+    # The replayed run has finished (a failure would have written its dead letter before this line).
+    worker.wait_for_log(rf"Task cp\.once\[{new_id}\] succeeded", timeout=30)
     code, out = dlq("list")
     assert code == 0
     assert out.startswith("0 shown, 0 in ")  # the only line: no record left

@@ -35,6 +35,7 @@ from support.servers import RedisServer, WorkerProcess  # noqa: E402
 
 APPS = TESTS / "support" / "apps" / "chaos"
 STREAM = "chaos:dead"
+FAULT_WAIT_S = 10.0  # how long a fault waits for work in flight before it lands anyway
 FAST_LIVENESS = {"reliable_heartbeat_interval": 0.5, "reliable_heartbeat_ttl": 3.0, "reliable_recover_interval": 1.0}
 
 POLICY = """
@@ -93,6 +94,11 @@ class ChaosReport:
     poison_runs: dict[int, int] = field(default_factory=dict)
     poison_dead_letters: dict[int, int] = field(default_factory=dict)
     unexpected_dead_letters: int = 0
+    unexpected_dead_letter_ids: list[int] = field(default_factory=list)
+    # Per fault, how many messages the broker held unacknowledged (taken by a worker, not yet
+    # acked) just before it: a fault with 0 hit an idle fleet and tested nothing; -1: the broker
+    # did not answer (still restarting or loading its AOF), so no worker could hold anything either.
+    in_flight_at_fault: list[tuple[str, int]] = field(default_factory=list)
     seconds: float = 0.0
     worker_exits: list[str] = field(default_factory=list)
 
@@ -170,6 +176,7 @@ class ChaosRun:
         self.workers: list[WorkerProcess] = []
         self.started = 0
         self.report = ChaosReport(config)
+        self._client: Any = None
 
     def _worker(self) -> WorkerProcess:
         self.started += 1
@@ -236,11 +243,14 @@ class ChaosRun:
 
     def _chaos(self, plan: list[tuple[str, list[Any]]], evidence: Any, t0: float) -> None:
         actions = self._actions()
+        self._retry: list[str] = []
         next_at = time.monotonic() + self.rng.uniform(*self.config.interval_s)
         last_progress, last_done = time.monotonic(), -1
         while time.monotonic() - t0 < self.config.deadline_s:
             now = time.monotonic()
-            if actions and now >= next_at:
+            if self._retry:
+                self._fault(self._retry.pop(0))
+            elif actions and now >= next_at:
                 self._fault(actions.pop(0))
                 next_at = time.monotonic() + self.rng.uniform(*self.config.interval_s)
             for index, worker in enumerate(self.workers):
@@ -251,7 +261,11 @@ class ChaosRun:
             done = self._accounted(plan, evidence)
             if done != last_done:
                 last_progress, last_done = now, done
-            if not actions and (done == len(plan) or (now - last_progress > self.config.settle_s and self._idle())):
+            if (
+                not actions
+                and not self._retry
+                and (done == len(plan) or (now - last_progress > self.config.settle_s and self._idle()))
+            ):
                 return
             time.sleep(0.2)
 
@@ -263,18 +277,43 @@ class ChaosRun:
         except Exception:  # the broker is restarting: not idle
             return False
 
+    def _broker_client(self) -> Any:
+        # One client for the whole run (a restart drops its pooled sockets; the next command reconnects).
+        if self._client is None:
+            self._client = self.broker_server.client()
+        return self._client
+
+    def _in_flight(self) -> int:
+        try:
+            return int(self._broker_client().hlen("unacked"))
+        except Exception:  # the broker is restarting or loading its AOF
+            return -1
+
     def _fault(self, action: str) -> None:
+        # Land each fault while a worker holds work: wait (bounded) until a message is taken and not
+        # yet acked. A fault that still finds nothing is recorded with 0 (or -1) and reported.
+        deadline = time.monotonic() + FAULT_WAIT_S
+        while (in_flight := self._in_flight()) <= 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
         if action == "restart":
+            self.report.in_flight_at_fault.append((action, in_flight))
             self.broker_server.restart(hard=True)
             self.report.restarts += 1
             return
-        worker = self.rng.choice(self.workers)
         if action == "child":
-            children = worker.children()
-            if children:
-                os.kill(self.rng.choice(children), signal.SIGKILL)
-                self.report.child_kills += 1
+            # A pool child of some worker (a worker replaced a moment ago may not have forked yet):
+            # a kill that finds no child is retried on the next tick, never silently skipped.
+            candidates = [(w, c) for w in self.workers for c in w.children()]
+            if not candidates:
+                self._retry.append(action)
+                return
+            self.report.in_flight_at_fault.append((action, in_flight))
+            _worker, child = self.rng.choice(candidates)
+            os.kill(child, signal.SIGKILL)
+            self.report.child_kills += 1
             return
+        self.report.in_flight_at_fault.append((action, in_flight))
+        worker = self.rng.choice(self.workers)
         index = self.workers.index(worker)
         worker.kill()  # SIGKILL: the main process and its pool children
         self.report.main_kills += 1
@@ -318,6 +357,7 @@ class ChaosRun:
                 report.poison_dead_letters[i] = dl
             elif kind in ("chaos.ok", "chaos.flaky") and dl:
                 report.unexpected_dead_letters += 1
+                report.unexpected_dead_letter_ids.append(i)
 
 
 def format_table(reports: list[ChaosReport]) -> str:

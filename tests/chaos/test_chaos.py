@@ -20,10 +20,16 @@ def test_nothing_lost_nothing_run_twice_under_kills_and_a_broker_restart(tmp_pat
     report = ChaosRun(config, tmp_path).run()
     table = format_table([report])
     assert report.main_kills == 3, table
+    assert report.child_kills == 2, table
     assert report.restarts == 1, table
+    # Every fault landed while messages were taken and not yet acked: none hit an idle fleet.
+    assert len(report.in_flight_at_fault) == 6, report.in_flight_at_fault
+    assert all(n > 0 for _action, n in report.in_flight_at_fault), report.in_flight_at_fault
     assert report.lost == 0, f"{table}\nlost: {report.lost_ids}"
     assert report.pending == 0, table
     assert report.succeeded + report.dead_lettered == config.tasks, table
+    # A task that succeeds (ok, flaky) is never dead-lettered, not even once alongside its success.
+    assert report.unexpected_dead_letters == 0, report.unexpected_dead_letter_ids
     assert report.duplicate_effects == 0, table
     assert set(report.permanent_dead_letters.values()) == {1}, report.permanent_dead_letters
     cap = config.max_redeliveries + 1

@@ -143,7 +143,7 @@ def test_the_visibility_timeout_restore_still_works_and_is_not_doubled_by_recove
         channel = conn.channel()
         first = channel.basic_get("vt", no_ack=False)  # held, never acked
         assert first is not None
-        time.sleep(1.2)
+        time.sleep(options["visibility_timeout"] + 0.2)  # past the visibility timeout
         channel.qos.restore_visible(num=10, interval=1)  # kombu's own sweep
         assert client.llen("vt") == 1
         assert client.hlen(OWNER_KEY) == 0  # kombu's restore cleared our owner record too

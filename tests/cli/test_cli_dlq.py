@@ -456,7 +456,13 @@ def test_purge_with_yes_deletes_only_the_matching_records(
     assert (code, err) == (0, "")
     assert out == f"deleted 2 dead letters from {where(server)}\n"
     assert [r.id for r in store.iter(Filter())] == [charge.id, report.id]
-    assert refund.id != ship.id
+
+    # exactly the two matching entries are gone from the stream (an XRANGE on each id finds nothing)
+    def entries(record: DeadLetter) -> list[Any]:
+        return list(store.client.xrange(store.stream, str(record.id), str(record.id)) or [])
+
+    assert [entries(r) for r in (refund, ship)] == [[], []]
+    assert len(entries(charge)) == 1
 
 
 def test_replay_in_batches_publishes_and_deletes_every_record(

@@ -24,7 +24,6 @@ and the task ran once per failed write plus once more, the run that wrote it):
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,10 +34,12 @@ from support.harness import (
     DLAPP,
     broker_is_drained,
     dl_runs,
+    gaps,
     log_events,
     new_key,
     producer,
     records_for,
+    wait_events,
     wait_final,
     wait_record,
 )
@@ -104,11 +105,16 @@ def test_a_dead_letter_written_while_the_store_is_down_runs_again_paced_and_is_w
 
     key = new_key("down")
     task_id = app.send_task("dl.permanent", args=(key,), kwargs={"amount": 3}, queue=QUEUE).id
-    worker.wait_for_log(rf'"task_id": "{task_id}".*dead_letter_store_unavailable', timeout=20)
-    time.sleep(3.0)
-
-    during = len(dl_runs(client, key))
-    assert 2 <= during <= 6, f"{during} runs in about 3 s of store outage"  # paced, not a hot loop
+    # Three failed writes, each announcing when the task runs again (0.5 s, 1 s, 2 s): the runs between
+    # them must keep to that schedule (paced, not a hot loop), whatever the machine's load.
+    wait_events(worker, "dead_letter_store_unavailable", 3, timeout=30, task_id=task_id)
+    wait_for("the run after the third failed write", lambda: len(dl_runs(client, key)) >= 4, timeout=30)
+    announced = [
+        e["again_in_s"] for e in log_events(worker.log_text(), "dead_letter_store_unavailable", task_id=task_id)
+    ]
+    assert announced[:3] == [0.5, 1.0, 2.0]
+    run_gaps = gaps(dl_runs(client, key))
+    assert all(gap >= again - 0.05 for gap, again in zip(run_gaps, announced, strict=False)), (run_gaps, announced)
     # the message is still with the broker: in the queue, or unacked while it is running or waiting for its countdown
     wait_for("the message in the queue or unacked", lambda: client.llen(QUEUE) + client.hlen("unacked") == 1, 3)
     unavailable = log_events(worker.log_text(), "dead_letter_store_unavailable", task_id=task_id)

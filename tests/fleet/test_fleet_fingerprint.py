@@ -4,6 +4,11 @@ Diff output is compared in full against tests/cli/expected/diff_*. The policies 
 tests/support/apps/fleet/diff/; tests run from there so paths print as written. To rewrite the
 expected files after an intended change of output, run with
 ``CELERY_POLICY_UPDATE_EXPECTED=1`` and read the diff.
+
+With that variable set the tests write whatever the command prints and so pass by
+construction: they check nothing in that run. The rewritten files are the check, so
+review ``git diff tests/cli/expected/`` line by line before committing it, and run the
+tests once more without the variable.
 """
 
 from __future__ import annotations

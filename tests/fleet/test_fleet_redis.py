@@ -270,3 +270,32 @@ def test_worker_dead_letters_and_deduplicates_through_the_store_url(
         result.get(timeout=30)
     records = list(store.iter(Filter(task="fleet.fail")))
     assert [(r.task_id, r.reason, r.exc_message) for r in records] == [(result.id, "permanent", "card declined")]
+
+
+@pytest.mark.worker
+def test_a_worker_caps_redeliveries_with_the_counter_on_the_store_url(
+    store_url: str, clean_redis: Any, celery_worker_process: Any, tmp_path: Path
+) -> None:
+    """A poison pill kills its pool process every time: the counter (on the cluster or sentinel) stops it."""
+    from support.harness import RTAPP, Journal, new_key, producer, wait_record
+
+    stream = f"celery-policy:dead:{uuid.uuid4().hex}"
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "version: 1\n"
+        "defaults:\n"
+        "  ack: {late: true, reject_on_worker_lost: true, max_redeliveries: 1}\n"
+        "  dead_letter: {enabled: true}\n"
+        f"dead_letter_store: {{url: '{store_url}', stream: '{stream}'}}\n"
+    )
+    env = {"RT_BROKER_URL": clean_redis.url, "CELERY_POLICY_FILE": str(policy)}
+    celery_worker_process(RTAPP, pool="prefork", broker_url=clean_redis.url, cwd=ROOT, env=env)
+    key = new_key()
+    task_id = str(producer(clean_redis.url).send_task("rt.crasher", args=(key, 100)).id)
+
+    store = RedisStreamStore(store_url, stream)
+    record = wait_record(store, task_id, timeout=60)
+    assert (record.task, record.reason) == ("rt.crasher", "redelivery_limit")
+    # the first delivery and max_redeliveries (1) redeliveries ran; the next redelivery was stopped before the body
+    assert len(Journal(clean_redis.client()).entries(key)) == 2
+    assert int(store.client.get(f"celery-policy:dlv:{{{task_id}}}:0") or 0) == 2

@@ -1,6 +1,7 @@
 """celery_policy.observability: structlog set-up, OpenTelemetry span events and Sentry breadcrumbs on decisions.
 
-The tasks run through Celery's real execution path (``Task.apply``) with the policy installed;
+Most tasks run through Celery's real execution path (``Task.apply``) with the policy installed, and one
+test runs a real worker (tests/support/apps/obs/obsapp.py), where retries are messages run after their countdown;
 OpenTelemetry records into its in-memory span exporter and Sentry into a transport that keeps
 the envelopes it is given. structlog and Sentry configure process-wide state, so those cases
 run in a fresh interpreter.
@@ -8,6 +9,7 @@ run in a fresh interpreter.
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -20,6 +22,7 @@ from celery import Celery
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from support.servers import wait_for
 
 from celery_policy.runtime.observability import SPAN_EVENT
 
@@ -179,3 +182,31 @@ def test_an_existing_structlog_configuration_is_kept(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "configured: False" in done.stdout
     assert "MINE policy_decision" in done.stdout
+
+
+@pytest.mark.worker
+def test_a_real_worker_reports_each_decision_to_opentelemetry_and_sentry(
+    clean_redis: Any, celery_worker_process: Any, tmp_path: Path
+) -> None:
+    """A solo worker: each retry is a new message run after its countdown, each run its own span."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY.replace("10ms, max: 10ms", "300ms, max: 300ms"))
+    env = {"CELERY_POLICY_FILE": str(policy), "OBS_JOURNAL_URL": clean_redis.url}
+    root = Path(__file__).resolve().parents[2]
+    celery_worker_process("tests.support.apps.obs.obsapp", broker_url=clean_redis.url, cwd=root, env=env)
+    Celery("obs-producer", broker=clean_redis.url).send_task("obs.boom", args=("slow",))
+    client = clean_redis.client()
+
+    spans = wait_for("three finished runs", lambda: client.llen("obs:spans") >= 3 and client.lrange("obs:spans", 0, -1))
+    runs = [json.loads(raw) for raw in spans]
+    decisions = [[e["celery_policy.decision"] for e in run["events"] if "celery_policy.decision" in e] for run in runs]
+    assert decisions == [["retry"], ["retry"], ["fail"]]  # one run, one span, one decision
+    assert runs[0]["events"][0]["celery_policy.countdown"] == pytest.approx(0.3)
+    assert runs[-1]["events"][0]["celery_policy.reason"] == "exhausted"
+    starts = [run["start"] for run in runs]
+    assert all(later - earlier >= 0.3 - 0.02 for earlier, later in itertools.pairwise(starts)), starts  # countdowns
+
+    (event,) = [json.loads(raw) for raw in wait_for("the Sentry event", lambda: client.lrange("obs:sentry", 0, -1))]
+    crumbs = [c for c in event["breadcrumbs"]["values"] if c["category"] == "celery_policy"]
+    assert [c["data"]["celery_policy.decision"] for c in crumbs] == ["retry", "retry", "fail"]
+    assert crumbs[0]["message"] == "obs.boom: retry in 0.3s after attempt 1 (builtins.TimeoutError)"

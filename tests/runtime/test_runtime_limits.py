@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +18,7 @@ from celery import Celery
 from support.harness import (
     RUNTIME_POLICIES,
     Journal,
+    deliveries_once_drained,
     log_events,
     new_key,
     producer,
@@ -99,7 +99,7 @@ def test_soft_time_limit_listed_in_never_fails_at_once_after_the_cleanup(env: En
     meta = wait_final(env.redis, task_id, timeout=20)
     assert meta["status"] == "FAILURE"
     assert meta["result"]["exc_type"] == "SoftTimeLimitExceeded"
-    time.sleep(0.5)
+    assert deliveries_once_drained(env.worker, env.redis, task_id) == [1]  # nothing more can run
     assert _phases(env.journal.entries(key)) == ["start", "cleanup"]
     [decision] = env.decisions(task_id)
     assert (decision["decision"], decision["reason"]) == ("fail", "permanent")
@@ -141,7 +141,7 @@ def test_hard_time_limit_with_default_acks_fails_with_time_limit_exceeded_and_re
     [decision] = wait_events(env.worker, "policy_decision", task_id=task_id)
     assert (decision["decision"], decision["reason"]) == ("fail", "time_limit")
     assert "limits.yaml" in decision["policy_source"]
-    time.sleep(1.5)
+    assert deliveries_once_drained(env.worker, env.redis, task_id) == [1]  # nothing more can run
     assert len(env.journal.entries(key)) == 1  # not run again
     assert wait_final(env.redis, task_id)["status"] == "FAILURE"
 
@@ -188,7 +188,7 @@ def test_policy_retry_budget_beats_the_decorators_autoretry_options(env: Env) ->
     meta = wait_final(env.redis, task_id, timeout=20)
     assert meta["status"] == "FAILURE"
     assert meta["result"]["exc_type"] == "Transient"
-    time.sleep(1.0)
+    assert deliveries_once_drained(env.worker, env.redis, task_id) == [3]  # nothing more can run
     entries = env.journal.entries(key)
     assert [e["retries"] for e in entries] == [0, 1, 2]
     decisions = env.decisions(task_id)

@@ -17,7 +17,17 @@ from typing import Any
 import pytest
 import redis
 from celery import Celery
-from support.harness import RTAPP, RUNTIME_POLICIES, Journal, log_events, new_key, producer, runtime_worker, wait_final
+from support.harness import (
+    RTAPP,
+    RUNTIME_POLICIES,
+    Journal,
+    deliveries_once_drained,
+    log_events,
+    new_key,
+    producer,
+    runtime_worker,
+    wait_final,
+)
 from support.servers import REPO_ROOT, RedisServer, WorkerProcess, running
 
 import celery_policy
@@ -45,8 +55,10 @@ class Side:
         meta = wait_final(self.redis, task_id)
         assert meta["status"] == "FAILURE"
         assert meta["result"]["exc_type"] == "Transient"
-        time.sleep(0.4)  # 50-150 ms backoff: one more retry would have run by now
-        return len(self.journal.entries(key)), log_events(self.worker.log_text(), "policy_decision", task_id=task_id)
+        (delivered,) = deliveries_once_drained(self.worker, self.redis, task_id)
+        runs = len(self.journal.entries(key))
+        assert delivered == runs, (delivered, runs)
+        return runs, log_events(self.worker.log_text(), "policy_decision", task_id=task_id)
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +124,10 @@ def test_a_route_sends_the_task_to_its_queue_and_only_a_worker_consuming_it_runs
     while base.redis.llen("q_reports") < 1 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert base.redis.llen("q_reports") == 1
-    time.sleep(0.5)
+    # A task sent after it, on the default queue, runs: the default worker polled since, and left it alone.
+    marker = str(base.client.send_task("rt.ok", args=(1,)).id)
+    assert wait_final(base.redis, marker)["status"] == "SUCCESS"
+    assert base.redis.llen("q_reports") == 1
     assert base.journal.entries(key) == []  # the worker on the default queue never takes it
 
     reports = celery_worker_process(

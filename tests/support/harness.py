@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -163,6 +164,28 @@ def wait_record(store: RedisStreamStore, task_id: str, timeout: float = 20.0) ->
 def broker_is_drained(client: redis.Redis, queue: str) -> bool:
     """No message left in ``queue`` nor in the Redis transport's ``unacked`` hash."""
     return client.llen(queue) == 0 and client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0
+
+
+def deliveries_once_drained(
+    worker: WorkerProcess,
+    client: redis.Redis,
+    *task_ids: str,
+    queues: Sequence[str] = ("celery",),
+    timeout: float = 30.0,
+) -> list[int]:
+    """Wait until the broker holds no message at all, then count how often the worker received each task.
+
+    The negative check "nothing more ran" without a sleep: a retry is a message in a queue or,
+    held for its countdown, in ``unacked``, and the worker logs "received" before a message
+    leaves the broker. Once nothing is left, the count of "received" lines is final.
+    """
+    wait_for(
+        "the broker to hold no message",
+        lambda: all(client.llen(q) == 0 for q in queues) and broker_is_drained(client, queues[0]),
+        timeout,
+    )
+    log = worker.log_text()
+    return [len(re.findall(rf"Task \S+\[{re.escape(task_id)}\] received", log)) for task_id in task_ids]
 
 
 def amqp_message_count(url: str, queue: str) -> int:

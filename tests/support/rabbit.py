@@ -52,6 +52,17 @@ def _ctl(*args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess[str
     return subprocess.run([ctl, *args], capture_output=True, text=True, timeout=timeout_s, check=False)
 
 
+def queue_messages(vhost: str, queue: str) -> int:
+    """Messages in ``queue`` of ``vhost``, ready plus delivered-and-unacknowledged (0 when it does not exist)."""
+    done = _ctl("list_queues", "-p", vhost, "name", "messages", "--no-table-headers", "--quiet")
+    assert done.returncode == 0, done.stderr
+    for line in done.stdout.splitlines():
+        fields = line.split()
+        if len(fields) == 2 and fields[0] == queue:
+            return int(fields[1])
+    return 0
+
+
 def ensure_broker(wait_s: float = 90.0) -> None:
     """A broker answers on 5672 (and rabbitmqctl reaches it), else ``pytest.fail`` with the fix."""
     if not _answers():

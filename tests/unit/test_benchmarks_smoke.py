@@ -18,6 +18,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 CASES = {
     "overhead": ["bench_overhead.py", "--calls", "500", "--rounds", "1"],
+    "overhead-no-redelivery": ["bench_overhead.py", "--calls", "500", "--rounds", "1", "--variant", "no-redelivery"],
+    "overhead-idempotency": ["bench_overhead.py", "--calls", "200", "--rounds", "1", "--variant", "idempotency"],
+    "resolve": ["bench_resolve.py", "--repeats", "1", "--services", "2"],
+    "dlq-batch1": ["bench_dlq.py", "--records", "100", "--stream", "300", "--batch", "1"],
     "boot": ["bench_boot.py", "--tasks", "200", "--globs", "20", "--exact", "20", "--rounds", "1"],
     "check": ["bench_check.py", "--tasks", "200", "--globs", "20", "--exact", "20", "--rounds", "1"],
     "e2e": ["bench_e2e.py", "--tasks", "40", "--rounds", "1", "--pools", "solo"],
@@ -42,3 +46,5 @@ def test_benchmark_script_runs_on_a_tiny_size(name: str, tmp_path: Path) -> None
     assert done.stdout.strip(), "the script printed no table"
     result = json.loads((tmp_path / f"{name}.json").read_text())
     assert result["machine"]["cores"] == os.cpu_count()
+    assert result["machine"]["commit"] != "unknown"
+    assert result["machine"]["command"].startswith(script)

@@ -5,7 +5,8 @@
 Environment: CELERY_BROKER_URL (the broker, restarted by the driver),
 CHAOS_EVIDENCE_URL (never restarted: effects, run counts, dead letters),
 CELERY_POLICY_FILE (written by the driver), CHAOS_TRANSPORT_OPTIONS (JSON,
-optional: faster heartbeat/recovery for short runs).
+optional: faster heartbeat/recovery for short runs), CHAOS_BROKER_TRANSPORT (optional:
+an explicit ``broker_transport``, which install() must leave alone).
 
 Evidence keys on the evidence Redis, per business key ``k`` (the task's index):
 - ``fx:k``: INCR when the body's side effect is applied (``chaos.ok``, ``chaos.flaky``);
@@ -30,6 +31,8 @@ app = Celery("chaosapp", broker=BROKER, task_cls=celery_policy.PolicyTask)
 app.conf.broker_connection_retry_on_startup = True
 app.conf.task_ignore_result = True
 app.conf.broker_transport_options = json.loads(os.environ.get("CHAOS_TRANSPORT_OPTIONS") or "{}")
+if os.environ.get("CHAOS_BROKER_TRANSPORT"):
+    app.conf.broker_transport = os.environ["CHAOS_BROKER_TRANSPORT"]
 celery_policy.install(app)
 
 

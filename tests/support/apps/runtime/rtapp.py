@@ -146,6 +146,21 @@ def ok(self: Task, x: int) -> int:
     return x + 1
 
 
+class OwnBase(Task):  # type: ignore[misc]  # Celery's Task is untyped
+    """A project's own base class that does not inherit PolicyTask: the policy reaches it through the annotator."""
+
+    abstract = True
+
+
+@app.task(name="rt.based", bind=True, base=OwnBase)
+def based(self: Task, key: str, fail_times: int) -> str:
+    """Like ``rt.transient`` but declared with ``base=OwnBase``."""
+    n = _record(self, key, base=type(self).__mro__[1].__name__)
+    if n <= fail_times:
+        raise Transient(f"attempt {n} failed")
+    return f"ok after {n}"
+
+
 # -- time limits and lost workers (prefork) ------------------------------------------------------
 
 
