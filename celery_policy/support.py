@@ -140,10 +140,14 @@ def kombu_redis_problems() -> list[str]:
         (
             "_brpop_start", "_brpop_read", "_q_for_pri", "_connparams", "_disconnect_pools", "conn_or_acquire",
             "basic_consume", "basic_get", "priority_steps", "sep", "unacked_key", "unacked_index_key",
-            "from_transport_options", "global_keyprefix",
+            "from_transport_options", "global_keyprefix", "visibility_timeout",
         ),
     )  # fmt: skip
-    problems += _missing(qos, "kombu.transport.redis.QoS", ("append", "_remove_from_indices", "pipe_or_acquire"))
+    # leases: the sweep renews what this process holds first; the heartbeat thread reads the delivered tags
+    qos_names = ("append", "_remove_from_indices", "pipe_or_acquire", "restore_visible")
+    problems += _missing(qos, "kombu.transport.redis.QoS", qos_names)
+    if "_delivered" not in _names(virtual.QoS.__init__):
+        problems.append("kombu.transport.virtual.QoS._delivered")
     problems += _missing(poller, "kombu.transport.redis.MultiChannelPoller", ("get", "_register_BRPOP"))
     if hasattr(poller, "_register_BRPOP") and "_brpop_start" not in _names(poller._register_BRPOP):
         problems.append("MultiChannelPoller._register_BRPOP no longer calls Channel._brpop_start")

@@ -13,7 +13,11 @@ same ``unacked``/``unacked_index`` entries kombu writes, plus an owner record
   ``visibility_timeout`` restore, ``restore_unacked`` at shutdown, ``reject``
   with requeue, ack; producers may keep plain kombu (the queue format is the same);
 - a consumer that died (its heartbeat key expired) gets its messages pushed
-  back by its peers within seconds instead of the visibility timeout (1 h by default).
+  back by its peers within seconds instead of the visibility timeout (1 h by default);
+- a live consumer's messages are leased: its heartbeat thread keeps their
+  ``unacked_index`` scores fresh, so no visibility-timeout sweep (this
+  transport's or plain kombu's, in any process) restores a message whose
+  consumer still holds it, however long the task or the countdown.
 
 Polling keeps kombu's order: for each priority step, each queue of the
 fair-rotation cycle, and the queue a message came from is rotated to the end.
@@ -89,6 +93,14 @@ RELIABLE_OPTIONS = (
 class QoS(kombu_redis.QoS):
     """kombu's Redis QoS; the take script already wrote ``unacked``, and removal also clears the owner record."""
 
+    def restore_visible(self, *args: Any, **kwargs: Any) -> Any:
+        # The leases of what this process holds are renewed first, so this sweep never restores them
+        # even when the heartbeat thread was late (kombu's sweep runs in the consumer's own loop).
+        liveness = self.channel.__dict__.get("liveness")
+        if liveness is not None:
+            liveness.renew_if_stale()
+        return super().restore_visible(*args, **kwargs)
+
     def append(self, message: Any, delivery_tag: str) -> None:
         if self.channel._take_recorded:
             virtual.QoS.append(self, message, delivery_tag)
@@ -158,7 +170,7 @@ class Channel(kombu_redis.Channel):
 
     @cached_property
     def liveness(self) -> Liveness:
-        return liveness_for(
+        found = liveness_for(
             self._connparams(asynchronous=False),
             unacked_key=self.unacked_key,
             unacked_index_key=self.unacked_index_key,
@@ -166,6 +178,8 @@ class Channel(kombu_redis.Channel):
             ttl_s=float(self.reliable_heartbeat_ttl),
             recover_interval_s=float(self.reliable_recover_interval),
         )
+        found.use_lease_interval(float(self.visibility_timeout))
+        return found
 
     def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
         self.liveness.ensure_started()
@@ -231,6 +245,7 @@ class Channel(kombu_redis.Channel):
     def _get(self, queue: str, timeout: float | None = None) -> Any:
         # basic_get: the same atomic take, on one queue's priority lists.
         self.liveness.ensure_started()
+        self.liveness.attach(self)  # what it takes is held (and leased) like a consumer's
         keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps]
         with self.conn_or_acquire() as client:
             try:
