@@ -194,9 +194,10 @@ def install(
             runtime.compile(name, task)
     queue_plan = _amqp.plan_for(app, policy)  # RabbitMQ queue arguments (None for other brokers)
     reliable = _reliable_fetch.decide(app, policy)  # atomic take on a Redis broker; see celery_policy/transport/
+    delayed = _reliable_fetch.delayed_delivery_wanted(policy, reliable)  # countdowns wait in the broker's Redis
 
     _apply_conf(app, policy)
-    _reliable_fetch.configure(app, reliable)
+    _reliable_fetch.configure(app, reliable, delayed)
     _amqp.apply_plan(app, policy, queue_plan)
     app.conf.task_routes = (runtime.router, *_as_routes(app.conf.task_routes))
     app.conf.task_annotations = (PolicyAnnotator(runtime, app.conf.task_annotations),)

@@ -120,7 +120,7 @@ class Liveness:
         self.recover_interval_s = recover_interval_s
         self.lease_interval_s = interval_s if lease_interval_s is None else min(lease_interval_s, interval_s)
         self._renewed_at = 0.0  # monotonic time of the last lease renewal
-        self._periodic: list[Any] = []  # extra work for the heartbeat thread: (interval_s, callable), see add_periodic
+        self._periodic: list[tuple[float, Any]] = []  # (interval_s, job): see add_periodic
         params = dict(params)
         # A heartbeat must never hang on a half-open socket.
         params["socket_timeout"] = max(2.0, interval_s)
@@ -128,6 +128,7 @@ class Liveness:
         params.pop("health_check_interval", None)
         self.client: redis.Redis = redis.Redis(connection_pool=redis.ConnectionPool(**params))
         self._recover = self.client.register_script(RECOVER_SCRIPT)
+        self._move: Any = None
         self._missing_since: dict[str, float] = {}
         self._orphans: dict[str, float] = {}  # tag -> when it may be given back (see give_back_later)
         self._channels: weakref.WeakSet[Any] = weakref.WeakSet()  # this process's taking channels
@@ -177,11 +178,11 @@ class Liveness:
     def add_periodic(self, interval_s: float, job: Any) -> None:
         """Run ``job()`` from the heartbeat thread about every ``interval_s`` seconds (once per job)."""
         with self._lock:
-            if all(existing is not job for _, existing in self._periodic):
+            if all(existing != job for _, existing in self._periodic):  # bound methods compare equal
                 self._periodic.append((max(0.05, float(interval_s)), job))
 
     def _tick_s(self) -> float:
-        return min(self.interval_s, self.lease_interval_s, *(interval for interval, _ in self._periodic))
+        return float(min(self.interval_s, self.lease_interval_s, *(interval for interval, _ in self._periodic)))
 
     def _run(self) -> None:
         now = time.monotonic()
@@ -201,14 +202,28 @@ class Liveness:
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + self.recover_interval_s
                     self.sweep()
-                for interval, job in list(self._periodic):
-                    if time.monotonic() >= next_jobs.get(id(job), 0.0):
-                        next_jobs[id(job)] = time.monotonic() + interval
+                for index, (interval, job) in enumerate(list(self._periodic)):
+                    if time.monotonic() >= next_jobs.get(index, 0.0):
+                        next_jobs[index] = time.monotonic() + interval
                         job()
             except redis.RedisError as exc:
                 logger.debug("reliable fetch heartbeat: %s", exc)
             except Exception:  # the thread must outlive anything unexpected
                 logger.exception("reliable fetch heartbeat failed")
+
+    # -- delayed delivery (celery_policy.transport.delayed) ----------------------------------------
+
+    def move_due(self) -> int:
+        """Move the delayed messages that are due to the head of their queue lists; return how many."""
+        from celery_policy.transport import delayed
+
+        if self._move is None:
+            self._move = self.client.register_script(delayed.MOVE_SCRIPT)
+        moved = total = int(self._move(keys=[delayed.QUEUES_KEY], args=[time.time(), delayed.BATCH, delayed.PREFIX]))
+        while moved >= delayed.BATCH:  # a backlog (workers were down): keep going, one batch per queue at a time
+            moved = int(self._move(keys=[delayed.QUEUES_KEY], args=[time.time(), delayed.BATCH, delayed.PREFIX]))
+            total += moved
+        return total
 
     # -- leases ------------------------------------------------------------------------------------
 

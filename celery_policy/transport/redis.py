@@ -43,7 +43,8 @@ from kombu.utils.json import loads
 from kombu.utils.objects import cached_property
 from redis.exceptions import NoScriptError
 
-from celery_policy.transport._liveness import OWNER_KEY, Liveness, liveness_for
+from celery_policy.transport import delayed
+from celery_policy.transport._liveness import OWNER_KEY, PREFIX, Liveness, liveness_for
 
 # KEYS: the lists to poll in order, then unacked hash, unacked_index zset, owner hash, inflight set
 # ARGV: now (delivery time, as kombu's QoS.append scores it), consumer id
@@ -87,6 +88,9 @@ RELIABLE_OPTIONS = (
     "reliable_heartbeat_interval",
     "reliable_heartbeat_ttl",
     "reliable_recover_interval",
+    "delayed_delivery",
+    "delayed_min_delay",
+    "delayed_poll_interval",
 )
 
 
@@ -126,6 +130,9 @@ class Channel(kombu_redis.Channel):
     reliable_heartbeat_interval = 2.0
     reliable_heartbeat_ttl = 10.0
     reliable_recover_interval = 5.0
+    delayed_delivery = False  # celery_policy.transport.delayed; install() turns it on with worker.delayed_delivery
+    delayed_min_delay = 1.0  # shorter countdowns are held by the worker as Celery does (leased meanwhile)
+    delayed_poll_interval = 0.5
 
     # kombu types the tuple by its exact length
     from_transport_options = (*kombu_redis.Channel.from_transport_options, *RELIABLE_OPTIONS)  # type: ignore[assignment]
@@ -182,9 +189,30 @@ class Channel(kombu_redis.Channel):
         return found
 
     def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
-        self.liveness.ensure_started()
-        self.liveness.attach(self)
+        liveness = self.liveness
+        if self.delayed_delivery:  # every consuming process moves due delayed messages
+            liveness.add_periodic(float(self.delayed_poll_interval), liveness.move_due)
+        liveness.ensure_started()
+        liveness.attach(self)
         return super().basic_consume(queue, *args, **kwargs)
+
+    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+        if self.delayed_delivery:
+            due = delayed.eta_of(message)
+            if due is not None and due - time() >= float(self.delayed_min_delay):
+                self._put_delayed(queue, message, due)
+                return
+        super()._put(queue, message, **kwargs)
+
+    def _put_delayed(self, queue: str, message: Any, due: float) -> None:
+        """Store the message in the queue's delayed set (and ack the retried one, see delayed.acking)."""
+        list_key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
+        tag = delayed.take_ack_tag() or ""
+        keys = [delayed.delayed_key(queue), delayed.QUEUES_KEY, self.unacked_key, self.unacked_index_key, OWNER_KEY]
+        args = [repr(due), delayed.member_for(list_key, message), queue, tag, PREFIX + "inflight:"]
+        with self.conn_or_acquire() as client:
+            client.eval(delayed.SCHEDULE_SCRIPT, len(keys), *keys, *args)
+        delayed.mark_stored()
 
     def _take_args(self, keys: list[str]) -> list[Any]:
         liveness = self.liveness

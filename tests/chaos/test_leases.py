@@ -34,13 +34,17 @@ POLICY = """
 version: 1
 errors: {{transient: [tests.support.apps.lease.leaseapp.Transient]}}
 defaults:
-  retry: {{on: [transient], max_retries: 3, backoff: {{initial: {countdown}s, factor: 1, max: {countdown}s, jitter: none}}}}
+  retry:
+    on: [transient]
+    max_retries: 3
+    backoff: {{initial: {countdown}s, factor: 1, max: {countdown}s, jitter: none}}
   ack: {{late: true}}
 worker: {{prefetch_multiplier: 1, visibility_timeout: {visibility}s{extra}}}
 """
 
 
 def lease_policy(tmp_path: Path, countdown_s: float, extra: str = "") -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "lease.yaml"
     path.write_text(POLICY.format(countdown=countdown_s, visibility=VISIBILITY_S, extra=extra))
     return path
@@ -70,31 +74,42 @@ def test_a_long_task_and_a_long_countdown_run_once_under_leases_and_several_time
     redis_server_factory: Any, tmp_path: Path
 ) -> None:
     task_s, countdown_s = 20.0, 25.0
-    plain_server, policy_server = redis_server_factory(), redis_server_factory()
-    policy = lease_policy(tmp_path, countdown_s, extra=", delayed_delivery: false")
+    # plain Celery/kombu; celery-policy with leases only (the retry waits in the worker); with delayed delivery
+    plain_server, leased_server, delayed_server = (redis_server_factory() for _ in range(3))
     workers = lease_workers(tmp_path / "plain", plain_server, "plain", None)
-    workers += lease_workers(tmp_path / "policy", policy_server, "policy", policy)
+    leased = lease_policy(tmp_path / "leased", countdown_s, extra=", delayed_delivery: false")
+    workers += lease_workers(tmp_path / "leased", leased_server, "policy", leased)
+    workers += lease_workers(tmp_path / "delayed", delayed_server, "policy", lease_policy(tmp_path, countdown_s))
+    servers = (plain_server, leased_server, delayed_server)
     try:
         sent = time.time()
-        for server in (plain_server, policy_server):
+        for server in servers:
             app = producer(server.url)
             app.send_task("lease.long", args=["long", task_s])
             app.send_task("lease.retry", args=["retry", countdown_s])
+        client = delayed_server.client()
+        waiting = wait_for("the retry in the delayed set", lambda: client.zcard("celery-policy:delayed:celery"), 10)
+        assert client.hlen("unacked") == 1  # only the long task: the failed attempt was acked with the retry
         # Long enough for every copy kombu restores (each visibility timeout of each copy) to have started,
         # and for the retry to run once after its countdown.
-        wait_for("the policy's retry", lambda: len(runs(policy_server, "retry")) >= 2, countdown_s + 20)
+        for server in servers[1:]:
+            wait_for("the policy's retry", lambda s=server: len(runs(s, "retry")) >= 2, countdown_s + 20)
         time.sleep(max(0.0, sent + countdown_s + 2 * VISIBILITY_S + 3 - time.time()))
-        plain_long, plain_retry = runs(plain_server, "long"), runs(plain_server, "retry")
-        policy_long, policy_retry = runs(policy_server, "long"), runs(policy_server, "retry")
+        journals = {server.url: (runs(server, "long"), runs(server, "retry")) for server in servers}
     finally:
         for worker in workers:
             worker.kill()
+    assert waiting == 1
+    plain_long, plain_retry = journals[plain_server.url]
     assert len(plain_long) >= 2, plain_long  # plain kombu restored the running task's message: a duplicate
     assert len(plain_retry) >= 3, plain_retry  # ... and the parked countdown retry
-    assert len(policy_long) == 1, policy_long
-    assert [entry["retries"] for entry in policy_retry] == [0, 1], policy_retry
-    assert gaps(policy_retry)[0] >= countdown_s, policy_retry
-    assert not any(entry["redelivered"] for entry in policy_long + policy_retry)
+    for server in servers[1:]:
+        policy_long, policy_retry = journals[server.url]
+        assert len(policy_long) == 1, policy_long
+        assert [entry["retries"] for entry in policy_retry] == [0, 1], policy_retry
+        assert gaps(policy_retry)[0] >= countdown_s, policy_retry
+        assert not any(entry["redelivered"] for entry in policy_long + policy_retry)
+    assert client.zcard("celery-policy:delayed:celery") == 0
 
 
 def test_a_dead_workers_in_flight_message_is_run_by_a_live_peer_within_30_s(

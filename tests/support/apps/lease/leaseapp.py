@@ -92,3 +92,17 @@ def retry(self: Task, key: str, countdown_s: float, fail_times: int = 1) -> str:
             raise Transient("not yet")
         raise self.retry(countdown=countdown_s, max_retries=fail_times, exc=Transient("not yet"))
     return "done"
+
+
+@app.task(name="lease.snooze", bind=True)
+def snooze(self: Task, key: str, countdown_s: float) -> str:
+    """On its first run, puts itself back for ``countdown_s`` (schedule_delayed, no retry spent); then returns."""
+    from celery.exceptions import Ignore
+
+    from celery_policy.transport.delayed import schedule_delayed
+
+    if _record(self, key) == 1:
+        durable = schedule_delayed(self, countdown_s)
+        _journal.rpush(f"lease:snoozed:{key}", "durable" if durable else "held")
+        raise Ignore()
+    return "done"
