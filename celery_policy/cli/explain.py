@@ -16,7 +16,9 @@ from celery_policy.errors import Diagnostic, PolicyError
 ENV_VARIABLE = "CELERY_POLICY_ENV"
 
 
-def run_explain(task: str, files: Sequence[str], env: str | None = None, fmt: str = "text") -> int:
+def run_explain(
+    task: str, files: Sequence[str], env: str | None = None, fmt: str = "text", app: str | None = None
+) -> int:
     """Print ``task``'s effective policy to stdout; diagnostics go to stderr.
 
     ``files`` default to :func:`celery_policy.loader.default_policy_paths`, ``env``
@@ -41,8 +43,28 @@ def run_explain(task: str, files: Sequence[str], env: str | None = None, fmt: st
         _print_error(exc, sys.stderr)
         return FAILED
     text = render_json(explanation) if fmt == "json" else render_text(explanation)
+    if app:  # how many messages wait in the Redis broker's delayed set (delayed delivery), per queue
+        waiting = _delayed_counts(app)
+        if fmt == "json":
+            import json
+
+            text = json.dumps({**json.loads(text), "delayed": waiting}, indent=2, ensure_ascii=False) + "\n"
+        else:
+            per_queue = ", ".join(f"{queue} {count}" for queue, count in (waiting or {}).items()) or "none"
+            text += f"delayed messages in the broker: {per_queue if waiting is not None else 'not a Redis broker'}\n"
     sys.stdout.write(text)
     return OK
+
+
+def _delayed_counts(app: str) -> dict[str, int] | None:
+    from celery_policy import appinfo
+    from celery_policy.cli.delayed import delayed_counts
+
+    try:
+        celery_app = appinfo.import_app(app)
+    except appinfo.AppLoadError as exc:
+        raise click.UsageError(str(exc)) from exc
+    return delayed_counts(celery_app.conf.broker_url)
 
 
 def _print_error(exc: PolicyError, stream: TextIO) -> None:
@@ -65,6 +87,7 @@ def _render_diagnostic(diagnostic: Diagnostic) -> str:
 @options.policy_file_option("policy file (repeatable)")
 @options.env_option("environment overlay to apply")
 @options.format_option()
-def explain(task: str, files: tuple[str, ...], env: str | None, fmt: str) -> int:
+@click.option("--app", "app", help="Celery app module: also show the delayed messages its Redis broker holds")
+def explain(task: str, files: tuple[str, ...], env: str | None, fmt: str, app: str | None) -> int:
     """Show TASK's effective policy, where each value came from, and its retry schedule."""
-    return run_explain(task, list(files), env=env, fmt=fmt)
+    return run_explain(task, list(files), env=env, fmt=fmt, app=app)

@@ -150,10 +150,20 @@ def run_status(app: str, expect: Sequence[str], env: str | None, fmt: str, timeo
     if expected_policy is not None:
         for worker in workers:
             _compare(worker, expected_policy)
+    from celery_policy.cli.delayed import delayed_counts
+
+    waiting = delayed_counts(celery_app.conf.broker_url)  # delayed delivery on a Redis broker
     if fmt == "json":
-        click.echo(json.dumps(_status_json(workers, expected_policy, expect), indent=2, ensure_ascii=False))
+        found = _status_json(workers, expected_policy, expect)
+        if waiting:
+            found["delayed"] = waiting
+        click.echo(json.dumps(found, indent=2, ensure_ascii=False))
     else:
-        click.echo("\n".join(_status_text(workers, expected_policy, expect, timeout)))
+        lines = _status_text(workers, expected_policy, expect, timeout)
+        if waiting:
+            per_queue = ", ".join(f"{queue} {count}" for queue, count in waiting.items())
+            lines += ["", f"delayed messages (waiting in the broker): {per_queue}"]
+        click.echo("\n".join(lines))
     if not workers:
         return FAILED
     if expected_policy is not None and any(w.drifting for w in workers):

@@ -17,6 +17,7 @@ from celery_policy.cli.exit import OK, USAGE
 # command name -> "module:attribute" of its click command, in the order `--help` lists them
 COMMANDS = {
     "check": "celery_policy.cli.check:check",
+    "delayed": "celery_policy.cli.delayed:delayed",
     "diff": "celery_policy.cli.fleet:diff_command",
     "dlq": "celery_policy.cli.dlq:dlq",
     "explain": "celery_policy.cli.explain:explain",
