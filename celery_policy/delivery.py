@@ -9,8 +9,11 @@ treats as Redis), so ``check`` can tell which broker deadline still applies:
   timeout never restores them, however long the task runs or a countdown waits;
 - with delayed delivery on top, countdown retries wait in the broker's delayed set,
   not in the worker (no memory held, nothing unacked);
-- on RabbitMQ there is no delay path yet: a countdown retry is held unacked by the
-  consumer until due, so the broker's ``consumer_timeout`` applies to it.
+- on RabbitMQ, with ``worker.delayed_delivery: true`` (off by default there), policy
+  retries with a countdown of 1 s to 1 day wait in TTL bucket queues
+  (``celery_policy.runtime.amqp_delay``), not in a consumer; otherwise a countdown retry is
+  held unacked by the consumer until due, and the broker's ``consumer_timeout`` applies.
+  A late-acked task's own run time is held by its consumer either way.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 from celery_policy.model import PolicyDocument
 
 REDIS_SCHEMES = frozenset({"redis", "rediss"})
+AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp", "librabbitmq"})
 
 
 def _late_ack_anywhere(document: PolicyDocument) -> bool:
@@ -35,9 +39,11 @@ def reliable_fetch_on(document: PolicyDocument, scheme: str | None) -> bool:
 
 
 def delayed_delivery_on(document: PolicyDocument, scheme: str | None) -> bool:
-    """True when countdown retries wait in the broker instead of being held by a worker."""
+    """True when countdown retries (1 s or more) wait in the broker instead of being held by a worker."""
+    if scheme in AMQP_SCHEMES:
+        return document.worker.delayed_delivery is True  # TTL bucket queues, asked for explicitly
     if not reliable_fetch_on(document, scheme):
-        return False  # Redis: it needs reliable fetch; RabbitMQ: no delay path yet
+        return False  # Redis: it needs reliable fetch
     return document.worker.delayed_delivery is not False
 
 

@@ -25,6 +25,7 @@ from celery.app.annotations import resolve_all as resolve_all_annotations
 from celery_policy import transport as _reliable_fetch
 from celery_policy.appinfo import setting as _setting
 from celery_policy.deadletter.store import RedisStreamStore, store_url_for
+from celery_policy.delivery import AMQP_SCHEMES, delayed_delivery_on
 from celery_policy.errors import PolicyError
 from celery_policy.redis_urls import RedisUrlError
 from celery_policy.references import check_references, ensure_import_root
@@ -60,6 +61,9 @@ class AppRuntime:
         self._compiled: dict[int, Any] = {}
         self.decorator_options: dict[str, dict[str, Any]] = {}  # what task decorators set, seen at binding
         self._settings: dict[str, Any] | None = None
+        # RabbitMQ: countdown retries through TTL bucket queues (runtime/amqp_delay.py); Redis: see transport/
+        scheme = _reliable_fetch.broker_scheme(app)
+        self.amqp_delay = scheme in AMQP_SCHEMES and delayed_delivery_on(policy.document, scheme)
 
     def verify_references(self) -> None:
         """Import every exception class and hook the policy names; raise PolicyError listing all failures.
@@ -81,6 +85,7 @@ class AppRuntime:
             self.verify_references()
             run = _body(task) if task is not None else None
             runtime = TaskRuntime(self.policy.for_task(name), run, self._compiled)
+            runtime.amqp_delay = self.amqp_delay
             if runtime.needs_redis:
                 store = self.store()
                 runtime.bind_redis(store, store.client)

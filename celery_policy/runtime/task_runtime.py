@@ -21,6 +21,7 @@ from celery_policy.deadletter.store import DeadLetterStore
 from celery_policy.errors import PolicyError
 from celery_policy.references import import_object
 from celery_policy.resolve import ResolvedPolicy
+from celery_policy.runtime.amqp_delay import retry_options
 from celery_policy.runtime.attributes import celery_attributes
 from celery_policy.runtime.classify import Action, Classifier, Outcome
 from celery_policy.runtime.dead_letter import DeadLetterWriter, RedeliveryCounter, store_rejected_failure
@@ -79,6 +80,7 @@ class TaskRuntime:
         self.dead_letters = DeadLetterWriter(self.name, self.args)  # its store is set by bind_redis()
         self.redeliveries: RedeliveryCounter | None = None  # set by bind_redis()
         self.idempotency: IdempotencyGuard | None = None  # set by bind_redis()
+        self.amqp_delay = False  # RabbitMQ delay path (runtime.amqp_delay), set at install
         self.needs_wrapper = (
             self.classifier.retries_anything
             or self.return_error
@@ -158,9 +160,15 @@ class TaskRuntime:
                     try:
                         # delayed delivery (Redis): the retry goes to the broker's delayed set, acking this
                         # message in the same script; elsewhere acking() changes nothing
+                        # RabbitMQ with delayed delivery: through a TTL bucket queue, no eta held by a consumer
+                        delay = retry_options(request, countdown) if self.amqp_delay else None
                         with acking(ack_tag_of(task)):
                             return task.retry(
-                                exc=exc, countdown=countdown, max_retries=attempt, headers=headers, throw=False
+                                exc=exc,
+                                max_retries=attempt,
+                                headers=headers,
+                                throw=False,
+                                **(delay or {"countdown": countdown}),
                             )
                     except Reject as rejected:
                         # Celery turns a failed publish of the retry into Reject(requeue=False), which drops
