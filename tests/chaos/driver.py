@@ -51,6 +51,9 @@ defaults:
 tasks:
   chaos.ok: {{idempotency: {{key: "ok:{{args[0]}}", ttl: 1h}}}}
   chaos.flaky: {{idempotency: {{key: "flaky:{{args[0]}}", ttl: 1h}}}}
+  chaos.later:
+    idempotency: {{key: "later:{{args[0]}}", ttl: 1h}}
+    retry: {{max_retries: 2, backoff: {{initial: {later_backoff_s}s, factor: 1, max: {later_backoff_s}s, jitter: none}}}}
   chaos.slow:
     retry: {{on: [celery.exceptions.SoftTimeLimitExceeded], max_retries: 1,
             backoff: {{initial: 0, factor: 1, max: 0, jitter: none}}}}
@@ -74,6 +77,7 @@ class ChaosConfig:
     max_redeliveries: int = 3
     deadline_s: float = 240.0
     settle_s: float = 8.0  # no progress for this long with nothing left to do: stop
+    later_backoff_s: float = 6.0  # chaos.later: one retry after this long (waits in the delayed set)
 
 
 @dataclass
@@ -93,6 +97,7 @@ class ChaosReport:
     poison_runs: dict[int, int] = field(default_factory=dict)
     poison_dead_letters: dict[int, int] = field(default_factory=dict)
     unexpected_dead_letters: int = 0
+    early_retries: list[int] = field(default_factory=list)  # chaos.later keys retried before their backoff
     seconds: float = 0.0
     worker_exits: list[str] = field(default_factory=list)
 
@@ -124,6 +129,7 @@ def plan_tasks(config: ChaosConfig) -> list[tuple[str, list[Any]]]:
         + ["chaos.slow"] * max(2, n // 250)
         + ["chaos.permanent"] * max(2, n // 20)
         + ["chaos.flaky"] * max(2, n // 10)
+        + ["chaos.later"] * max(2, n // 20)
     )
     kinds += ["chaos.ok"] * (n - len(kinds))
     rng.shuffle(kinds)
@@ -152,6 +158,8 @@ def _pending_ids(broker: Any, *, unacked: bool = True) -> set[int]:
             payloads += [json.loads(raw) for raw in broker.lrange(key, 0, -1)]
     if unacked:
         payloads += [json.loads(entry)[0] for entry in broker.hvals("unacked")]
+    for key in broker.scan_iter(match="celery-policy:delayed:*", count=1000):  # delayed delivery: due later
+        payloads += [json.loads(m.split(b"\n", 1)[1]) for m in broker.zrange(key, 0, -1)]
     ids: set[int] = set()
     for payload in payloads:
         task_id = str(payload.get("headers", {}).get("id") or "")
@@ -203,6 +211,7 @@ class ChaosRun:
                 reliable="true" if config.reliable else "false",
                 evidence=self.evidence_server.url,
                 stream=STREAM,
+                later_backoff_s=config.later_backoff_s,
             )
         )
         try:
@@ -316,8 +325,13 @@ class ChaosRun:
             elif kind == "chaos.poison":
                 report.poison_runs[i] = runs
                 report.poison_dead_letters[i] = dl
-            elif kind in ("chaos.ok", "chaos.flaky") and dl:
+            elif kind in ("chaos.ok", "chaos.flaky", "chaos.later") and dl:
                 report.unexpected_dead_letters += 1
+            if kind == "chaos.later":
+                times = [float(t) for t in evidence.lrange(f"late:{i}", 0, -1)]
+                # a run after the first is a retry only if it came a backoff later (a redelivery may come sooner)
+                if effects and max(times) - min(times) < config.later_backoff_s:
+                    report.early_retries.append(i)
 
 
 def format_table(reports: list[ChaosReport]) -> str:
