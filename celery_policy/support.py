@@ -105,6 +105,9 @@ def celery_problems() -> list[str]:
         problems.append("celery.Task._exec_options")
     if not hasattr(Task, "Request"):  # runtime.request: the documented custom Request class hook
         problems.append("celery.Task.Request")
+    # delayed delivery acks the retried message by its delivery tag, read from task.request.properties
+    if "properties" not in _names(Request.__init__) and "properties" not in Request.__init__.__code__.co_consts:
+        problems.append("celery.worker.request.Request passes the message properties to the task request")
     return problems
 
 
@@ -141,6 +144,7 @@ def kombu_redis_problems() -> list[str]:
             "_brpop_start", "_brpop_read", "_q_for_pri", "_connparams", "_disconnect_pools", "conn_or_acquire",
             "basic_consume", "basic_get", "priority_steps", "sep", "unacked_key", "unacked_index_key",
             "from_transport_options", "global_keyprefix", "visibility_timeout",
+            "_put", "_get_message_priority",  # delayed delivery: the publish of one message to its priority list
         ),
     )  # fmt: skip
     # leases: the sweep renews what this process holds first; the heartbeat thread reads the delivered tags
@@ -162,6 +166,7 @@ def kombu_redis_problems() -> list[str]:
         (qos, "append"): ("self", "message", "delivery_tag"),
         (poller, "get"): ("self", "callback", "timeout"),
         (virtual.Transport, "_deliver"): ("self", "message", "queue"),
+        (channel, "_put"): ("self", "queue", "message"),
     }
     for (owner, name), params in expected.items():
         found = _params(getattr(owner, name, None))

@@ -53,7 +53,9 @@ tasks:
   chaos.flaky: {{idempotency: {{key: "flaky:{{args[0]}}", ttl: 1h}}}}
   chaos.later:
     idempotency: {{key: "later:{{args[0]}}", ttl: 1h}}
-    retry: {{max_retries: 2, backoff: {{initial: {later_backoff_s}s, factor: 1, max: {later_backoff_s}s, jitter: none}}}}
+    retry:
+      max_retries: 2
+      backoff: {{initial: {later_backoff_s}s, factor: 1, max: {later_backoff_s}s, jitter: none}}
   chaos.slow:
     retry: {{on: [celery.exceptions.SoftTimeLimitExceeded], max_retries: 1,
             backoff: {{initial: 0, factor: 1, max: 0, jitter: none}}}}
@@ -330,7 +332,7 @@ class ChaosRun:
             if kind == "chaos.later":
                 times = [float(t) for t in evidence.lrange(f"late:{i}", 0, -1)]
                 # a run after the first is a retry only if it came a backoff later (a redelivery may come sooner)
-                if effects and max(times) - min(times) < config.later_backoff_s:
+                if effects and max(times) - min(times) < self.config.later_backoff_s:
                     report.early_retries.append(i)
 
 

@@ -100,6 +100,9 @@ def test_a_long_task_and_a_long_countdown_run_once_under_leases_and_several_time
         for worker in workers:
             worker.kill()
     assert waiting == 1
+    for name, server in zip(("plain kombu", "leases", "leases + delayed delivery"), servers, strict=True):
+        print(f"runs with visibility timeout {VISIBILITY_S:g}s: {name}: {task_s:g}s task "  # the README's figures
+              f"{len(journals[server.url][0])}, {countdown_s:g}s countdown {len(journals[server.url][1])}")  # fmt: skip
     plain_long, plain_retry = journals[plain_server.url]
     assert len(plain_long) >= 2, plain_long  # plain kombu restored the running task's message: a duplicate
     assert len(plain_retry) >= 3, plain_retry  # ... and the parked countdown retry
