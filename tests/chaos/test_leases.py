@@ -132,6 +132,7 @@ def test_a_dead_workers_in_flight_message_is_run_by_a_live_peer_within_30_s(
     finally:
         first.kill()
         second.kill()
+    print(f"a dead worker's in-flight message ran on its peer {again['t'] - killed_at:.1f}s after the SIGKILL")
     assert again["pid"] == peer.pid
     assert again["redelivered"] is True
     assert again["t"] - killed_at < 30, again
