@@ -89,19 +89,69 @@ def park(client: redis.Redis, app: Any, queue: str, pid: int, count: int, timeou
             "seconds": seconds}  # fmt: skip
 
 
+def baseline(opts: Any) -> None:
+    from celery import Celery
+
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        server, url = start_redis(tmp)
+        client = redis.Redis.from_url(url)
+        producer_app = Celery("bench-producer", broker=url)
+        (tmp / "park.yaml").write_text(POLICY.format(backoff="1h", delayed="true"))
+        os.environ["BENCH_PARK_S"] = "0"  # read by the worker (benchmarks/e2e_app.py)
+        worker = start_worker("plain", opts.pool, "q-base", url, tmp / "park.yaml", tmp / "base.log")
+        try:
+            wait_ready(client, producer_app, "q-base")
+            row = park(client, producer_app, "q-base", worker.pid, opts.parked, 900)
+        finally:
+            stop_all([worker], server)
+    print(f"plain Celery, {opts.parked} retries run at once (nothing held): RSS growth {row['growth_mb']:.1f} MB")
+    from benchmarks._results import save
+
+    save("delayed-baseline", {"parked": opts.parked, "pool": opts.pool, "plain Celery, countdown 0": row})
+
+
+def throughput(opts: Any, tmp: Path) -> dict[str, list[float]]:
+    """The drain rate with delayed delivery on and off, rounds interleaved (a fresh redis-server)."""
+    from celery import Celery
+
+    runs: dict[str, list[float]] = {"on": [], "off": []}
+    server, url = start_redis(tmp)
+    client = redis.Redis.from_url(url)
+    producer_app = Celery("bench-producer", broker=url)
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for mode in ("on", "off"):
+            path = tmp / f"{mode}.yaml"
+            path.write_text(POLICY.format(backoff=0, delayed="true" if mode == "on" else "false"))
+            procs[mode] = start_worker("policy", opts.pool, f"q-{mode}", url, path, tmp / f"{mode}.log")
+        for mode in procs:
+            wait_ready(client, producer_app, f"q-{mode}")
+        time.sleep(1.0)
+        for _ in range(opts.rounds):
+            for mode in ("on", "off"):  # A B A B
+                runs[mode].append(one_run(client, producer_app, f"q-{mode}", procs[mode].pid, opts.tasks, 0.1))
+    finally:
+        stop_all(list(procs.values()), server)
+    return runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--parked", type=int, default=20000)
     parser.add_argument("--tasks", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--pool", default="solo")
+    parser.add_argument("--baseline", action="store_true", help="only plain Celery retrying at once (see above)")
     opts = parser.parse_args()
+    if opts.baseline:
+        baseline(opts)
+        return
     from celery import Celery
 
     from celery_policy.transport import delayed
 
     parked: dict[str, dict[str, Any]] = {}
-    runs: dict[str, list[float]] = {"on": [], "off": []}
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         server, url = start_redis(tmp)
@@ -122,26 +172,9 @@ def main() -> None:
             parked["celery-policy"]["in_delayed_set"] = delayed.counts(client).get("q-park-policy", 0) - 200
             held = int(client.hlen("unacked")) - parked["plain Celery"]["held_unacked"] - 200
             parked["celery-policy"]["held_unacked"] = held
-            stop_all(workers, server)
-            workers = []
-            server, url = start_redis(tmp)
-            client = redis.Redis.from_url(url)
-            producer_app = Celery("bench-producer", broker=url)
-            # 2. throughput with delayed delivery on vs off
-            procs: dict[str, subprocess.Popen[bytes]] = {}
-            for mode in ("on", "off"):
-                path = tmp / f"{mode}.yaml"
-                path.write_text(POLICY.format(backoff=0, delayed="true" if mode == "on" else "false"))
-                procs[mode] = start_worker("policy", opts.pool, f"q-{mode}", url, path, tmp / f"{mode}.log")
-                workers.append(procs[mode])
-            for mode in procs:
-                wait_ready(client, producer_app, f"q-{mode}")
-            time.sleep(1.0)
-            for _ in range(opts.rounds):
-                for mode in ("on", "off"):  # A B A B
-                    runs[mode].append(one_run(client, producer_app, f"q-{mode}", procs[mode].pid, opts.tasks, 0.1))
         finally:
             stop_all(workers, server)
+        runs = throughput(opts, tmp)
     ratio = statistics.median(runs["on"]) / statistics.median(runs["off"])
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, pool {opts.pool}, load {os.getloadavg()[0]:.2f}")
     print(f"{opts.parked} retries parked with a 1 h backoff:")

@@ -23,6 +23,7 @@ CASES = {
     "e2e": ["bench_e2e.py", "--tasks", "40", "--rounds", "1", "--pools", "solo"],
     "dlq": ["bench_dlq.py", "--records", "100", "--stream", "300"],
     "fetch": ["bench_fetch.py", "--tasks", "40", "--rounds", "1", "--pools", "solo"],
+    "delayed": ["bench_delayed.py", "--parked", "20", "--tasks", "40", "--rounds", "1"],
 }
 
 
