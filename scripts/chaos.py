@@ -6,8 +6,8 @@
     .venv/bin/python scripts/chaos.py --tasks 1000 --main-kills 3 --child-kills 2 --restarts 1
 
 Exit code 1 when a reliable-fetch run lost a task, ran an idempotent side effect
-twice, dead-lettered a permanent failure other than once, or let a poison pill
-run past max_redeliveries.
+twice, dead-lettered a permanent failure other than once, let a poison pill
+run past max_redeliveries, or retried a long-backoff task before its backoff.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ def problems(report: ChaosReport) -> list[str]:
     over = {k: v for k, v in report.poison_runs.items() if v > cap or report.poison_dead_letters.get(k) != 1}
     if over:
         found.append(f"poison pills past max_redeliveries or not dead-lettered once: {over}")
+    if report.early_retries:
+        found.append(f"long-backoff tasks retried before their backoff: {report.early_retries[:20]}")
     return found
 
 
