@@ -30,7 +30,7 @@ def problems(report: ChaosReport) -> list[str]:
     if report.pending:
         found.append(f"{report.pending} still pending at the end")
     if report.duplicate_effects:
-        found.append(f"{report.duplicate_effects} duplicate side effects")
+        found.append(f"{report.duplicate_effects} duplicate side effects: {report.duplicate_kinds}")
     bad = {k: v for k, v in report.permanent_dead_letters.items() if v != 1}
     if bad:
         found.append(f"permanent failures not dead-lettered exactly once: {bad}")

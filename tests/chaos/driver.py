@@ -95,6 +95,7 @@ class ChaosReport:
     lost: int = 0
     lost_ids: list[int] = field(default_factory=list)
     duplicate_effects: int = 0
+    duplicate_kinds: dict[int, str] = field(default_factory=dict)  # key -> task kind, for each duplicated effect
     permanent_dead_letters: dict[int, int] = field(default_factory=dict)
     poison_runs: dict[int, int] = field(default_factory=dict)
     poison_dead_letters: dict[int, int] = field(default_factory=dict)
@@ -313,6 +314,7 @@ class ChaosRun:
             dl = dead.get(i, 0)
             if effects > 1:
                 report.duplicate_effects += effects - 1
+                report.duplicate_kinds[i] = kind
             if effects:
                 report.succeeded += 1
             elif dl:
