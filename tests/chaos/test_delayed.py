@@ -128,7 +128,7 @@ def test_a_retry_is_stored_with_the_ack_of_its_failed_attempt_in_one_step(redis_
         assert not client.sismember(f"celery-policy:rf:inflight:{channel.liveness.consumer_id}", tag)
         assert delayed.counts(client) == {"rq": 1}
         taken.ack()  # Celery's ack afterwards finds nothing left
-        # a second publish in the same block, or one due within delayed_min_delay, acks nothing and goes straight in
+        # a message due within delayed_min_delay (1 s) goes straight to its list
         conn.Producer().publish({"n": 2}, routing_key="rq", headers={"eta": time.strftime("%Y-%m-%dT%H:%M:%S",
                                 time.gmtime(time.time())) + "+00:00", "id": "now"})  # fmt: skip
     assert client.llen("rq") == 1
