@@ -39,3 +39,20 @@ def work(self, i: int, fail_once: bool) -> int:
         raise ConnectionError("transient")
     counter.incr("bench:done")
     return i
+
+
+_park_options: dict[str, object] = (
+    {}
+    if MODE == "policy"
+    else {**options, "retry_kwargs": {"countdown": float(os.environ.get("BENCH_PARK_S", "3600")), "max_retries": 3}}
+)
+
+
+@app.task(name="bench.park", bind=True, **_park_options)
+def park(self, i: int) -> int:
+    """Fails its first attempt: the retry is parked for the backoff (1 h), by the worker or by the broker."""
+    if not self.request.retries:
+        counter.incr("bench:parked")
+        raise ConnectionError("transient")
+    counter.incr("bench:done")
+    return i

@@ -349,6 +349,13 @@ class WorkerSettings(_Section):
         "of dead workers (celery_policy.transport.redis); unset = on when the broker is redis:// and any task has "
         "ack.late",
     )
+    delayed_delivery: bool | None = Field(
+        None,
+        description="countdown retries wait in the broker, not in worker memory: on Redis with reliable fetch, "
+        "in a sorted set by due time (written atomically with the ack of the failed attempt); on RabbitMQ, in "
+        "per-delay TTL queues that dead-letter back to the work queue; unset = on with reliable fetch, off on "
+        "RabbitMQ",
+    )
 
     @field_validator("visibility_timeout", "consumer_timeout")
     @classmethod

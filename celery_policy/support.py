@@ -108,6 +108,9 @@ def celery_problems() -> list[str]:
     # runtime.flow publishes a snoozed task as Task.retry publishes a retry (same id, canvas, headers, queue)
     if not hasattr(Task, "signature_from_request"):
         problems.append("celery.Task.signature_from_request")
+    # delayed delivery acks the retried message by its delivery tag, read from task.request.properties
+    if "properties" not in _names(Request.__init__) and "properties" not in Request.__init__.__code__.co_consts:
+        problems.append("celery.worker.request.Request passes the message properties to the task request")
     return problems
 
 
@@ -143,10 +146,15 @@ def kombu_redis_problems() -> list[str]:
         (
             "_brpop_start", "_brpop_read", "_q_for_pri", "_connparams", "_disconnect_pools", "conn_or_acquire",
             "basic_consume", "basic_get", "priority_steps", "sep", "unacked_key", "unacked_index_key",
-            "from_transport_options", "global_keyprefix",
+            "from_transport_options", "global_keyprefix", "visibility_timeout",
+            "_put", "_get_message_priority",  # delayed delivery: the publish of one message to its priority list
         ),
     )  # fmt: skip
-    problems += _missing(qos, "kombu.transport.redis.QoS", ("append", "_remove_from_indices", "pipe_or_acquire"))
+    # leases: the sweep renews what this process holds first; the heartbeat thread reads the delivered tags
+    qos_names = ("append", "_remove_from_indices", "pipe_or_acquire", "restore_visible")
+    problems += _missing(qos, "kombu.transport.redis.QoS", qos_names)
+    if "_delivered" not in _names(virtual.QoS.__init__):
+        problems.append("kombu.transport.virtual.QoS._delivered")
     problems += _missing(poller, "kombu.transport.redis.MultiChannelPoller", ("get", "_register_BRPOP"))
     if hasattr(poller, "_register_BRPOP") and "_brpop_start" not in _names(poller._register_BRPOP):
         problems.append("MultiChannelPoller._register_BRPOP no longer calls Channel._brpop_start")
@@ -161,6 +169,7 @@ def kombu_redis_problems() -> list[str]:
         (qos, "append"): ("self", "message", "delivery_tag"),
         (poller, "get"): ("self", "callback", "timeout"),
         (virtual.Transport, "_deliver"): ("self", "message", "queue"),
+        (channel, "_put"): ("self", "queue", "message"),
     }
     for (owner, name), params in expected.items():
         found = _params(getattr(owner, name, None))

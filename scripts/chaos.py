@@ -6,9 +6,10 @@
     .venv/bin/python scripts/chaos.py --tasks 1000 --main-kills 3 --child-kills 2 --restarts 1
 
 Exit code 1 when a reliable-fetch run lost a task, ran an idempotent side effect
-twice, dead-lettered a permanent failure other than once, or let a poison pill
-run past max_redeliveries, dead-lettered a task that succeeds, or let a fault land
-while no message was in flight.
+twice, dead-lettered a permanent failure other than once, let a poison pill
+run past max_redeliveries, dead-lettered a task that succeeds, retried a
+long-backoff task before its backoff, or let a fault land while no message was
+in flight.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def problems(report: ChaosReport) -> list[str]:
     if report.pending:
         found.append(f"{report.pending} still pending at the end")
     if report.duplicate_effects:
-        found.append(f"{report.duplicate_effects} duplicate side effects")
+        found.append(f"{report.duplicate_effects} duplicate side effects: {report.duplicate_kinds}")
     bad = {k: v for k, v in report.permanent_dead_letters.items() if v != 1}
     if bad:
         found.append(f"permanent failures not dead-lettered exactly once: {bad}")
@@ -49,6 +50,8 @@ def problems(report: ChaosReport) -> list[str]:
     idle = [f"{action} ({in_flight})" for action, in_flight in report.in_flight_at_fault if in_flight <= 0]
     if idle:
         found.append(f"{len(idle)} faults hit no work in flight (-1: the broker did not answer): {idle}")
+    if report.early_retries:
+        found.append(f"long-backoff tasks retried before their backoff: {report.early_retries[:20]}")
     return found
 
 

@@ -23,6 +23,7 @@ def run_explain(
     fmt: str = "text",
     registered: Collection[str] | None = None,
     own_retries: str | None = None,
+    app: str | None = None,
 ) -> int:
     """Print ``task``'s effective policy to stdout; diagnostics go to stderr.
 
@@ -66,6 +67,15 @@ def run_explain(
     text = render_json(explanation) if fmt == "json" else render_text(explanation)
     if own_retries and fmt != "json":
         text += f"\n{own_retries}\n"
+    if app:  # how many messages wait in the Redis broker's delayed set (delayed delivery), per queue
+        waiting = _delayed_counts(app)
+        if fmt == "json":
+            import json
+
+            text = json.dumps({**json.loads(text), "delayed": waiting}, indent=2, ensure_ascii=False) + "\n"
+        else:
+            per_queue = ", ".join(f"{queue} {count}" for queue, count in (waiting or {}).items()) or "none"
+            text += f"delayed messages in the broker: {per_queue if waiting is not None else 'not a Redis broker'}\n"
     sys.stdout.write(text)
     return OK
 
@@ -84,6 +94,17 @@ def describe_own_retries(task: object) -> str | None:
         names = ", ".join(sorted(own.read_options))
         parts.append(f"reads its own {names} (at {own.where(sorted(own.read_options)[0])})")
     return "the task's own code " + " and ".join(parts) + ": see retry.self_retry above for what the policy does there"
+
+
+def _delayed_counts(app: str) -> dict[str, int] | None:
+    from celery_policy import appinfo
+    from celery_policy.cli.delayed import delayed_counts
+
+    try:
+        celery_app = appinfo.import_app(app)
+    except appinfo.AppLoadError as exc:
+        raise click.UsageError(str(exc)) from exc
+    return delayed_counts(celery_app.conf.broker_url)
 
 
 def _print_error(exc: PolicyError, stream: TextIO) -> None:
@@ -106,19 +127,22 @@ def _render_diagnostic(diagnostic: Diagnostic) -> str:
 @options.policy_file_option("policy file (repeatable)")
 @options.env_option("environment overlay to apply")
 @options.format_option()
-@click.option("--app", "app", help="Celery app module (e.g. proj.celery): an unknown TASK is an error, with a hint")
+@click.option(
+    "--app",
+    "app",
+    help="Celery app module (e.g. proj.celery): an unknown TASK is an error, with a hint; also shows the delayed"
+    " messages its Redis broker holds",
+)
 def explain(task: str, files: tuple[str, ...], env: str | None, fmt: str, app: str | None) -> int:
     """Show TASK's effective policy, where each value came from, and its retry schedule."""
-    registered = None
-    if app is not None:
-        from celery_policy.appinfo import AppLoadError, import_app
+    if app is None:
+        return run_explain(task, list(files), env=env, fmt=fmt)
+    from celery_policy.appinfo import AppLoadError, import_app
 
-        try:
-            tasks = import_app(app, finalize=True).tasks
-        except AppLoadError as exc:
-            sys.stderr.write(f"error: {exc}\n")
-            return USAGE
-        registered = set(tasks.keys())
-        note = describe_own_retries(tasks[task]) if task in tasks else None
-        return run_explain(task, list(files), env=env, fmt=fmt, registered=registered, own_retries=note)
-    return run_explain(task, list(files), env=env, fmt=fmt, registered=registered)
+    try:
+        tasks = import_app(app, finalize=True).tasks
+    except AppLoadError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return USAGE
+    note = describe_own_retries(tasks[task]) if task in tasks else None
+    return run_explain(task, list(files), env=env, fmt=fmt, registered=set(tasks.keys()), own_retries=note, app=app)

@@ -152,13 +152,21 @@ def run_status(app: str, expect: Sequence[str], env: str | None, fmt: str, timeo
         for worker in workers:
             _compare(worker, expected_policy)
     flow = _breakers_for_status(celery_app, expected_policy)  # breaker states next to the fleet (cli/breakers.py)
+    from celery_policy.cli.delayed import delayed_counts
+
+    waiting = delayed_counts(celery_app.conf.broker_url)  # delayed delivery on a Redis broker
     if fmt == "json":
         body = _status_json(workers, expected_policy, expect)
         if flow is not None:
             body["breakers"] = flow[1]
+        if waiting:
+            body["delayed"] = waiting
         click.echo(json.dumps(body, indent=2, ensure_ascii=False))
     else:
         lines = _status_text(workers, expected_policy, expect, timeout)
+        if waiting:
+            per_queue = ", ".join(f"{queue} {count}" for queue, count in waiting.items())
+            lines += ["", f"delayed messages (waiting in the broker): {per_queue}"]
         if flow is not None:
             lines += ["", *flow[0]]
         click.echo("\n".join(lines))

@@ -18,6 +18,7 @@ from celery_policy.cli.exit import OK, USAGE
 COMMANDS = {
     "breakers": "celery_policy.cli.breakers:breakers",
     "check": "celery_policy.cli.check:check",
+    "delayed": "celery_policy.cli.delayed:delayed",
     "diff": "celery_policy.cli.fleet:diff_command",
     "dlq": "celery_policy.cli.dlq:dlq",
     "explain": "celery_policy.cli.explain:explain",

@@ -26,6 +26,7 @@ from celery.app.annotations import resolve_all as resolve_all_annotations
 from celery_policy import transport as _reliable_fetch
 from celery_policy.appinfo import setting as _setting
 from celery_policy.deadletter.store import RedisStreamStore, store_url_for
+from celery_policy.delivery import AMQP_SCHEMES, delayed_delivery_on
 from celery_policy.errors import PolicyError
 from celery_policy.lint.engine import boot_findings
 from celery_policy.redis_urls import RedisUrlError
@@ -59,6 +60,9 @@ class AppRuntime:
         self.decorator_options: dict[str, dict[str, Any]] = {}  # what task decorators set, seen at binding
         self._settings: dict[str, Any] | None = None
         self.conf_before: dict[str, Any] | None = None  # app.conf as the app set it, before install() changed it
+        # RabbitMQ: countdown retries through TTL bucket queues (runtime/amqp_delay.py); Redis: see transport/
+        scheme = _reliable_fetch.broker_scheme(app)
+        self.amqp_delay = scheme in AMQP_SCHEMES and delayed_delivery_on(policy.document, scheme)
 
     def verify_references(self) -> None:
         """Import every exception class and hook the policy names; raise PolicyError listing all failures.
@@ -82,6 +86,7 @@ class AppRuntime:
             self.verify_references()
             run = _body(task) if task is not None else None
             runtime = TaskRuntime(self.policy.for_task(name), run, self._compiled)
+            runtime.amqp_delay = self.amqp_delay
             if runtime.needs_redis:
                 store = self.store()
                 runtime.bind_redis(store, store.client)
@@ -223,11 +228,13 @@ def _install(
     reliable = _reliable_fetch.decide(app, policy)  # atomic take on a Redis broker; see celery_policy/transport/
     from celery_policy.runtime import prometheus  # observability.prometheus: the worker's /metrics endpoint
 
+    delayed = _reliable_fetch.delayed_delivery_wanted(policy, reliable)  # countdowns wait in the broker's Redis
+
     prometheus.configure(app, policy)  # PolicyError now when prometheus_client is missing; starts at worker_init
 
     runtime.conf_before = conf_values(app)  # what init and check --app read: the app's own settings
     _apply_conf(app, policy)
-    _reliable_fetch.configure(app, reliable)
+    _reliable_fetch.configure(app, reliable, delayed)
     _amqp.apply_plan(app, policy, queue_plan)
     app.conf.task_routes = (runtime.router, *_as_routes(app.conf.task_routes))
     app.conf.task_annotations = (PolicyAnnotator(runtime, app.conf.task_annotations),)

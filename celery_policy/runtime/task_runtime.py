@@ -21,6 +21,7 @@ from celery_policy.deadletter.store import DeadLetterStore
 from celery_policy.errors import PolicyError
 from celery_policy.references import import_object
 from celery_policy.resolve import ResolvedPolicy
+from celery_policy.runtime.amqp_delay import retry_options
 from celery_policy.runtime.attributes import celery_attributes
 from celery_policy.runtime.classify import Action, Classifier, Outcome
 from celery_policy.runtime.dead_letter import DeadLetterWriter, RedeliveryCounter, store_rejected_failure
@@ -29,6 +30,7 @@ from celery_policy.runtime.events import ArgRenderer, call_hook, log_decision, l
 from celery_policy.runtime.headers import HEADER, headers_to_copy, policy_state
 from celery_policy.runtime.idempotency import Entry, IdempotencyGuard, IdempotencyKeyError
 from celery_policy.support import celery_stores_rejected_failure
+from celery_policy.transport.delayed import ack_tag_of, acking
 
 if TYPE_CHECKING:
     from celery_policy.runtime.flow import FlowGate
@@ -83,6 +85,7 @@ class TaskRuntime:
         self.redeliveries: RedeliveryCounter | None = None  # set by bind_redis()
         self.idempotency: IdempotencyGuard | None = None  # set by bind_redis()
         self.flow: FlowGate | None = None  # breaker / limit before the body; set by bind_flow()
+        self.amqp_delay = False  # RabbitMQ delay path (runtime.amqp_delay), set at install
         self.needs_wrapper = (
             self.classifier.retries_anything
             or self.return_error
@@ -181,9 +184,18 @@ class TaskRuntime:
                     # throw=False: the wrapper raises it, so the traceback Celery renders (billiard's
                     # ExceptionInfo costs ~0.1 ms per frame on Python 3.11) stays as short as autoretry's.
                     try:
-                        return task.retry(
-                            exc=exc, countdown=countdown, max_retries=attempt, headers=headers, throw=False
-                        )
+                        # delayed delivery (Redis): the retry goes to the broker's delayed set, acking this
+                        # message in the same script; elsewhere acking() changes nothing
+                        # RabbitMQ with delayed delivery: through a TTL bucket queue, no eta held by a consumer
+                        delay = retry_options(request, countdown) if self.amqp_delay else None
+                        with acking(ack_tag_of(task)):
+                            return task.retry(
+                                exc=exc,
+                                max_retries=attempt,
+                                headers=headers,
+                                throw=False,
+                                **(delay or {"countdown": countdown}),
+                            )
                     except Reject as rejected:
                         # Celery turns a failed publish of the retry into Reject(requeue=False), which drops
                         # the message: with late ack put it back instead (it runs again once the broker is

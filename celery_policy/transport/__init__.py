@@ -1,7 +1,8 @@
-"""kombu transports installed by celery-policy (reliable fetch for the Redis broker).
+"""kombu transports installed by celery-policy (reliable fetch, leases and delayed delivery for the Redis broker).
 
 ``celery_policy.transport.redis:Transport`` is kombu's Redis transport with
-the take made atomic: see that module's docstring. :func:`configure` is the
+the take made atomic and leased: see that module's docstring; delayed
+delivery is :mod:`celery_policy.transport.delayed`. :func:`configure` is the
 switch ``celery_policy.install`` calls.
 """
 
@@ -87,7 +88,23 @@ def decide(app: Any, policy: Policy) -> bool:
     return False
 
 
-def configure(app: Any, reliable: bool) -> None:
-    """Switch the app's broker transport to reliable fetch when :func:`decide` said so."""
+def delayed_delivery_wanted(policy: Policy, reliable: bool) -> bool:
+    """Redis: ``worker.delayed_delivery`` if set, else on whenever reliable fetch is (it needs reliable fetch)."""
+    setting = policy.document.worker.delayed_delivery
+    if setting is False:
+        return False
+    if not reliable:
+        if setting:
+            logger.warning("worker.delayed_delivery on Redis needs reliable fetch, which is off: left off")
+        return False
+    return True
+
+
+def configure(app: Any, reliable: bool, delayed: bool = False) -> None:
+    """Switch the app's broker transport to reliable fetch (and delayed delivery) when :func:`decide` said so."""
     if reliable:
         app.conf.broker_transport = RELIABLE_TRANSPORT
+    if reliable and delayed:
+        options = dict(app.conf.broker_transport_options or {})
+        options["delayed_delivery"] = True
+        app.conf.broker_transport_options = options

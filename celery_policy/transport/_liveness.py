@@ -16,6 +16,20 @@ from, marked redelivered, by one Lua script that checks ownership and the
 unacked entry first (so a message restored by kombu's visibility timeout and
 taken by someone else is never restored twice).
 
+Leases. kombu restores any unacked message whose ``unacked_index`` score (the
+time it was delivered) is older than the visibility timeout, whether or not its
+consumer is alive. The same thread renews the lease of every message this
+process still holds (in the delivered set of one of its open channels): it
+moves that message's score to now, ``ZADD XX``, at least four times per
+visibility timeout. So no visibility-timeout sweep, ours or the one kombu runs
+in any consumer on the same Redis, ever sees a held message as old. What the
+process no longer holds (a closed channel's leftovers, a bug) stops being
+renewed and comes back through the visibility timeout as before; what a dead
+process held comes back through the recovery above, within the heartbeat TTL.
+Messages in ``unacked`` with no owner record were taken by a consumer that is
+not ours (plain kombu's BRPOP); nothing renews them, the visibility timeout is
+their only bound.
+
 A thread, not the event loop: with the solo pool a long task blocks the loop,
 and a heartbeat that stopped for it would get a live worker's messages run twice.
 """
@@ -95,6 +109,7 @@ class Liveness:
         interval_s: float,
         ttl_s: float,
         recover_interval_s: float,
+        lease_interval_s: float | None = None,
     ) -> None:
         self.pid = os.getpid()
         self.consumer_id = f"{socket.gethostname()}:{self.pid}:{secrets.token_hex(4)}"
@@ -103,6 +118,9 @@ class Liveness:
         self.interval_s = interval_s
         self.ttl_s = ttl_s
         self.recover_interval_s = recover_interval_s
+        self.lease_interval_s = interval_s if lease_interval_s is None else min(lease_interval_s, interval_s)
+        self._renewed_at = 0.0  # monotonic time of the last lease renewal
+        self._periodic: list[tuple[float, Any]] = []  # (interval_s, job): see add_periodic
         params = dict(params)
         # A heartbeat must never hang on a half-open socket.
         params["socket_timeout"] = max(2.0, interval_s)
@@ -110,6 +128,7 @@ class Liveness:
         params.pop("health_check_interval", None)
         self.client: redis.Redis = redis.Redis(connection_pool=redis.ConnectionPool(**params))
         self._recover = self.client.register_script(RECOVER_SCRIPT)
+        self._move: Any = None
         self._missing_since: dict[str, float] = {}
         self._orphans: dict[str, float] = {}  # tag -> when it may be given back (see give_back_later)
         self._channels: weakref.WeakSet[Any] = weakref.WeakSet()  # this process's taking channels
@@ -152,20 +171,98 @@ class Liveness:
         with contextlib.suppress(redis.RedisError):
             self.client.delete(self.alive_key)
 
+    def use_lease_interval(self, visibility_timeout_s: float) -> None:
+        """Renew leases often enough for a channel with this visibility timeout (four times per timeout)."""
+        self.lease_interval_s = max(0.05, min(self.lease_interval_s, float(visibility_timeout_s) / 4.0))
+
+    def add_periodic(self, interval_s: float, job: Any) -> None:
+        """Run ``job()`` from the heartbeat thread about every ``interval_s`` seconds (once per job)."""
+        with self._lock:
+            if all(existing != job for _, existing in self._periodic):  # bound methods compare equal
+                self._periodic.append((max(0.05, float(interval_s)), job))
+
+    def _tick_s(self) -> float:
+        return float(min(self.interval_s, self.lease_interval_s, *(interval for interval, _ in self._periodic)))
+
     def _run(self) -> None:
-        next_sweep = time.monotonic() + self.recover_interval_s
-        while not self._stop.wait(self.interval_s):
+        now = time.monotonic()
+        next_beat = now + self.interval_s
+        next_sweep = now + self.recover_interval_s
+        next_jobs: dict[int, float] = {}
+        while not self._stop.wait(self._tick_s()):
             try:
-                self.beat()
-                if self._orphans:
-                    self.give_back_due()
+                now = time.monotonic()
+                if now >= next_beat:
+                    next_beat = now + self.interval_s
+                    self.beat()
+                    if self._orphans:
+                        self.give_back_due()
+                if now - self._renewed_at >= self.lease_interval_s:
+                    self.renew_leases()
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + self.recover_interval_s
                     self.sweep()
+                for index, (interval, job) in enumerate(list(self._periodic)):
+                    if time.monotonic() >= next_jobs.get(index, 0.0):
+                        next_jobs[index] = time.monotonic() + interval
+                        job()
             except redis.RedisError as exc:
                 logger.debug("reliable fetch heartbeat: %s", exc)
             except Exception:  # the thread must outlive anything unexpected
                 logger.exception("reliable fetch heartbeat failed")
+
+    # -- delayed delivery (celery_policy.transport.delayed) ----------------------------------------
+
+    def move_due(self) -> int:
+        """Move the delayed messages that are due to the head of their queue lists; return how many."""
+        from celery_policy.transport import delayed
+
+        if self._move is None:
+            self._move = self.client.register_script(delayed.MOVE_SCRIPT)
+        moved = total = int(self._move(keys=[delayed.QUEUES_KEY], args=[time.time(), delayed.BATCH, delayed.PREFIX]))
+        while moved >= delayed.BATCH:  # a backlog (workers were down): keep going, one batch per queue at a time
+            moved = int(self._move(keys=[delayed.QUEUES_KEY], args=[time.time(), delayed.BATCH, delayed.PREFIX]))
+            total += moved
+        return total
+
+    # -- leases ------------------------------------------------------------------------------------
+
+    def held_tags(self) -> list[str]:
+        """Delivery tags this process holds unacked, in the open channels that take messages."""
+        held: list[str] = []
+        for channel in list(self._channels):
+            qos = getattr(channel, "_qos", None)
+            if getattr(channel, "closed", True) or qos is None:
+                continue
+            for _ in range(3):  # the consumer thread may add or ack while we copy
+                try:
+                    held.extend(str(tag) for tag in list(qos._delivered))
+                    break
+                except RuntimeError:
+                    continue
+        return held
+
+    def renew_leases(self) -> int:
+        """Move the ``unacked_index`` score of every message this process holds to now; return how many.
+
+        ``ZADD XX`` touches only entries still there: a message acked or restored meanwhile is not re-added.
+        """
+        self._renewed_at = time.monotonic()
+        tags = self.held_tags()
+        if not tags:
+            return 0
+        now = time.time()
+        pipe = self.client.pipeline(transaction=False)
+        for start in range(0, len(tags), 1000):
+            pipe.zadd(self.unacked_index_key, dict.fromkeys(tags[start : start + 1000], now), xx=True)
+        pipe.execute()
+        return len(tags)
+
+    def renew_if_stale(self) -> None:
+        """Before a visibility-timeout sweep in this process: renew now unless the thread did it recently."""
+        if self._started and time.monotonic() - self._renewed_at >= self.lease_interval_s / 2:
+            with contextlib.suppress(redis.RedisError):
+                self.renew_leases()
 
     def sweep(self) -> int:
         """Recover the messages of consumers whose heartbeat is gone; return how many were pushed back."""

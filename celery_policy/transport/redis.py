@@ -13,7 +13,11 @@ same ``unacked``/``unacked_index`` entries kombu writes, plus an owner record
   ``visibility_timeout`` restore, ``restore_unacked`` at shutdown, ``reject``
   with requeue, ack; producers may keep plain kombu (the queue format is the same);
 - a consumer that died (its heartbeat key expired) gets its messages pushed
-  back by its peers within seconds instead of the visibility timeout (1 h by default).
+  back by its peers within seconds instead of the visibility timeout (1 h by default);
+- a live consumer's messages are leased: its heartbeat thread keeps their
+  ``unacked_index`` scores fresh, so no visibility-timeout sweep (this
+  transport's or plain kombu's, in any process) restores a message whose
+  consumer still holds it, however long the task or the countdown.
 
 Polling keeps kombu's order: for each priority step, each queue of the
 fair-rotation cycle, and the queue a message came from is rotated to the end.
@@ -39,7 +43,8 @@ from kombu.utils.json import loads
 from kombu.utils.objects import cached_property
 from redis.exceptions import NoScriptError
 
-from celery_policy.transport._liveness import OWNER_KEY, Liveness, liveness_for
+from celery_policy.transport import delayed
+from celery_policy.transport._liveness import OWNER_KEY, PREFIX, Liveness, liveness_for
 
 # KEYS: the lists to poll in order, then unacked hash, unacked_index zset, owner hash, inflight set
 # ARGV: now (delivery time, as kombu's QoS.append scores it), consumer id
@@ -83,11 +88,22 @@ RELIABLE_OPTIONS = (
     "reliable_heartbeat_interval",
     "reliable_heartbeat_ttl",
     "reliable_recover_interval",
+    "delayed_delivery",
+    "delayed_min_delay",
+    "delayed_poll_interval",
 )
 
 
 class QoS(kombu_redis.QoS):
     """kombu's Redis QoS; the take script already wrote ``unacked``, and removal also clears the owner record."""
+
+    def restore_visible(self, *args: Any, **kwargs: Any) -> Any:
+        # The leases of what this process holds are renewed first, so this sweep never restores them
+        # even when the heartbeat thread was late (kombu's sweep runs in the consumer's own loop).
+        liveness = self.channel.__dict__.get("liveness")
+        if liveness is not None:
+            liveness.renew_if_stale()
+        return super().restore_visible(*args, **kwargs)
 
     def append(self, message: Any, delivery_tag: str) -> None:
         if self.channel._take_recorded:
@@ -114,6 +130,9 @@ class Channel(kombu_redis.Channel):
     reliable_heartbeat_interval = 2.0
     reliable_heartbeat_ttl = 10.0
     reliable_recover_interval = 5.0
+    delayed_delivery = False  # celery_policy.transport.delayed; install() turns it on with worker.delayed_delivery
+    delayed_min_delay = 1.0  # shorter countdowns are held by the worker as Celery does (leased meanwhile)
+    delayed_poll_interval = 0.5
 
     # kombu types the tuple by its exact length
     from_transport_options = (*kombu_redis.Channel.from_transport_options, *RELIABLE_OPTIONS)  # type: ignore[assignment]
@@ -158,7 +177,7 @@ class Channel(kombu_redis.Channel):
 
     @cached_property
     def liveness(self) -> Liveness:
-        return liveness_for(
+        found = liveness_for(
             self._connparams(asynchronous=False),
             unacked_key=self.unacked_key,
             unacked_index_key=self.unacked_index_key,
@@ -166,11 +185,34 @@ class Channel(kombu_redis.Channel):
             ttl_s=float(self.reliable_heartbeat_ttl),
             recover_interval_s=float(self.reliable_recover_interval),
         )
+        found.use_lease_interval(float(self.visibility_timeout))
+        return found
 
     def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
-        self.liveness.ensure_started()
-        self.liveness.attach(self)
+        liveness = self.liveness
+        if self.delayed_delivery:  # every consuming process moves due delayed messages
+            liveness.add_periodic(float(self.delayed_poll_interval), liveness.move_due)
+        liveness.ensure_started()
+        liveness.attach(self)
         return super().basic_consume(queue, *args, **kwargs)
+
+    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+        if self.delayed_delivery:
+            due = delayed.eta_of(message)
+            if due is not None and due - time() >= float(self.delayed_min_delay):
+                self._put_delayed(queue, message, due)
+                return
+        super()._put(queue, message, **kwargs)
+
+    def _put_delayed(self, queue: str, message: Any, due: float) -> None:
+        """Store the message in the queue's delayed set (and ack the retried one, see delayed.acking)."""
+        list_key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
+        tag = delayed.take_ack_tag() or ""
+        keys = [delayed.delayed_key(queue), delayed.QUEUES_KEY, self.unacked_key, self.unacked_index_key, OWNER_KEY]
+        args = [repr(due), delayed.member_for(list_key, message), queue, tag, PREFIX + "inflight:"]
+        with self.conn_or_acquire() as client:
+            client.eval(delayed.SCHEDULE_SCRIPT, len(keys), *keys, *args)
+        delayed.mark_stored()
 
     def _take_args(self, keys: list[str]) -> list[Any]:
         liveness = self.liveness
@@ -231,6 +273,7 @@ class Channel(kombu_redis.Channel):
     def _get(self, queue: str, timeout: float | None = None) -> Any:
         # basic_get: the same atomic take, on one queue's priority lists.
         self.liveness.ensure_started()
+        self.liveness.attach(self)  # what it takes is held (and leased) like a consumer's
         keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps]
         with self.conn_or_acquire() as client:
             try:

@@ -52,6 +52,11 @@ defaults:
 tasks:
   chaos.ok: {{idempotency: {{key: "ok:{{args[0]}}", ttl: 1h}}}}
   chaos.flaky: {{idempotency: {{key: "flaky:{{args[0]}}", ttl: 1h}}}}
+  chaos.later:
+    idempotency: {{key: "later:{{args[0]}}", ttl: 1h}}
+    retry:
+      max_retries: 2
+      backoff: {{initial: {later_backoff_s}s, factor: 1, max: {later_backoff_s}s, jitter: none}}
   chaos.slow:
     retry: {{on: [celery.exceptions.SoftTimeLimitExceeded], max_retries: 1,
             backoff: {{initial: 0, factor: 1, max: 0, jitter: none}}}}
@@ -75,6 +80,7 @@ class ChaosConfig:
     max_redeliveries: int = 3
     deadline_s: float = 240.0
     settle_s: float = 8.0  # no progress for this long with nothing left to do: stop
+    later_backoff_s: float = 6.0  # chaos.later: one retry after this long (waits in the delayed set)
 
 
 @dataclass
@@ -90,6 +96,7 @@ class ChaosReport:
     lost: int = 0
     lost_ids: list[int] = field(default_factory=list)
     duplicate_effects: int = 0
+    duplicate_kinds: dict[int, str] = field(default_factory=dict)  # key -> task kind, for each duplicated effect
     permanent_dead_letters: dict[int, int] = field(default_factory=dict)
     poison_runs: dict[int, int] = field(default_factory=dict)
     poison_dead_letters: dict[int, int] = field(default_factory=dict)
@@ -99,6 +106,7 @@ class ChaosReport:
     # acked) just before it: a fault with 0 hit an idle fleet and tested nothing; -1: the broker
     # did not answer (still restarting or loading its AOF), so no worker could hold anything either.
     in_flight_at_fault: list[tuple[str, int]] = field(default_factory=list)
+    early_retries: list[int] = field(default_factory=list)  # chaos.later keys retried before their backoff
     seconds: float = 0.0
     worker_exits: list[str] = field(default_factory=list)
 
@@ -130,6 +138,7 @@ def plan_tasks(config: ChaosConfig) -> list[tuple[str, list[Any]]]:
         + ["chaos.slow"] * max(2, n // 250)
         + ["chaos.permanent"] * max(2, n // 20)
         + ["chaos.flaky"] * max(2, n // 10)
+        + ["chaos.later"] * max(2, n // 20)
     )
     kinds += ["chaos.ok"] * (n - len(kinds))
     rng.shuffle(kinds)
@@ -158,6 +167,8 @@ def _pending_ids(broker: Any, *, unacked: bool = True) -> set[int]:
             payloads += [json.loads(raw) for raw in broker.lrange(key, 0, -1)]
     if unacked:
         payloads += [json.loads(entry)[0] for entry in broker.hvals("unacked")]
+    for key in broker.scan_iter(match="celery-policy:delayed:*", count=1000):  # delayed delivery: due later
+        payloads += [json.loads(m.split(b"\n", 1)[1]) for m in broker.zrange(key, 0, -1)]
     ids: set[int] = set()
     for payload in payloads:
         task_id = str(payload.get("headers", {}).get("id") or "")
@@ -210,6 +221,7 @@ class ChaosRun:
                 reliable="true" if config.reliable else "false",
                 evidence=self.evidence_server.url,
                 stream=STREAM,
+                later_backoff_s=config.later_backoff_s,
             )
         )
         try:
@@ -341,6 +353,7 @@ class ChaosRun:
             dl = dead.get(i, 0)
             if effects > 1:
                 report.duplicate_effects += effects - 1
+                report.duplicate_kinds[i] = kind
             if effects:
                 report.succeeded += 1
             elif dl:
@@ -355,9 +368,14 @@ class ChaosRun:
             elif kind == "chaos.poison":
                 report.poison_runs[i] = runs
                 report.poison_dead_letters[i] = dl
-            elif kind in ("chaos.ok", "chaos.flaky") and dl:
+            elif kind in ("chaos.ok", "chaos.flaky", "chaos.later") and dl:
                 report.unexpected_dead_letters += 1
                 report.unexpected_dead_letter_ids.append(i)
+            if kind == "chaos.later":
+                times = [float(t) for t in evidence.lrange(f"late:{i}", 0, -1)]
+                # a run after the first is a retry only if it came a backoff later (a redelivery may come sooner)
+                if effects and max(times) - min(times) < self.config.later_backoff_s:
+                    report.early_retries.append(i)
 
 
 def format_table(reports: list[ChaosReport]) -> str:

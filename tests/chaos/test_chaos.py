@@ -35,4 +35,7 @@ def test_nothing_lost_nothing_run_twice_under_kills_and_a_broker_restart(tmp_pat
     cap = config.max_redeliveries + 1
     assert all(1 <= runs <= cap for runs in report.poison_runs.values()), report.poison_runs
     assert set(report.poison_dead_letters.values()) == {1}, report.poison_dead_letters
+    assert report.kinds["chaos.later"] >= 2, report.kinds  # long-backoff retries, waiting in the delayed set
+    assert report.early_retries == [], report.early_retries
+    assert report.unexpected_dead_letters == 0, table
     assert report.worker_exits == [], report.worker_exits  # no worker died of a broker restart by itself

@@ -134,28 +134,66 @@ def test_priorities_queue_rotation_ack_and_requeue_keep_kombus_semantics(redis_s
     assert client.hlen(OWNER_KEY) == 0
 
 
-def test_the_visibility_timeout_restore_still_works_and_is_not_doubled_by_recovery(redis_server_factory: Any) -> None:
+def test_the_visibility_timeout_restores_only_what_no_live_consumer_holds_and_recovery_does_not_double_it(
+    redis_server_factory: Any,
+) -> None:
     server = redis_server_factory()
     client = server.client()
-    _publish(server.url, "vt", [{"n": 1}])
+    _publish(server.url, "vt", [{"n": 1}, {"n": 2}])
     options = {**FAST, "visibility_timeout": 1, "unacked_restore_throttle": 1}
     with Connection(server.url, transport=RELIABLE_TRANSPORT, transport_options=options) as conn:
         channel = conn.channel()
-        first = channel.basic_get("vt", no_ack=False)  # held, never acked
-        assert first is not None
-        time.sleep(options["visibility_timeout"] + 0.2)  # past the visibility timeout
+        held = channel.basic_get("vt", no_ack=False)  # held by this live consumer: leased
+        forgotten = channel.basic_get("vt", no_ack=False)
+        assert held is not None
+        assert forgotten is not None
+        channel.qos._delivered.pop(forgotten.delivery_tag)  # the process lost track of it: no lease any more
+        time.sleep(1.5)
         channel.qos.restore_visible(num=10, interval=1)  # kombu's own sweep
-        assert client.llen("vt") == 1
-        assert client.hlen(OWNER_KEY) == 0  # kombu's restore cleared our owner record too
-        # A recovery of this consumer now finds nothing it still owns: no second copy.
-        assert channel.liveness.recover(channel.liveness.consumer_id) == 0
-        assert client.llen("vt") == 1
-        second = channel.basic_get("vt", no_ack=False)
-        assert second.delivery_info["redelivered"] is True
-        second.ack()
+        assert client.llen("vt") == 1  # only the forgotten one came back
+        assert client.hexists("unacked", held.delivery_tag)
+        assert not client.hexists(OWNER_KEY, forgotten.delivery_tag)  # kombu's restore cleared our owner record
+        # A recovery of this consumer now finds only the held message: no second copy of the restored one.
+        assert channel.liveness.recover(channel.liveness.consumer_id) == 1
+        assert client.llen("vt") == 2
+        again = channel.basic_get("vt", no_ack=False)
+        assert again.delivery_info["redelivered"] is True
+        again.ack()
+        channel.basic_get("vt", no_ack=False).ack()
         channel.close()
     assert client.hlen("unacked") == 0
     assert client.scard(inflight_key("x")) == 0
+
+
+def test_a_plain_kombu_consumers_message_is_restored_by_the_visibility_timeout_a_leased_one_is_not(
+    redis_server_factory: Any,
+) -> None:
+    """Messages with no owner record were taken by a consumer that is not ours: the visibility timeout bounds them."""
+    server = redis_server_factory()
+    client = server.client()
+    _publish(server.url, "mixed", [{"by": "plain"}, {"by": "ours"}])
+    options = {**FAST, "visibility_timeout": 1, "unacked_restore_throttle": 1}
+    with (
+        Connection(server.url, transport_options=options) as plain,
+        Connection(server.url, transport=RELIABLE_TRANSPORT, transport_options=options) as ours,
+    ):
+        plain_channel, our_channel = plain.channel(), ours.channel()
+        taken_plain = plain_channel.basic_get("mixed", no_ack=False)
+        taken_ours = our_channel.basic_get("mixed", no_ack=False)
+        assert taken_plain.payload == {"by": "plain"}
+        assert taken_ours.payload == {"by": "ours"}
+        assert not client.hexists(OWNER_KEY, taken_plain.delivery_tag)
+        assert client.hexists(OWNER_KEY, taken_ours.delivery_tag)
+        deadline = time.monotonic() + 4  # four visibility timeouts, sweeping from both kinds of consumer
+        while time.monotonic() < deadline:
+            plain_channel.qos.restore_visible(num=10, interval=1)
+            our_channel.qos.restore_visible(num=10, interval=1)
+            time.sleep(0.3)
+        assert client.llen("mixed") == 1
+        restored = json.loads(client.lrange("mixed", 0, -1)[0])
+        assert restored["properties"]["delivery_tag"] == taken_plain.delivery_tag
+        assert client.hexists("unacked", taken_ours.delivery_tag)  # leased: still held, never restored
+        taken_ours.ack()
 
 
 def test_install_switches_it_on_for_redis_with_late_ack_and_leaves_other_cases(tmp_path: Path) -> None:

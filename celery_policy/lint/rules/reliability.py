@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from celery_policy._yaml import KeyPath, render_path
 from celery_policy.backoff import longest_delay
 from celery_policy.budgets import Budget, budgets
+from celery_policy.delivery import REDIS_SCHEMES, reliable_fetch_on
 from celery_policy.durations import format_duration
 from celery_policy.errors import Diagnostic
 from celery_policy.lint.context import Layer, LintContext
@@ -185,7 +186,10 @@ def visibility_timeout(ctx: LintContext) -> Iterator[Diagnostic]:
 
     Applies to Redis and SQS brokers (and when no `--app` tells the broker).
     The visibility timeout is `worker.visibility_timeout`, else the app's
-    `broker_transport_options`, else 1h (Redis).
+    `broker_transport_options`, else 1h (Redis). Silent on Redis when reliable
+    fetch is on (`worker.reliable_fetch`, by default with any late ack): its
+    leases keep a live worker's messages from the visibility timeout, and
+    delayed delivery keeps countdown retries in the broker.
 
     Why: a worker holds a countdown message unacknowledged until it is due; on
     Redis/SQS a message unacknowledged for longer than the visibility timeout
@@ -193,14 +197,23 @@ def visibility_timeout(ctx: LintContext) -> Iterator[Diagnostic]:
 
     Example:
         bad:  retry: {on: [transient], backoff: {max: 2h}}           (visibility timeout 1h)
-        good: retry: {on: [transient], backoff: {max: 30m}}, or worker: {visibility_timeout: 3h}
+        good: retry: {on: [transient], backoff: {max: 30m}}, or worker: {reliable_fetch: true} on Redis
     """
     found = _visibility(ctx)
     if found is None:
         return
+    scheme = ctx.app.broker_scheme if ctx.app is not None else None
+    if reliable_fetch_on(ctx.document, scheme):
+        return  # leases: a live worker's messages are never restored by the visibility timeout
     limit, origin = found
     where = f"visibility timeout {_d(limit)} ({origin})"
     hint = "raise worker.visibility_timeout above the longest delay and hard timeout, or lower them"
+    if scheme is None or scheme in REDIS_SCHEMES:
+        where += "; reliable fetch is off, so nothing leases the message"
+        hint = (
+            "on Redis set worker.reliable_fetch: true (leases; countdown retries then wait in the broker with "
+            "worker.delayed_delivery), or " + hint
+        )
     for view in ctx.views():
         for budget in budgets(view.policy.retry):
             worst = longest_delay(budget.backoff, budget.retries, budget.delay_from)

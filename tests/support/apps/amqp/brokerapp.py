@@ -36,12 +36,20 @@ class Permanent(ValueError):
     pass
 
 
+class Transient(ConnectionError):
+    pass
+
+
 def _run(task: Task, key: str) -> int:
     entry = {
         "id": task.request.id,
         "t": time.time(),
         "pid": os.getpid(),
         "redelivered": bool((task.request.delivery_info or {}).get("redelivered")),
+        "retries": task.request.retries,
+        # RabbitMQ's dead-letter record, when the message came back from a delay queue: trips through each queue
+        "x_death": {d.get("queue"): d.get("count") for d in (task.request.headers or {}).get("x-death") or []},
+        "eta": getattr(task.request, "eta", None),
     }
     return int(_journal.rpush(f"cp:runs:{key}", json.dumps(entry)))
 
@@ -66,3 +74,12 @@ def once(self: Task, key: str, value: int) -> int:
     if _journal.set(f"cp:once:{key}", "1", nx=True):
         raise Permanent(f"first run of {key} fails")
     return value * 2
+
+
+@app.task(name="cp.later", bind=True)  # type: ignore[untyped-decorator]
+def later(self: Task, key: str, fail_times: int) -> int:
+    """Fails with Transient on its first ``fail_times`` runs (retried by the policy's backoff), then succeeds."""
+    n = _run(self, key)
+    if n <= fail_times:
+        raise Transient(f"run {n} of {key} fails")
+    return n

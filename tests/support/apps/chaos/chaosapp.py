@@ -10,7 +10,8 @@ an explicit ``broker_transport``, which install() must leave alone).
 
 Evidence keys on the evidence Redis, per business key ``k`` (the task's index):
 - ``fx:k``: INCR when the body's side effect is applied (``chaos.ok``, ``chaos.flaky``);
-- ``runs:k``: INCR each time any body starts (poison pills: how often it ran).
+- ``runs:k``: INCR each time any body starts (poison pills: how often it ran);
+- ``late:k``: the epoch seconds of each run of ``chaos.later`` (RPUSH), to check it ran after its backoff.
 """
 
 from __future__ import annotations
@@ -79,3 +80,15 @@ def poison(key: int) -> None:
     """Kills the process that runs it: stopped by ack.max_redeliveries, then dead-lettered."""
     _started(key)
     os._exit(9)
+
+
+@app.task(name="chaos.later", bind=True)
+def later(self: object, key: int) -> int:
+    """Fails its first attempt with a transient error; the policy retries it after a long backoff (delayed set)."""
+    _started(key)
+    EVIDENCE.rpush(f"late:{key}", time.time())
+    retries = getattr(getattr(self, "request", None), "retries", 0) or 0
+    if not retries:
+        msg = "transient failure before a long backoff"
+        raise ConnectionError(msg)
+    return int(EVIDENCE.incr(f"fx:{key}"))
