@@ -256,13 +256,18 @@ class ChaosRun:
     def _chaos(self, plan: list[tuple[str, list[Any]]], evidence: Any, t0: float) -> None:
         actions = self._actions()
         self._retry: list[str] = []
+        # Fault k lands after its random interval, or at the latest once (k + 1) / (n + 1) of the tasks are
+        # accounted for, so the last faults still find work in flight on a fast (or slow) machine.
+        faults = len(actions)
+        gates = [len(plan) * (k + 1) // (faults + 1) for k in range(faults)]
         next_at = time.monotonic() + self.rng.uniform(*self.config.interval_s)
         last_progress, last_done = time.monotonic(), -1
         while time.monotonic() - t0 < self.config.deadline_s:
             now = time.monotonic()
+            gate = gates[faults - len(actions)] if actions else len(plan)
             if self._retry:
                 self._fault(self._retry.pop(0))
-            elif actions and now >= next_at:
+            elif actions and (now >= next_at or last_done >= gate):
                 self._fault(actions.pop(0))
                 next_at = time.monotonic() + self.rng.uniform(*self.config.interval_s)
             for index, worker in enumerate(self.workers):
