@@ -46,6 +46,7 @@ from support.harness import (
 from support.servers import REPO_ROOT, RedisServer, WorkerProcess, wait_for
 
 from celery_policy.deadletter.store import Filter, RedisStreamStore
+from celery_policy.transport.delayed import delayed_key
 
 pytestmark = pytest.mark.worker
 
@@ -115,8 +116,12 @@ def test_a_dead_letter_written_while_the_store_is_down_runs_again_paced_and_is_w
     assert announced[:3] == [0.5, 1.0, 2.0]
     run_gaps = gaps(dl_runs(client, key))
     assert all(gap >= again - 0.05 for gap, again in zip(run_gaps, announced, strict=False)), (run_gaps, announced)
-    # the message is still with the broker: in the queue, or unacked while it is running or waiting for its countdown
-    wait_for("the message in the queue or unacked", lambda: client.llen(QUEUE) + client.hlen("unacked") == 1, 3)
+    # the message is still with the broker: in the queue, unacked while it is running or waiting for a short
+    # countdown, or in the delayed set while it waits for a countdown of 1 s or more (delayed delivery)
+    def held() -> bool:
+        return client.llen(QUEUE) + client.hlen("unacked") + client.zcard(delayed_key(QUEUE)) == 1
+
+    wait_for("the message in the queue, unacked or delayed", held, 3)
     unavailable = log_events(worker.log_text(), "dead_letter_store_unavailable", task_id=task_id)
     assert [e["again_in_s"] for e in unavailable][:3] == [0.5, 1.0, 2.0][: len(unavailable)]
     assert {e["reason"] for e in unavailable} == {"permanent"}
