@@ -4,6 +4,11 @@
     .venv/bin/python scripts/chaos.py                      # the full run: 10,000 tasks, 24 kills, 3 broker restarts
     .venv/bin/python scripts/chaos.py --compare --mix ok   # fetch-window experiment: plain vs reliable, same seed
     .venv/bin/python scripts/chaos.py --tasks 1000 --main-kills 3 --child-kills 2 --restarts 1
+    .venv/bin/python scripts/chaos.py --mix slow --tasks 400 --restarts 8 --keep-logs /tmp/chaos-run
+
+``--keep-logs DIR`` keeps the worker logs and the broker's and evidence Redis's data
+directories (the broker's AOF holds every write it acknowledged) under DIR instead
+of a temporary directory that is deleted at the end.
 
 Exit code 1 when a reliable-fetch run lost a task, ran an idempotent side effect
 twice, dead-lettered a permanent failure other than once, let a poison pill
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import contextlib
 import tempfile
 from pathlib import Path
 
@@ -55,11 +61,25 @@ def problems(report: ChaosReport) -> list[str]:
     return found
 
 
+@contextlib.contextmanager
+def _workdir(keep: Path | None, reliable: bool):  # type: ignore[no-untyped-def]
+    if keep is None:
+        with tempfile.TemporaryDirectory(prefix="celery-policy-chaos-") as tmp:
+            yield Path(tmp)
+        return
+    path = keep / ("reliable" if reliable else "plain")
+    if path.exists() and any(path.iterdir()):
+        msg = f"{path} is not empty: pick another --keep-logs directory"
+        raise SystemExit(msg)
+    path.mkdir(parents=True, exist_ok=True)
+    yield path
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--mix", choices=["chaos", "ok"], default="chaos")
+    parser.add_argument("--mix", choices=["chaos", "ok", "slow"], default="chaos")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--main-kills", type=int, default=24)
@@ -69,6 +89,9 @@ def main() -> int:
     parser.add_argument("--plain", action="store_true", help="plain kombu fetch instead of reliable fetch")
     parser.add_argument("--compare", action="store_true", help="run plain kombu, then reliable fetch, same seed")
     parser.add_argument("--json", type=Path, help="also write the reports here")
+    parser.add_argument(
+        "--keep-logs", type=Path, metavar="DIR", help="keep worker logs and Redis data dirs here (one subdir per run)"
+    )
     args = parser.parse_args()
     started_on = machine()  # the commit and load when the run starts
     modes = [False, True] if args.compare else [not args.plain]
@@ -86,8 +109,10 @@ def main() -> int:
             restarts=args.restarts,
             deadline_s=args.deadline,
         )
-        with tempfile.TemporaryDirectory(prefix="celery-policy-chaos-") as tmp:
-            report = ChaosRun(config, Path(tmp)).run()
+        with _workdir(args.keep_logs, reliable) as workdir:
+            report = ChaosRun(config, workdir).run()
+        if args.keep_logs:
+            print(f"logs and Redis data kept in {workdir}", flush=True)
         reports.append(report)
         print(format_table([report]), flush=True)
         if report.worker_exits:

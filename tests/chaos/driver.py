@@ -69,7 +69,9 @@ dead_letter_store: {{url: "{evidence}", stream: "{stream}"}}
 class ChaosConfig:
     tasks: int = 1000
     seed: int = 1
-    mix: str = "chaos"  # "chaos": the whole mix; "ok": only succeeding tasks (the fetch-window loss experiment)
+    # "chaos": the whole mix; "ok": only succeeding tasks (the fetch-window loss experiment);
+    # "slow": a quarter soft-time-limit tasks (retried at once, then dead-lettered), the rest succeeding
+    mix: str = "chaos"
     reliable: bool = True
     workers: int = 2
     concurrency: int = 2
@@ -133,6 +135,11 @@ def plan_tasks(config: ChaosConfig) -> list[tuple[str, list[Any]]]:
     n = config.tasks
     if config.mix == "ok":
         return [("chaos.ok", [i]) for i in range(n)]
+    if config.mix == "slow":
+        slow = ["chaos.slow"] * max(2, n // 4)
+        kinds = slow + ["chaos.ok"] * (n - len(slow))
+        rng.shuffle(kinds)
+        return [(kind, [i]) for i, kind in enumerate(kinds)]
     kinds = (
         ["chaos.poison"] * max(2, n // 250)
         + ["chaos.slow"] * max(2, n // 250)
