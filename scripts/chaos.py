@@ -12,18 +12,19 @@ of a temporary directory that is deleted at the end.
 
 Exit code 1 when a reliable-fetch run lost a task, ran an idempotent side effect
 twice, dead-lettered a permanent failure other than once, let a poison pill
-run past max_redeliveries, dead-lettered a task that succeeds, retried a
-long-backoff task before its backoff, or let a fault land while no message was
-in flight.
+run past max_redeliveries, let a slow task run past its soft time limit to
+success, dead-lettered a task that succeeds, retried a long-backoff task before
+its backoff, or let a fault land while no message was in flight.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
-import contextlib
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -38,6 +39,11 @@ def problems(report: ChaosReport) -> list[str]:
     found = []
     if report.lost:
         found.append(f"{report.lost} lost: {report.lost_ids[:20]}")
+    if report.overran_ids:
+        found.append(
+            f"{len(report.overran_ids)} slow tasks ran past their soft time limit and succeeded (the worker's"
+            f" main process raises it; its event loop was stalled): {report.overran_ids[:20]}"
+        )
     if report.pending:
         found.append(f"{report.pending} still pending at the end")
     if report.duplicate_effects:
@@ -62,7 +68,7 @@ def problems(report: ChaosReport) -> list[str]:
 
 
 @contextlib.contextmanager
-def _workdir(keep: Path | None, reliable: bool):  # type: ignore[no-untyped-def]
+def _workdir(keep: Path | None, reliable: bool) -> Iterator[Path]:
     if keep is None:
         with tempfile.TemporaryDirectory(prefix="celery-policy-chaos-") as tmp:
             yield Path(tmp)

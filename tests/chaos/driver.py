@@ -9,6 +9,8 @@ counts, per task:
 - dead-lettered: a record with its task id is in the dead-letter stream (on the evidence Redis),
 - pending: still in a queue list or in ``unacked`` (plain kombu strands a killed worker's
   messages there until the visibility timeout),
+- overran: a ``chaos.slow`` run that returned (``overran:k``): its soft time limit was not raised,
+  so it succeeded, was acked and left no dead letter; not lost, but the limit did not hold,
 - lost: none of these.
 The same seed gives the same tasks and the same fault schedule.
 """
@@ -97,6 +99,9 @@ class ChaosReport:
     pending: int = 0
     lost: int = 0
     lost_ids: list[int] = field(default_factory=list)
+    # chaos.slow keys whose body ran to its end (its soft time limit was not raised in time) and that
+    # were neither dead-lettered nor are pending: they succeeded, which their policy says cannot happen
+    overran_ids: list[int] = field(default_factory=list)
     duplicate_effects: int = 0
     duplicate_kinds: dict[int, str] = field(default_factory=dict)  # key -> task kind, for each duplicated effect
     permanent_dead_letters: dict[int, int] = field(default_factory=dict)
@@ -372,6 +377,8 @@ class ChaosRun:
                 report.dead_lettered += 1
             elif i in pending:
                 report.pending += 1
+            elif kind == "chaos.slow" and int(evidence.get(f"overran:{i}") or 0):
+                report.overran_ids.append(i)
             else:
                 report.lost += 1
                 report.lost_ids.append(i)
