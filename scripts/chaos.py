@@ -4,20 +4,27 @@
     .venv/bin/python scripts/chaos.py                      # the full run: 10,000 tasks, 24 kills, 3 broker restarts
     .venv/bin/python scripts/chaos.py --compare --mix ok   # fetch-window experiment: plain vs reliable, same seed
     .venv/bin/python scripts/chaos.py --tasks 1000 --main-kills 3 --child-kills 2 --restarts 1
+    .venv/bin/python scripts/chaos.py --mix slow --tasks 400 --restarts 8 --keep-logs /tmp/chaos-run
+
+``--keep-logs DIR`` keeps the worker logs and the broker's and evidence Redis's data
+directories (the broker's AOF holds every write it acknowledged) under DIR instead
+of a temporary directory that is deleted at the end.
 
 Exit code 1 when a reliable-fetch run lost a task, ran an idempotent side effect
 twice, dead-lettered a permanent failure other than once, let a poison pill
-run past max_redeliveries, dead-lettered a task that succeeds, retried a
-long-backoff task before its backoff, or let a fault land while no message was
-in flight.
+run past max_redeliveries, let a slow task run past its soft time limit to
+success, dead-lettered a task that succeeds, retried a long-backoff task before
+its backoff, or let a fault land while no message was in flight.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -32,6 +39,11 @@ def problems(report: ChaosReport) -> list[str]:
     found = []
     if report.lost:
         found.append(f"{report.lost} lost: {report.lost_ids[:20]}")
+    if report.overran_ids:
+        found.append(
+            f"{len(report.overran_ids)} slow tasks ran past their soft time limit and succeeded (the worker's"
+            f" main process raises it; its event loop was stalled): {report.overran_ids[:20]}"
+        )
     if report.pending:
         found.append(f"{report.pending} still pending at the end")
     if report.duplicate_effects:
@@ -55,11 +67,25 @@ def problems(report: ChaosReport) -> list[str]:
     return found
 
 
+@contextlib.contextmanager
+def _workdir(keep: Path | None, reliable: bool) -> Iterator[Path]:
+    if keep is None:
+        with tempfile.TemporaryDirectory(prefix="celery-policy-chaos-") as tmp:
+            yield Path(tmp)
+        return
+    path = keep / ("reliable" if reliable else "plain")
+    if path.exists() and any(path.iterdir()):
+        msg = f"{path} is not empty: pick another --keep-logs directory"
+        raise SystemExit(msg)
+    path.mkdir(parents=True, exist_ok=True)
+    yield path
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--mix", choices=["chaos", "ok"], default="chaos")
+    parser.add_argument("--mix", choices=["chaos", "ok", "slow"], default="chaos")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--main-kills", type=int, default=24)
@@ -69,6 +95,9 @@ def main() -> int:
     parser.add_argument("--plain", action="store_true", help="plain kombu fetch instead of reliable fetch")
     parser.add_argument("--compare", action="store_true", help="run plain kombu, then reliable fetch, same seed")
     parser.add_argument("--json", type=Path, help="also write the reports here")
+    parser.add_argument(
+        "--keep-logs", type=Path, metavar="DIR", help="keep worker logs and Redis data dirs here (one subdir per run)"
+    )
     args = parser.parse_args()
     started_on = machine()  # the commit and load when the run starts
     modes = [False, True] if args.compare else [not args.plain]
@@ -86,8 +115,10 @@ def main() -> int:
             restarts=args.restarts,
             deadline_s=args.deadline,
         )
-        with tempfile.TemporaryDirectory(prefix="celery-policy-chaos-") as tmp:
-            report = ChaosRun(config, Path(tmp)).run()
+        with _workdir(args.keep_logs, reliable) as workdir:
+            report = ChaosRun(config, workdir).run()
+        if args.keep_logs:
+            print(f"logs and Redis data kept in {workdir}", flush=True)
         reports.append(report)
         print(format_table([report]), flush=True)
         if report.worker_exits:

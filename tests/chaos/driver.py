@@ -9,6 +9,8 @@ counts, per task:
 - dead-lettered: a record with its task id is in the dead-letter stream (on the evidence Redis),
 - pending: still in a queue list or in ``unacked`` (plain kombu strands a killed worker's
   messages there until the visibility timeout),
+- overran: a ``chaos.slow`` run that returned (``overran:k``): its soft time limit was not raised,
+  so it succeeded, was acked and left no dead letter; not lost, but the limit did not hold,
 - lost: none of these.
 The same seed gives the same tasks and the same fault schedule.
 """
@@ -69,7 +71,9 @@ dead_letter_store: {{url: "{evidence}", stream: "{stream}"}}
 class ChaosConfig:
     tasks: int = 1000
     seed: int = 1
-    mix: str = "chaos"  # "chaos": the whole mix; "ok": only succeeding tasks (the fetch-window loss experiment)
+    # "chaos": the whole mix; "ok": only succeeding tasks (the fetch-window loss experiment);
+    # "slow": a quarter soft-time-limit tasks (retried at once, then dead-lettered), the rest succeeding
+    mix: str = "chaos"
     reliable: bool = True
     workers: int = 2
     concurrency: int = 2
@@ -95,6 +99,9 @@ class ChaosReport:
     pending: int = 0
     lost: int = 0
     lost_ids: list[int] = field(default_factory=list)
+    # chaos.slow keys whose body ran to its end (its soft time limit was not raised in time) and that
+    # were neither dead-lettered nor are pending: they succeeded, which their policy says cannot happen
+    overran_ids: list[int] = field(default_factory=list)
     duplicate_effects: int = 0
     duplicate_kinds: dict[int, str] = field(default_factory=dict)  # key -> task kind, for each duplicated effect
     permanent_dead_letters: dict[int, int] = field(default_factory=dict)
@@ -133,6 +140,11 @@ def plan_tasks(config: ChaosConfig) -> list[tuple[str, list[Any]]]:
     n = config.tasks
     if config.mix == "ok":
         return [("chaos.ok", [i]) for i in range(n)]
+    if config.mix == "slow":
+        slow = ["chaos.slow"] * max(2, n // 4)
+        kinds = slow + ["chaos.ok"] * (n - len(slow))
+        rng.shuffle(kinds)
+        return [(kind, [i]) for i, kind in enumerate(kinds)]
     kinds = (
         ["chaos.poison"] * max(2, n // 250)
         + ["chaos.slow"] * max(2, n // 250)
@@ -365,6 +377,8 @@ class ChaosRun:
                 report.dead_lettered += 1
             elif i in pending:
                 report.pending += 1
+            elif kind == "chaos.slow" and int(evidence.get(f"overran:{i}") or 0):
+                report.overran_ids.append(i)
             else:
                 report.lost += 1
                 report.lost_ids.append(i)

@@ -11,7 +11,10 @@ an explicit ``broker_transport``, which install() must leave alone).
 Evidence keys on the evidence Redis, per business key ``k`` (the task's index):
 - ``fx:k``: INCR when the body's side effect is applied (``chaos.ok``, ``chaos.flaky``);
 - ``runs:k``: INCR each time any body starts (poison pills: how often it ran);
-- ``late:k``: the epoch seconds of each run of ``chaos.later`` (RPUSH), to check it ran after its backoff.
+- ``late:k``: the epoch seconds of each run of ``chaos.later`` (RPUSH), to check it ran after its backoff;
+- ``overran:k``: INCR when a ``chaos.slow`` body returns, i.e. ran to its end past its soft time limit
+  (with the prefork pool the worker's main process delivers that limit from its event loop; while the
+  loop is stalled, e.g. reconnecting to a restarted broker, the limit is not raised in time).
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ def slow(key: int, sleep_s: float = 3.0) -> None:
     """Runs past its soft time limit every time: retried once, then dead-lettered."""
     _started(key)
     time.sleep(sleep_s)
+    EVIDENCE.incr(f"overran:{key}")  # the soft time limit never interrupted this run
 
 
 @app.task(name="chaos.poison")
