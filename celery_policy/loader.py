@@ -401,13 +401,18 @@ def _step(node: Any, part: str | int) -> Any:
     return None
 
 
+def _is_model(node: Any) -> bool:
+    # typing.get_origin: on Python 3.10 a generic alias such as dict[str, X] passes isinstance(node, type)
+    return isinstance(node, type) and typing.get_origin(node) is None and issubclass(node, BaseModel)
+
+
 def _as_model(node: Any) -> type[BaseModel] | None:
-    if isinstance(node, type) and issubclass(node, BaseModel):
-        return node
+    if _is_model(node):
+        return typing.cast("type[BaseModel]", node)
     if typing.get_origin(node) in (typing.Union, types.UnionType):
         for arg in typing.get_args(node):
-            if isinstance(arg, type) and issubclass(arg, BaseModel):
-                return arg
+            if _is_model(arg):
+                return typing.cast("type[BaseModel]", arg)
     return None
 
 
