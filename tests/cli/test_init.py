@@ -95,7 +95,11 @@ app.finalize(auto=True)
 keys = ["time_limit", "soft_time_limit", "acks_late", "reject_on_worker_lost", "rate_limit", "expires"]
 def cap(cls):  # autoretry's cap: retry_kwargs["max_retries"] beats the max_retries attribute
     return (getattr(cls, "retry_kwargs", None) or {}).get("max_retries", cls.max_retries)
-print(json.dumps({name: {**{k: getattr(type(t), k, None) for k in keys}, "cap": cap(type(t))}
+conf = {"time_limit": app.conf.task_time_limit, "soft_time_limit": app.conf.task_soft_time_limit}
+def value(cls, k):  # what the worker applies: the task's own limit, else the app-wide setting (as Celery does)
+    own = getattr(cls, k, None)
+    return conf.get(k) if own is None else own
+print(json.dumps({name: {**{k: value(type(t), k) for k in keys}, "cap": cap(type(t))}
                   for name, t in app.tasks.items() if name.startswith("legacy.")}, sort_keys=True))
 """
 
