@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import celery
 import pytest
 from celery import Celery
 from support.servers import wait_for
@@ -22,6 +23,7 @@ from chaos.driver import POLICY, STREAM, ChaosConfig, ChaosRun, _dead_letters
 
 pytestmark = pytest.mark.worker
 
+CELERY_VERSION = tuple(int(part) for part in celery.__version__.split(".")[:2])
 BODY_S = 3.0  # chaos.slow sleeps this long; its policy's soft time limit is 1 s (hard 5 s)
 
 
@@ -56,14 +58,20 @@ def test_a_slow_task_that_outlasts_a_broker_outage_is_tallied_as_overran_not_los
         worker.wait_for_log(r"Soft time limit \(1\.0s\) exceeded for chaos\.slow\[chaos-0\]", timeout=30)
         # Celery acks the success once the worker is connected again: the message is gone from the broker.
         wait_for("the ack", lambda: not run.broker_server.client().hlen("unacked"), timeout=30)
-        assert _dead_letters(evidence) == {}  # the limit never failed the task: no retry, no dead letter
-        assert int(evidence.get("runs:0") or 0) == 1  # and it never ran again
-
         run._tally([("chaos.slow", [0])], evidence)
         report = run.report
-        assert report.overran_ids == [0], report
         assert report.lost == 0, report.lost_ids
-        assert report.dead_lettered == 0
+        if CELERY_VERSION >= (5, 7):
+            # the late soft limit lands outside the task: no retry, no dead letter, one run, tallied as overran
+            assert int(evidence.get("runs:0") or 0) == 1
+            assert _dead_letters(evidence) == {}
+            assert report.overran_ids == [0], report
+            assert report.dead_lettered == 0
+        else:
+            # before 5.7 the late signal is reported against the task (seen on 5.3: retried, run 3 times, then
+            # dead-lettered once): still accounted for, never "lost"
+            assert _dead_letters(evidence) == {0: 1}
+            assert report.dead_lettered == 1
     finally:
         if worker is not None:
             worker.kill()
