@@ -347,7 +347,8 @@ def build_app(config: WebConfig) -> Starlette:  # noqa: PLR0915 - the handlers s
             )
         return console.render(request, "replayed.html", who, report=report, filter=shown)
 
-    async def replay_filter(request: Request) -> Response:
+    async def _operator_filter(request: Request) -> Response | tuple[Who, Any, Filter, dict[str, Any]]:
+        """The operator, the CSRF-checked form and the filter it selects, or the response that refuses it."""
         who = _need(console, request, "operator")
         if isinstance(who, Response):
             return who
@@ -357,6 +358,13 @@ def build_app(config: WebConfig) -> Starlette:  # noqa: PLR0915 - the handlers s
         flt, shown, error = _filter_from(form)
         if error:
             return console.render(request, "error.html", who, status_code=400, message=error)
+        return who, form, flt, shown
+
+    async def replay_filter(request: Request) -> Response:
+        checked = await _operator_filter(request)
+        if isinstance(checked, Response):
+            return checked
+        who, form, flt, shown = checked
         options = {key: str(form.get(key) or "").strip() for key in ("spread", "name")}
         if options["spread"]:
             try:
@@ -383,15 +391,10 @@ def build_app(config: WebConfig) -> Starlette:  # noqa: PLR0915 - the handlers s
         return _do_replay(request, who, console.store.iter(flt, limit=count), shown, options)
 
     async def purge_filter(request: Request) -> Response:
-        who = _need(console, request, "operator")
-        if isinstance(who, Response):
-            return who
-        form = await _form_checked(console, request, who)
-        if form is None:
-            return PlainTextResponse("CSRF token missing or wrong\n", status_code=403)
-        flt, shown, error = _filter_from(form)
-        if error:
-            return console.render(request, "error.html", who, status_code=400, message=error)
+        checked = await _operator_filter(request)
+        if isinstance(checked, Response):
+            return checked
+        who, form, flt, shown = checked
         count = actions.count_matching(console.store, flt)
         phrase = f"delete {count}"
         if str(form.get("confirm") or "").strip() != phrase or not count:
