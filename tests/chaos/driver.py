@@ -104,6 +104,11 @@ class ChaosReport:
     overran_ids: list[int] = field(default_factory=list)
     duplicate_effects: int = 0
     duplicate_kinds: dict[int, str] = field(default_factory=dict)  # key -> task kind, for each duplicated effect
+    # Of those, the duplicates whose earlier effect was applied by a process the driver SIGKILLed afterwards
+    # (key -> seconds from that effect to the kill): killed after the side effect and before the idempotency
+    # key stored the result, so the redelivery ran the body again. That is at-least-once delivery, which no
+    # guard can close for a side effect outside its store; any other duplicate is a defect.
+    duplicates_after_kill: dict[int, float] = field(default_factory=dict)
     permanent_dead_letters: dict[int, int] = field(default_factory=dict)
     poison_runs: dict[int, int] = field(default_factory=dict)
     poison_dead_letters: dict[int, int] = field(default_factory=dict)
@@ -130,6 +135,7 @@ class ChaosReport:
             "pending": self.pending,
             "lost": self.lost,
             "duplicate effects": self.duplicate_effects,
+            "of them killed after the effect": len(self.duplicates_after_kill),
             "seconds": round(self.seconds),
         }
 
@@ -200,6 +206,7 @@ class ChaosRun:
         self.started = 0
         self.report = ChaosReport(config)
         self._client: Any = None
+        self.killed: dict[int, float] = {}  # pid -> epoch seconds of its SIGKILL (pool children and main processes)
 
     def _worker(self) -> WorkerProcess:
         self.started += 1
@@ -339,12 +346,15 @@ class ChaosRun:
             self.report.in_flight_at_fault.append((action, in_flight))
             _worker, child = self.rng.choice(candidates)
             os.kill(child, signal.SIGKILL)
+            self.killed[child] = time.time()
             self.report.child_kills += 1
             return
         self.report.in_flight_at_fault.append((action, in_flight))
         worker = self.rng.choice(self.workers)
         index = self.workers.index(worker)
+        pids = [worker.pid, *worker.children()] if worker.alive else []
         worker.kill()  # SIGKILL: the main process and its pool children
+        self.killed.update(dict.fromkeys(pids, time.time()))
         self.report.main_kills += 1
         self.workers[index] = self._worker()
 
@@ -371,6 +381,9 @@ class ChaosRun:
             if effects > 1:
                 report.duplicate_effects += effects - 1
                 report.duplicate_kinds[i] = kind
+                gap = self._killed_after_effect(evidence, i)
+                if gap is not None:
+                    report.duplicates_after_kill[i] = gap
             if effects:
                 report.succeeded += 1
             elif dl:
@@ -395,6 +408,20 @@ class ChaosRun:
                 # a run after the first is a retry only if it came a backoff later (a redelivery may come sooner)
                 if effects and max(times) - min(times) < self.config.later_backoff_s:
                     report.early_retries.append(i)
+
+    def _killed_after_effect(self, evidence: Any, key: int) -> float | None:
+        """Seconds from the first effect of ``key`` to the SIGKILL of the process that applied it, if there was one.
+
+        Every effect but the last must come from a process killed after it: one killed run, one redelivery.
+        """
+        gaps = []
+        for entry in evidence.lrange(f"fxby:{key}", 0, -2):
+            pid_text, _, at_text = entry.decode().partition(" ")
+            killed_at = self.killed.get(int(pid_text))
+            if killed_at is None or killed_at < float(at_text):
+                return None
+            gaps.append(killed_at - float(at_text))
+        return round(max(gaps), 3) if gaps else None
 
 
 def format_table(reports: list[ChaosReport]) -> str:

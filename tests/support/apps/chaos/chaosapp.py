@@ -9,7 +9,10 @@ optional: faster heartbeat/recovery for short runs), CHAOS_BROKER_TRANSPORT (opt
 an explicit ``broker_transport``, which install() must leave alone).
 
 Evidence keys on the evidence Redis, per business key ``k`` (the task's index):
-- ``fx:k``: INCR when the body's side effect is applied (``chaos.ok``, ``chaos.flaky``);
+- ``fx:k``: INCR when the body's side effect is applied (``chaos.ok``, ``chaos.flaky``, ``chaos.later``);
+- ``fxby:k``: in the same transaction, ``"<pid> <epoch seconds>"`` of the process that applied it (RPUSH),
+  so the driver can tell a duplicate whose first effect's process it SIGKILLed (after the effect, before
+  the idempotency key stored the result: the at-least-once window no guard can close) from any other;
 - ``runs:k``: INCR each time any body starts (poison pills: how often it ran);
 - ``late:k``: the epoch seconds of each run of ``chaos.later`` (RPUSH), to check it ran after its backoff;
 - ``overran:k``: INCR when a ``chaos.slow`` body returns, i.e. ran to its end past its soft time limit
@@ -44,12 +47,20 @@ def _started(key: int) -> int:
     return int(EVIDENCE.incr(f"runs:{key}"))
 
 
+def _effect(key: int) -> int:
+    """The side effect, and which process applied it when, in one MULTI."""
+    pipe = EVIDENCE.pipeline(transaction=True)
+    pipe.incr(f"fx:{key}")
+    pipe.rpush(f"fxby:{key}", f"{os.getpid()} {time.time()}")
+    return int(pipe.execute()[0])
+
+
 @app.task(name="chaos.ok")
 def ok(key: int, work_s: float = 0.005) -> int:
     """Succeeds: the side effect is one INCR, guarded by the policy's idempotency key."""
     _started(key)
     time.sleep(work_s)
-    return int(EVIDENCE.incr(f"fx:{key}"))
+    return _effect(key)
 
 
 @app.task(name="chaos.flaky", bind=True)
@@ -60,7 +71,7 @@ def flaky(self: object, key: int, fail_times: int) -> int:
     if retries < fail_times:
         msg = f"transient failure {retries + 1} of {fail_times}"
         raise ConnectionError(msg)
-    return int(EVIDENCE.incr(f"fx:{key}"))
+    return _effect(key)
 
 
 @app.task(name="chaos.permanent")
@@ -95,4 +106,4 @@ def later(self: object, key: int) -> int:
     if not retries:
         msg = "transient failure before a long backoff"
         raise ConnectionError(msg)
-    return int(EVIDENCE.incr(f"fx:{key}"))
+    return _effect(key)
