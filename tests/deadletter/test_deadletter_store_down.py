@@ -116,6 +116,7 @@ def test_a_dead_letter_written_while_the_store_is_down_runs_again_paced_and_is_w
     assert announced[:3] == [0.5, 1.0, 2.0]
     run_gaps = gaps(dl_runs(client, key))
     assert all(gap >= again - 0.05 for gap, again in zip(run_gaps, announced, strict=False)), (run_gaps, announced)
+
     # the message is still with the broker: in the queue, unacked while it is running or waiting for a short
     # countdown, or in the delayed set while it waits for a countdown of 1 s or more (delayed delivery)
     def held() -> bool:

@@ -291,8 +291,11 @@ def test_a_poison_pill_runs_max_redeliveries_plus_one_times_then_is_dead_lettere
     record = _wait_record(store, task_id, timeout=40)
 
     executions = dl_runs(client, key)
-    assert len(executions) == 3  # max_redeliveries 2: the first delivery and two redeliveries
-    assert [e["redelivered"] for e in executions] == [False, True, True]
+    # On failure, say which run came from where: a second run with redelivered False would be the pool
+    # sending the same job to another child (billiard's put-back of a job whose ACK it had not read).
+    evidence = (executions, [line for line in prefork.log_text().splitlines() if task_id in line][-12:])
+    assert len(executions) == 3, evidence  # max_redeliveries 2: the first delivery and two redeliveries
+    assert [e["redelivered"] for e in executions] == [False, True, True], evidence
     assert len({e["pid"] for e in executions}) == 3  # each run killed its pool process
     assert (record.task, record.reason, record.attempts) == ("dl.crash", "redelivery_limit", 1)
     assert record.exc_message == "message redelivered 3 times after lost workers (max_redeliveries=2)"
