@@ -209,3 +209,51 @@ def test_retries_delayed_through_a_worker_sigkill_and_a_broker_restart_run_once_
     assert late == []
     assert delayed.counts(client) == {}
     assert client.hlen("unacked") == 0
+
+
+def test_plain_celery_strands_the_same_countdown_retries_in_unacked_through_the_same_faults(
+    redis_server_factory: Any, tmp_path: Path
+) -> None:
+    """The baseline of the test above: plain Celery/kombu, the same 200 retries, SIGKILL and broker restart.
+
+    Each countdown retry waits in the worker as an unacked ETA message. After the SIGKILL and the restart the
+    new workers do not get them back: they wait in ``unacked`` for kombu's visibility timeout (1 h by default).
+    """
+    count, countdown_s, after_s = 200, 20.0, 20.0
+    server = redis_server_factory(appendonly=True)
+    env = {"LEASE_BROKER_URL": server.url, "LEASE_MODE": "plain", "LEASE_VISIBILITY_S": "3600"}
+
+    def plain_workers(path: Path, n: int) -> list[WorkerProcess]:
+        return [
+            make_worker(path, app=LEASEAPP, broker_url=server.url, policy=None, env=env, name=f"plain{i}").start()
+            for i in range(n)
+        ]
+
+    workers = plain_workers(tmp_path / "before", 2)
+    client = server.client()
+    try:
+        app = producer(server.url)
+        with app.producer_or_acquire() as publisher:
+            for i in range(count):
+                app.send_task("lease.retry", args=[f"k{i}", countdown_s], producer=publisher)
+        wait_for("200 retries held by the workers", lambda: client.hlen("unacked") == count, 30)
+        sent_at = max(_runs(server, f"k{i}")[0]["t"] for i in range(count))
+        for worker in workers:
+            worker.kill()
+        server.kill()
+        time.sleep(1.0)
+        server.start()
+        client = server.client()
+        workers = plain_workers(tmp_path / "after", 2)
+        time.sleep(max(0.0, sent_at + countdown_s + after_s - time.time()))
+        ran = sum(len(_runs(server, f"k{i}")) >= 2 for i in range(count))
+        stranded = client.hlen("unacked")
+    finally:
+        for worker in workers:
+            worker.kill()
+    print(  # the README's baseline figure
+        f"plain Celery/kombu: {ran} of {count} retries had run {after_s:g}s after their due time; {stranded} were "
+        "still in unacked, waiting for the visibility timeout (1 h)"
+    )
+    assert ran == 0
+    assert stranded == count
