@@ -99,12 +99,12 @@ class _Backstop:
     def arm(self, limit_s: float, task_id: str | None) -> None:
         """Start timing a run as generation ``self.generation + 1``; nothing where this process cannot.
 
-        Not armed: outside a prefork pool process, in a run nested in a timed one (an
-        eager call), or when the app has put its own SIGUSR1 handler in place.
+        Not armed outside a prefork pool process, nor in a run nested in a timed one
+        (an eager call). Cheap: no system call, no lock.
         """
         if self.watchdog is None and not self._start():
             return
-        if self.active or signal.getsignal(_SIGNAL) is not _on_soft_signal:  # type: ignore[arg-type]
+        if self.active:
             return
         if self.dropped:
             logger.info("soft_time_limit_late_signal_dropped", count=self.dropped, task_id=self.task_id)
@@ -153,15 +153,22 @@ class _Backstop:
         signalled = 0
         while True:
             active, deadline = self.active, self.deadline
-            pending = active and active not in (signalled, self.raised)
-            until = deadline if pending else math.inf
+            now = time.monotonic()
+            if active and active not in (signalled, self.raised):
+                until = deadline
+            else:
+                # Nothing to signal. Still wake at a deadline to come: the next run's is later, so
+                # arming it needs no wake-up (one per limit period, not one per task).
+                until = deadline if deadline > now else math.inf
             self.waiting_until = until
             if self.active != active or self.deadline != deadline:
                 continue  # a run was armed meanwhile
-            now = time.monotonic()
             if until <= now:
-                signalled = self.signalled = active
-                signal.pthread_kill(self.main_ident, _SIGNAL)  # type: ignore[arg-type]  # not None here
+                signalled = active
+                # the app may have taken SIGUSR1 over since (checked here: signal.getsignal costs microseconds)
+                if signal.getsignal(_SIGNAL) is _on_soft_signal:  # type: ignore[arg-type]  # not None here
+                    self.signalled = active
+                    signal.pthread_kill(self.main_ident, _SIGNAL)  # type: ignore[arg-type]
                 continue
             readable, _, _ = select.select([wake_r], [], [], None if until == math.inf else until - now)
             if readable:
