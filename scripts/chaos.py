@@ -42,8 +42,8 @@ def problems(report: ChaosReport) -> list[str]:
         found.append(f"{report.lost} lost: {report.lost_ids[:20]}")
     if report.overran_ids:
         found.append(
-            f"{len(report.overran_ids)} slow tasks ran past their soft time limit and succeeded (the worker's"
-            f" main process raises it; its event loop was stalled): {report.overran_ids[:20]}"
+            f"{len(report.overran_ids)} slow tasks ran past their soft time limit and succeeded (neither the"
+            f" worker's main process nor the pool process's backstop raised it): {report.overran_ids[:20]}"
         )
     if report.pending:
         found.append(f"{report.pending} still pending at the end")

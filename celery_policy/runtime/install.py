@@ -144,7 +144,7 @@ class AppRuntime:
             self.decorator_options[task_cls.name] = declared
         runtime = self.compile(task_cls.name, instance)
         task_cls._celery_policy = runtime
-        if instance is not None and runtime.needs_wrapper:
+        if instance is not None and runtime.wraps_run:
             wrap_run(instance, runtime)
         attributes = runtime.task_attributes(self.has_split_acks)
         attributes.update(compose(task_cls))  # whatever the base class: no PolicyTask needed in the MRO

@@ -86,6 +86,7 @@ class TaskRuntime:
         self.idempotency: IdempotencyGuard | None = None  # set by bind_redis()
         self.flow: FlowGate | None = None  # breaker / limit before the body; set by bind_flow()
         self.amqp_delay = False  # RabbitMQ delay path (runtime.amqp_delay), set at install
+        self.soft_limit_s = policy.timeout.soft  # backstopped in prefork pool processes (runtime/soft_limit.py)
         self.needs_wrapper = (
             self.classifier.retries_anything
             or self.return_error
@@ -110,6 +111,11 @@ class TaskRuntime:
             if outcome.action is Action.RETRY:
                 backoff, cap = outcome.backoff, outcome.max_retries
         return draw_delay(backoff, int(request.retries or 0)), cap
+
+    @property
+    def wraps_run(self) -> bool:
+        """Whether the task's ``run`` gets the policy wrapper (failure handling, or only the soft-limit backstop)."""
+        return self.needs_wrapper or self.soft_limit_s is not None
 
     @property
     def needs_redis(self) -> bool:

@@ -13,6 +13,7 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Retry, TaskPredicate
 
+from celery_policy.runtime.soft_limit import timed
 from celery_policy.runtime.task_runtime import RERAISE, TaskRuntime
 
 _WRAPPED = "__celery_policy_runtime__"
@@ -25,7 +26,13 @@ def wrap_run(task: Task, runtime: TaskRuntime) -> None:
 
     A decorator's ``autoretry_for`` wrapper is removed: where the policy governs
     retries it wins, and two retry loops around one body would multiply attempts.
+    A task whose policy sets ``timeout.soft`` also gets the soft-limit backstop
+    (runtime/soft_limit.py) around its body, inside the failure handling, so a
+    soft limit it raises goes through the policy like Celery's own.
     """
+    if not runtime.needs_wrapper:
+        _wrap_backstop_only(task, runtime)
+        return
     inner = _unwrapped_run(task)
     if inner is None:
         return
@@ -34,6 +41,13 @@ def wrap_run(task: Task, runtime: TaskRuntime) -> None:
         inner = runtime.flow.wrap(task, body)
         setattr(inner, _WRAPPED, runtime)
         inner.__wrapped__ = body  # type: ignore[attr-defined]
+    if runtime.soft_limit_s is not None:  # around the gate too: Celery's soft limit counts its wait
+        body = inner
+        inner = timed(task, body)
+        setattr(inner, _WRAPPED, runtime)
+        inner.__wrapped__ = body  # type: ignore[attr-defined]
+        inner.__name__ = getattr(body, "__name__", "run")
+        inner.__doc__ = getattr(body, "__doc__", None)
     handle = runtime.handle_failure
 
     if runtime.max_redeliveries is None and runtime.policy.idempotency is None:
@@ -101,6 +115,23 @@ def wrap_run(task: Task, runtime: TaskRuntime) -> None:
     run.__doc__ = getattr(inner, "__doc__", None)
     task.run = run
     task.__dict__.pop("_orig_run", None)
+
+
+def _wrap_backstop_only(task: Task, runtime: TaskRuntime) -> None:
+    """A policy that sets ``timeout.soft`` and decides nothing on failure: only the backstop, around ``run`` as it is.
+
+    A decorator's autoretry wrapper stays (the policy governs no retries): when it
+    wraps the task after this, the backstop is inside it, around the body.
+    """
+    current: Callable[..., Any] = task.__dict__.get("run") or task.run
+    if getattr(current, _WRAPPED, None) is runtime:  # ours, or autoretry's copy of our marker
+        return
+    run = timed(task, current)
+    setattr(run, _WRAPPED, runtime)
+    run.__wrapped__ = current  # type: ignore[attr-defined]
+    run.__name__ = getattr(current, "__name__", "run")
+    run.__doc__ = getattr(current, "__doc__", None)
+    task.run = run
 
 
 def _unwrapped_run(task: Task) -> Callable[..., Any] | None:

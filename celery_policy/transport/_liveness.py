@@ -311,6 +311,11 @@ class Liveness:
             for tag in tags:
                 self._orphans.setdefault(tag, due)
 
+    def gives_back_later(self, tag: str) -> bool:
+        """Whether ``tag`` is a closed channel's message still waiting for :meth:`give_back_due`."""
+        with self._lock:
+            return tag in self._orphans
+
     def attach(self, channel: Any) -> None:
         """A channel of this process that takes messages (its held messages are never given back)."""
         self._channels.add(channel)

@@ -111,6 +111,35 @@ class QoS(kombu_redis.QoS):
         else:  # a payload the script could not parse: record it the way kombu does
             super().append(message, delivery_tag)
 
+    def ack(self, delivery_tag: str) -> None:
+        if self._no_longer_held(delivery_tag):
+            virtual.QoS.ack(self, delivery_tag)  # forgotten here only
+            return
+        super().ack(delivery_tag)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        if self._no_longer_held(delivery_tag):
+            virtual.QoS.ack(self, delivery_tag)
+            return
+        super().reject(delivery_tag, requeue=requeue)
+
+    def _no_longer_held(self, delivery_tag: str) -> bool:
+        """A late ack or reject from a closed channel, for a message it has already given back.
+
+        Celery settles a job that ran through a broker outage on the channel the message came
+        from, once the worker is connected again. By then the channel's messages are back in
+        their queue (kombu's restore at close, or the give-back after the heartbeat TTL), and
+        one may be running again: a message given back keeps its delivery tag, so the late ack
+        would drop the new delivery's ``unacked`` record (lost if its worker dies) and a late
+        requeue would push a second copy. What is still waiting for its give-back is this
+        channel's own, and is settled as before (an ack then makes the give-back a no-op).
+        """
+        channel = self.channel
+        liveness = channel.__dict__.get("liveness")
+        if not channel.closed or liveness is None:
+            return False
+        return not liveness.gives_back_later(str(delivery_tag))
+
     def _remove_from_indices(self, delivery_tag: str, pipe: Any = None) -> Any:
         with self.pipe_or_acquire(pipe) as active:
             return (

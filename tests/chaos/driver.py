@@ -10,7 +10,8 @@ counts, per task:
 - pending: still in a queue list or in ``unacked`` (plain kombu strands a killed worker's
   messages there until the visibility timeout),
 - overran: a ``chaos.slow`` run that returned (``overran:k``): its soft time limit was not raised,
-  so it succeeded, was acked and left no dead letter; not lost, but the limit did not hold,
+  so it succeeded, was acked and left no dead letter; not lost, but the limit did not hold
+  (the pool process's backstop, celery_policy/runtime/soft_limit.py, is there so that it does),
 - lost: none of these.
 The same seed gives the same tasks and the same fault schedule.
 """
@@ -207,10 +208,11 @@ class ChaosRun:
         self.report = ChaosReport(config)
         self._client: Any = None
         self.killed: dict[int, float] = {}  # pid -> epoch seconds of its SIGKILL (pool children and main processes)
+        self.liveness = dict(FAST_LIVENESS)  # reliable fetch's heartbeat and recovery, for the workers started next
 
     def _worker(self) -> WorkerProcess:
         self.started += 1
-        options = FAST_LIVENESS | {"visibility_timeout": 3600}
+        options = self.liveness | {"visibility_timeout": 3600}
         worker = WorkerProcess(
             "chaosapp",
             log_path=self.workdir / f"worker-{self.started}.log",

@@ -76,11 +76,15 @@ def test_policy_values_replace_the_decorator_options_on_the_task_class(app: Cele
     assert type(task).max_retries == 10
     assert (task.soft_time_limit, task.time_limit) == (1.5, 2.0)  # decorator: time_limit=99
     assert (task.acks_late, task.reject_on_worker_lost) == (True, True)
-    # one policy wrapper around the body; celery's autoretry wrapper (retry_backoff, 10 retries) is gone
+    # the policy's wrapper, then (timeout.soft is set) the soft-limit backstop, then the body; celery's
+    # autoretry wrapper (retry_backoff, 10 retries) is gone
     assert "_orig_run" not in task.__dict__
     assert hasattr(task.run, MARKER)
-    assert not hasattr(task.run.__wrapped__, MARKER)
-    assert task.run.__wrapped__.__name__ == "decorated"
+    backstop = task.run.__wrapped__
+    assert hasattr(backstop, MARKER)
+    assert backstop.__qualname__.startswith("timed.")
+    assert not hasattr(backstop.__wrapped__, MARKER)
+    assert backstop.__wrapped__.__name__ == "decorated"
     assert task.run("k") == "k"  # called directly: the body runs as plain code
 
 

@@ -107,6 +107,21 @@ def test_soft_time_limit_listed_in_never_fails_at_once_after_the_cleanup(env: En
     assert hook["reason"] == "permanent"
 
 
+def test_a_task_that_cleans_up_after_its_soft_limit_past_the_backstop_deadline_gets_it_once(env: Env) -> None:
+    """Celery's own signal raised the limit: the pool process's backstop (limit + 0.3 s) does not raise it again."""
+    key = new_key()
+
+    task_id = env.send("rt.soft.linger", key, 1.0)
+
+    meta = wait_final(env.redis, task_id, timeout=20)
+    assert meta["status"] == "SUCCESS", meta
+    entries = env.journal.entries(key)
+    assert _phases(entries) == ["start", "cleanup", "cleaned"]
+    assert 0.4 <= entries[1]["t"] - entries[0]["t"] < 0.8  # Celery's signal, before the backstop's deadline
+    assert entries[2]["t"] - entries[0]["t"] > 1.3  # the cleanup outlasted that deadline, uninterrupted
+    assert log_events(env.worker.log_text(), "soft_time_limit_backstop", task_id=task_id) == []
+
+
 def test_hard_time_limit_with_late_ack_and_no_ack_on_timeout_brings_the_message_back(env: Env) -> None:
     key = new_key()
 

@@ -178,6 +178,19 @@ def sleeper(self: Task, key: str, seconds: float, slow_times: int = 1) -> str:
     return f"slept on execution {n}"
 
 
+@_task("rt.soft.linger")
+def linger(self: Task, key: str, cleanup_s: float) -> str:
+    """Catches its soft time limit and cleans up for ``cleanup_s``, past the backstop's deadline, then returns."""
+    _record(self, key, phase="start")
+    try:
+        time.sleep(10)
+    except SoftTimeLimitExceeded:
+        _record(self, key, phase="cleanup")
+        time.sleep(cleanup_s)  # a second SoftTimeLimitExceeded here would end the task as a failure
+        _record(self, key, phase="cleaned")
+    return "cleaned"
+
+
 @_task("rt.crasher")
 def crasher(self: Task, key: str, crash_times: int) -> str:
     n = _record(self, key)
