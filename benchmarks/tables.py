@@ -88,14 +88,14 @@ def lines_table() -> str:
 _E2E_KEYS = ("solo/success", "solo/10% transient", "prefork/success", "prefork/10% transient")
 _CHAOS_COLUMNS = (
     "tasks", "main kills", "child kills", "broker restarts", "succeeded", "dead-lettered", "pending", "lost",
-    "duplicate effects", "seconds",
+    "duplicate effects", "of them killed after the effect", "seconds",
 )  # fmt: skip
 
 
 def chaos_full() -> str:
     """scripts/chaos.py --compare --tasks 10000 --main-kills 24 --child-kills 12 --restarts 3 --json ..."""
     data = result("chaos-full")
-    rows = [[r["fetch"], *(str(r[c]) for c in _CHAOS_COLUMNS)] for r in data["reports"]]
+    rows = [[r["fetch"], *(str(r.get(c, "not recorded")) for c in _CHAOS_COLUMNS)] for r in data["reports"]]
     caption = f"`{data['machine']['command']}` ({_machine(data)}), seed {data['reports'][0]['seed']}:"
     return caption + "\n\n" + _table(["fetch", *_CHAOS_COLUMNS], rows) + _chaos_problems(data)
 
@@ -103,6 +103,7 @@ def chaos_full() -> str:
 def _chaos_problems(data: dict[str, Any]) -> str:
     """What the script found wrong with each run (its exit status), as saved in the results file."""
     notes = [f"- {r['fetch']}: {problem}" for r in data["reports"] for problem in r["problems"]]
+    notes += [f"- {r['fetch']} (not a failure): {note}" for r in data["reports"] for note in r.get("notes", [])]
     return ("\n\nWhat the script reported for this run:\n\n" + "\n".join(notes)) if notes else ""
 
 
