@@ -111,31 +111,43 @@ def test_status_and_explain_print_what_waits_in_the_delayed_set_per_queue(
     }
     worker = make_worker(tmp_path, app=LEASEAPP, broker_url=clean_redis.url, policy=policy, env=env,
                          queues=["celery", "idle"]).start()  # fmt: skip
-    status = ("status", "--app", LEASEAPP, "--timeout", "3")
-    explain = ("explain", "lease.retry", "--app", LEASEAPP, "--file", str(policy))
+    try:
+        status = ("status", "--app", LEASEAPP, "--timeout", "3")
+        explain = ("explain", "lease.retry", "--app", LEASEAPP, "--file", str(policy))
 
-    # nothing delayed yet: explain says none, status prints no delayed line
-    assert _lines(env, *explain)[-1] == EXPLAIN_LINE + "none"
-    out = _lines(env, *status)
-    assert out[0] == "1 worker, 1 policy"
-    assert [line for line in out if line.startswith("delayed")] == []
+        # nothing delayed yet: explain says none, status prints no delayed line
+        assert _lines(env, *explain)[-1] == EXPLAIN_LINE + "none"
+        out = _lines(env, *status)
+        assert out[0] == "1 worker, 1 policy"
+        assert [line for line in out if line.startswith("delayed")] == []
 
-    client = producer(clean_redis.url)
-    for n in range(3):
-        client.send_task("lease.retry", args=[f"k{n}", 600.0])
-    _park(clean_redis.url, "reports", "r-1", 3600)
-    _park(clean_redis.url, "reports", "r-2", 7200)
-    _park(clean_redis.url, "soon", "s-1", 1.0)
-    broker = clean_redis.client()
-    wait_for("three retries in the delayed set", lambda: delayed.counts(broker).get("celery") == 3, 30)
-    wait_for("soon's entry moved to its list", lambda: broker.llen("soon") == 1, 10)
-    assert delayed.counts(broker) == {"celery": 3, "reports": 2}
-    assert worker.alive
+        client = producer(clean_redis.url)
+        for n in range(3):
+            client.send_task("lease.retry", args=[f"k{n}", 600.0])
+        _park(clean_redis.url, "reports", "r-1", 3600)
+        _park(clean_redis.url, "reports", "r-2", 7200)
+        _park(clean_redis.url, "soon", "s-1", 2.5)  # the eta has whole seconds: due in 1.5-2.5 s, so it is stored
+        broker = clean_redis.client()
+        assert delayed.counts(broker)["soon"] == 1
+        wait_for("three retries in the delayed set", lambda: delayed.counts(broker).get("celery") == 3, 30)
+        wait_for("soon's entry moved to its list", lambda: broker.llen("soon") == 1, 10)
+        assert delayed.counts(broker) == {"celery": 3, "reports": 2}
+        assert worker.alive
 
-    assert _lines(env, *explain)[-1] == EXPLAIN_LINE + "celery 3, reports 2"
-    data = json.loads(_command(env, *explain, "--format", "json").stdout)
-    assert data["delayed"] == {"celery": 3, "reports": 2}
-    out = _lines(env, *status)
-    assert [line for line in out if line.startswith("delayed")] == [STATUS_LINE + "celery 3, reports 2"]
-    data = json.loads(_command(env, *status, "--format", "json").stdout)
-    assert data["delayed"] == {"celery": 3, "reports": 2}
+        assert _lines(env, *explain)[-1] == EXPLAIN_LINE + "celery 3, reports 2"
+        data = json.loads(_command(env, *explain, "--format", "json").stdout)
+        assert data["delayed"] == {"celery": 3, "reports": 2}
+        out = _lines(env, *status)
+        assert [line for line in out if line.startswith("delayed")] == [STATUS_LINE + "celery 3, reports 2"]
+        data = json.loads(_command(env, *status, "--format", "json").stdout)
+        assert data["delayed"] == {"celery": 3, "reports": 2}
+    finally:
+        worker.kill()  # not a fixture's worker: it would answer the status of later tests on this Redis
+
+
+def test_explain_says_when_the_redis_broker_does_not_answer(tmp_path: Path) -> None:
+    policy = tmp_path / "later.yaml"
+    policy.write_text(RETRY_LATER)
+    env = {"LEASE_BROKER_URL": "redis://127.0.0.1:1/0", "LEASE_MODE": "policy", "CELERY_POLICY_FILE": str(policy)}
+    out = _lines(env, "explain", "lease.retry", "--app", LEASEAPP, "--file", str(policy))
+    assert out[-1] == EXPLAIN_LINE + "cannot read them, the broker did not answer"
