@@ -178,6 +178,20 @@ def kombu_redis_problems() -> list[str]:
     return problems
 
 
+def kombu_hub_problems() -> list[str]:
+    """The kombu event-loop internals runtime/eventloop.py relies on that the installed kombu lacks.
+
+    The RabbitMQ consumer step runs the hub's scheduled callbacks from a tick callback: it needs the
+    ``on_tick`` set and the ``_pop_ready`` method (kombu 5.3.7 to 5.7.0, :data:`KOMBU_LINES`).
+    """
+    from kombu.asynchronous import Hub
+
+    problems = _missing(Hub, "kombu.asynchronous.Hub", ("_pop_ready", "create_loop"))
+    if "on_tick" not in _names(Hub.__init__):
+        problems.append("kombu.asynchronous.Hub.on_tick")
+    return problems
+
+
 def reliable_fetch_problem() -> str | None:
     """Why reliable fetch cannot run on the installed kombu, or None when it can.
 

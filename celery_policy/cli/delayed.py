@@ -51,6 +51,36 @@ def delayed_counts(url: str | None) -> dict[str, int] | None:
         return None
 
 
+def delayed_overview(url: str | None) -> tuple[dict[str, int], dict[str, int]] | None:
+    """Per queue, the delayed messages and those of them nothing has moved (see ``delayed.stuck``); None when the
+    broker is not Redis or does not answer."""
+    if not url or str(url).split("://", 1)[0].lower() not in ("redis", "rediss"):
+        return None
+    import redis
+
+    from celery_policy.transport import delayed
+
+    try:
+        client = redis.Redis.from_url(str(url), socket_timeout=5, socket_connect_timeout=3)
+        return delayed.counts(client), delayed.stuck(client)
+    except redis.RedisError:
+        return None
+
+
+def stuck_lines(stuck: dict[str, int]) -> list[str]:
+    """The warning under the delayed counts when due messages wait with nothing to move them."""
+    from celery_policy.transport.delayed import STUCK_AFTER_S
+
+    if not stuck:
+        return []
+    per_queue = ", ".join(f"{queue} {count}" for queue, count in stuck.items())
+    return [
+        f"warning: more than {STUCK_AFTER_S:.0f} s past due and not moved: {per_queue}",
+        "  help: only a running celery-policy worker with delayed delivery moves due messages (those of every queue"
+        " of its Redis database, consumed or not); plain Celery workers and producers do not",
+    ]
+
+
 def _when(epoch: float | None) -> str:
     if epoch is None:
         return "-"
@@ -89,6 +119,7 @@ def stats_command(url: str | None, app: str | None, fmt: str) -> int:
     if not found:
         click.echo("no delayed messages")
         return OK
+    stuck = store.stuck(client)
     width = max(len("queue"), *(len(name) for name in found))
     click.echo(f"{'queue':<{width}}  {'delayed':>8}  {'overdue':>8}  next due                   last due")
     for name, row in found.items():
@@ -96,6 +127,8 @@ def stats_command(url: str | None, app: str | None, fmt: str) -> int:
             f"{name:<{width}}  {row['delayed']:>8}  {row['overdue']:>8}  "
             f"{_when(row['next_due']):<25}  {_when(row['last_due'])}"
         )
+    for line in stuck_lines(stuck):
+        click.echo(line)
     return OK
 
 

@@ -68,14 +68,16 @@ def run_explain(
     if own_retries and fmt != "json":
         text += f"\n{own_retries}\n"
     if app:  # how many messages wait in the Redis broker's delayed set (delayed delivery), per queue
-        waiting = _delayed_counts(app)
+        waiting, is_redis = _delayed_counts(app)
         if fmt == "json":
             import json
 
             text = json.dumps({**json.loads(text), "delayed": waiting}, indent=2, ensure_ascii=False) + "\n"
         else:
             per_queue = ", ".join(f"{queue} {count}" for queue, count in (waiting or {}).items()) or "none"
-            text += f"delayed messages in the broker: {per_queue if waiting is not None else 'not a Redis broker'}\n"
+            if waiting is None:
+                per_queue = "cannot read them, the broker did not answer" if is_redis else "not a Redis broker"
+            text += f"delayed messages in the broker: {per_queue}\n"
     sys.stdout.write(text)
     return OK
 
@@ -96,7 +98,8 @@ def describe_own_retries(task: object) -> str | None:
     return "the task's own code " + " and ".join(parts) + ": see retry.self_retry above for what the policy does there"
 
 
-def _delayed_counts(app: str) -> dict[str, int] | None:
+def _delayed_counts(app: str) -> tuple[dict[str, int] | None, bool]:
+    """The app's broker's delayed counts (None: not Redis, or no answer), and whether the broker is Redis."""
     from celery_policy import appinfo
     from celery_policy.cli.delayed import delayed_counts
 
@@ -104,7 +107,9 @@ def _delayed_counts(app: str) -> dict[str, int] | None:
         celery_app = appinfo.import_app(app)
     except appinfo.AppLoadError as exc:
         raise click.UsageError(str(exc)) from exc
-    return delayed_counts(celery_app.conf.broker_url)
+    url = celery_app.conf.broker_url
+    is_redis = bool(url) and str(url).split("://", 1)[0].lower() in ("redis", "rediss")
+    return delayed_counts(url), is_redis
 
 
 def _print_error(exc: PolicyError, stream: TextIO) -> None:

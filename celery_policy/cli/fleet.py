@@ -152,21 +152,23 @@ def run_status(app: str, expect: Sequence[str], env: str | None, fmt: str, timeo
         for worker in workers:
             _compare(worker, expected_policy)
     flow = _breakers_for_status(celery_app, expected_policy)  # breaker states next to the fleet (cli/breakers.py)
-    from celery_policy.cli.delayed import delayed_counts
+    from celery_policy.cli.delayed import delayed_overview, stuck_lines
 
-    waiting = delayed_counts(celery_app.conf.broker_url)  # delayed delivery on a Redis broker
+    waiting, stuck = delayed_overview(celery_app.conf.broker_url) or ({}, {})  # delayed delivery on a Redis broker
     if fmt == "json":
         body = _status_json(workers, expected_policy, expect)
         if flow is not None:
             body["breakers"] = flow[1]
         if waiting:
             body["delayed"] = waiting
+        if stuck:
+            body["delayed_stuck"] = stuck
         click.echo(json.dumps(body, indent=2, ensure_ascii=False))
     else:
         lines = _status_text(workers, expected_policy, expect, timeout)
         if waiting:
             per_queue = ", ".join(f"{queue} {count}" for queue, count in waiting.items())
-            lines += ["", f"delayed messages (waiting in the broker): {per_queue}"]
+            lines += ["", f"delayed messages (waiting in the broker): {per_queue}", *stuck_lines(stuck)]
         if flow is not None:
             lines += ["", *flow[0]]
         click.echo("\n".join(lines))

@@ -33,6 +33,7 @@ from celery_policy.redis_urls import RedisUrlError
 from celery_policy.references import check_references, ensure_import_root
 from celery_policy.resolve import Policy, load
 from celery_policy.runtime import amqp as _amqp
+from celery_policy.runtime import eventloop as _eventloop
 from celery_policy.runtime.flow import FlowRegistry
 from celery_policy.runtime.routing import PolicyRouter
 from celery_policy.runtime.task import compose
@@ -236,6 +237,7 @@ def _install(
     _apply_conf(app, policy)
     _reliable_fetch.configure(app, reliable, delayed)
     _amqp.apply_plan(app, policy, queue_plan)
+    _eventloop.configure(app, _amqp.broker_url_of(app))  # amqp: an ack scheduled before the loop blocks goes out
     app.conf.task_routes = (runtime.router, *_as_routes(app.conf.task_routes))
     app.conf.task_annotations = (PolicyAnnotator(runtime, app.conf.task_annotations),)
     app.__dict__.pop("annotations", None)  # a cached_property: recompute from the new setting

@@ -129,6 +129,7 @@ class Liveness:
         self.client: redis.Redis = redis.Redis(connection_pool=redis.ConnectionPool(**params))
         self._recover = self.client.register_script(RECOVER_SCRIPT)
         self._move: Any = None
+        self.noted_delayed_off = False  # basic_consume said once that this process moves no delayed messages
         self._missing_since: dict[str, float] = {}
         self._orphans: dict[str, float] = {}  # tag -> when it may be given back (see give_back_later)
         self._channels: weakref.WeakSet[Any] = weakref.WeakSet()  # this process's taking channels
@@ -175,11 +176,13 @@ class Liveness:
         """Renew leases often enough for a channel with this visibility timeout (four times per timeout)."""
         self.lease_interval_s = max(0.05, min(self.lease_interval_s, float(visibility_timeout_s) / 4.0))
 
-    def add_periodic(self, interval_s: float, job: Any) -> None:
-        """Run ``job()`` from the heartbeat thread about every ``interval_s`` seconds (once per job)."""
+    def add_periodic(self, interval_s: float, job: Any) -> bool:
+        """Run ``job()`` from the heartbeat thread about every ``interval_s`` seconds (once per job); True if new."""
         with self._lock:
-            if all(existing != job for _, existing in self._periodic):  # bound methods compare equal
-                self._periodic.append((max(0.05, float(interval_s)), job))
+            if any(existing == job for _, existing in self._periodic):  # bound methods compare equal
+                return False
+            self._periodic.append((max(0.05, float(interval_s)), job))
+            return True
 
     def _tick_s(self) -> float:
         return float(min(self.interval_s, self.lease_interval_s, *(interval for interval, _ in self._periodic)))

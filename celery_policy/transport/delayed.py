@@ -19,6 +19,12 @@ Every consuming process's heartbeat thread (:mod:`celery_policy.transport._liven
 moves due entries to the head of their queue list with one script (atomic, so any
 number of workers can do it at once, each entry moves once). A message is never moved
 before its due time; Celery still checks the ``eta`` itself when it arrives.
+
+Who moves: a process that consumes through this transport with delayed delivery on,
+for *every* queue listed in ``celery-policy:delayed-queues`` of its Redis database,
+whether it consumes that queue or not. Producers, plain Celery/kombu workers and
+celery-policy workers with ``worker.delayed_delivery: false`` move nothing; while none
+of the first kind runs on that database, due entries wait (:func:`stuck` counts them).
 """
 
 from __future__ import annotations
@@ -75,6 +81,9 @@ return moved
 """
 
 BATCH = 500
+# A running mover takes an entry within one poll interval (0.5 s by default) of its due time; one this far past
+# it has no mover: no celery-policy worker with delayed delivery consumes from this Redis database.
+STUCK_AFTER_S = 5.0
 
 _local = threading.local()
 
@@ -188,6 +197,16 @@ def counts(client: Any) -> dict[str, int]:
     pipe = client.pipeline(transaction=False)
     for name in names:
         pipe.zcard(delayed_key(name))
+    return {name: int(n) for name, n in zip(names, pipe.execute(), strict=True) if n}
+
+
+def stuck(client: Any, older_than_s: float = STUCK_AFTER_S, now: float | None = None) -> dict[str, int]:
+    """Per queue, the delayed messages more than ``older_than_s`` past their due time (none: not listed)."""
+    limit = (time.time() if now is None else now) - older_than_s
+    names = queues(client)
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.zcount(delayed_key(name), "-inf", limit)
     return {name: int(n) for name, n in zip(names, pipe.execute(), strict=True) if n}
 
 

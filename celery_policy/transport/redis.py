@@ -33,6 +33,7 @@ Use it with ``broker_transport = "celery_policy.transport.redis:Transport"``
 from __future__ import annotations
 
 import hashlib
+import logging
 from time import monotonic, time
 from typing import Any
 
@@ -41,10 +42,12 @@ from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 from kombu.utils.objects import cached_property
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 
 from celery_policy.transport import delayed
 from celery_policy.transport._liveness import OWNER_KEY, PREFIX, Liveness, liveness_for
+
+logger = logging.getLogger("celery_policy.transport")
 
 # KEYS: the lists to poll in order, then unacked hash, unacked_index zset, owner hash, inflight set
 # ARGV: now (delivery time, as kombu's QoS.append scores it), consumer id
@@ -220,10 +223,32 @@ class Channel(kombu_redis.Channel):
     def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
         liveness = self.liveness
         if self.delayed_delivery:  # every consuming process moves due delayed messages
-            liveness.add_periodic(float(self.delayed_poll_interval), liveness.move_due)
+            if liveness.add_periodic(float(self.delayed_poll_interval), liveness.move_due):
+                logger.info(
+                    "delayed delivery: this process moves the due delayed messages of every queue of Redis db %s"
+                    " every %.1f s (plain Celery workers do not: their queues depend on a process like this one)",
+                    self._connparams().get("db", 0), float(self.delayed_poll_interval),
+                )  # fmt: skip
+        elif not liveness.noted_delayed_off:
+            liveness.noted_delayed_off = True
+            self._warn_if_delayed_waiting()
         liveness.ensure_started()
         liveness.attach(self)
         return super().basic_consume(queue, *args, **kwargs)
+
+    def _warn_if_delayed_waiting(self) -> None:
+        """Delayed delivery is off here: say so when the broker's delayed set holds messages (we won't move them)."""
+        try:
+            with self.conn_or_acquire() as client:
+                waiting = sum(delayed.counts(client).values())
+        except RedisError:
+            return
+        if waiting:
+            logger.warning(
+                "delayed delivery is off in this worker, and %d delayed message(s) wait in the broker's delayed set:"
+                " this worker does not move them when due; a celery-policy worker with delayed delivery on does",
+                waiting,
+            )
 
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
         if self.delayed_delivery:

@@ -77,6 +77,32 @@ def test_a_retry_waits_in_a_bucket_queue_not_in_the_worker_and_each_trip_starts_
     assert amqp_message_count(fresh_vhost.url, "celery") == 0
 
 
+def test_a_solo_worker_gets_every_retry_back_within_its_bucket_step_the_first_one_too(
+    fresh_vhost: RabbitVhost, clean_redis: Any, celery_worker_process: WorkerFactory, tmp_path: Path
+) -> None:
+    """The worker sends the task itself as its loop starts, so Celery's quick drain (the loop's first callback) reads
+    it and the solo pool runs it there; its ack then used to wait for the hub's next poll (up to 10 s), and with a
+    prefetch of 1 the retry back from its bucket waited for that ack (runtime/eventloop.py)."""
+    countdown_s = 3.0
+    bucket_s = bucket_for(countdown_s)
+    assert bucket_s == 5
+    margin_s = bucket_s / 2  # RabbitMQ expires on time; this is the worker's and the journal's latency under load
+    policy = tmp_path / "delay.yaml"
+    policy.write_text(POLICY.format(countdown=countdown_s, delayed="true"))
+    key = new_key("solo")
+    env = {
+        **amqp_worker_env(fresh_vhost.url, clean_redis.url, policy),
+        "CP_SEND_ON_READY": json.dumps(["cp.later", [key, 2]]),
+    }
+    celery_worker_process(BROKERAPP, env=env, cwd=REPO_ROOT, pythonpath=(REPO_ROOT,), pool="solo")
+    journal = clean_redis.client()
+    runs = wait_for("three runs", lambda: (r := amqp_runs(journal, key))[2:] and r, 60)
+    assert [run["retries"] for run in runs] == [0, 1, 2]
+    waits = gaps(runs)
+    assert all(countdown_s <= wait < bucket_s + margin_s for wait in waits), (waits, runs)
+    assert [run["eta"] for run in runs] == [None, None, None]
+
+
 def test_without_the_delay_path_the_worker_holds_the_retry_until_due(
     fresh_vhost: RabbitVhost, clean_redis: Any, celery_worker_process: WorkerFactory, tmp_path: Path
 ) -> None:

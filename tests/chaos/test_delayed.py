@@ -5,6 +5,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -257,3 +260,69 @@ def test_plain_celery_strands_the_same_countdown_retries_in_unacked_through_the_
     )
     assert ran == 0
     assert stranded == count
+
+
+def test_due_messages_of_a_plain_celery_queue_wait_until_a_celery_policy_worker_with_delayed_delivery_runs(
+    redis_server_factory: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only a celery-policy worker with delayed delivery moves due entries, those of every queue of its Redis db:
+    one consuming another queue is enough; producers, plain workers and delayed_delivery: false move nothing."""
+    from celery import Celery
+
+    from celery_policy.cli import main
+
+    server = redis_server_factory()
+    client = server.client()
+    plain_env = {"LEASE_BROKER_URL": server.url, "LEASE_MODE": "plain", "LEASE_VISIBILITY_S": "3600"}
+    plain = make_worker(tmp_path / "plain", app=LEASEAPP, broker_url=server.url, policy=None, env=plain_env,
+                        name="plain").start()  # fmt: skip
+    workers = [plain]
+    try:
+        # a producer that loads the policy (its transport, delayed delivery on): the countdown goes to the delayed set
+        sender = Celery("sender", broker=server.url, set_as_current=False)
+        sender.conf.update(broker_transport=RELIABLE_TRANSPORT, broker_transport_options={"delayed_delivery": True})
+        due = time.time() + 1.5
+        sender.send_task("lease.long", args=["plainq", 0], countdown=1.5)
+        assert delayed.counts(client) == {"celery": 1}
+        wait_for("long past due", lambda: time.time() > due + delayed.STUCK_AFTER_S + 0.5, 15)
+        assert delayed.counts(client) == {"celery": 1}  # the plain worker does not move it
+        assert _runs(server, "plainq") == []
+        assert main(["delayed", "stats", "--url", server.url]) == 0
+        out = capsys.readouterr().out
+        warning = f"warning: more than {delayed.STUCK_AFTER_S:.0f} s past due and not moved: celery 1"
+        assert f"{warning}\n" in out
+        status = subprocess.run(
+            [str(Path(sys.executable).with_name("celery-policy")), "status", "--app", LEASEAPP, "--timeout", "2"],
+            env={**os.environ, **plain_env}, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        lines = status.stdout.splitlines()
+        at = lines.index("delayed messages (waiting in the broker): celery 1")
+        assert lines[at + 1] == warning
+        assert lines[at + 2].startswith("  help: only a running celery-policy worker with delayed delivery moves")
+
+        policy_off = tmp_path / "off.yaml"
+        worker_on = "worker: {prefetch_multiplier: 1}"
+        policy_off.write_text(
+            POLICY.format(countdown=5).replace(worker_on, worker_on[:-1] + ", delayed_delivery: false}")
+        )
+        policy_on = tmp_path / "on.yaml"
+        policy_on.write_text(POLICY.format(countdown=5))
+        env = {"LEASE_BROKER_URL": server.url, "LEASE_MODE": "policy", "LEASE_TRANSPORT_OPTIONS": json.dumps(FAST)}
+        off = make_worker(tmp_path / "off", app=LEASEAPP, broker_url=server.url, policy=policy_off, env=env,
+                          queues=["other"], name="off").start()  # fmt: skip
+        workers.append(off)
+        off.wait_for_log(r"delayed delivery is off in this worker, and 1 delayed message\(s\) wait")
+        time.sleep(2 * FAST["delayed_poll_interval"])
+        assert delayed.counts(client) == {"celery": 1}
+        started = time.time()
+        on = make_worker(tmp_path / "on", app=LEASEAPP, broker_url=server.url, policy=policy_on, env=env,
+                         queues=["other"], name="on").start()  # fmt: skip
+        workers.append(on)
+        on.wait_for_log(r"delayed delivery: this process moves the due delayed messages of every queue of Redis db 0")
+        [run] = wait_for("the plain worker ran it", lambda: _runs(server, "plainq"), 10)
+        assert run["t"] >= started  # moved by the worker that consumes `other`, run by the only one consuming `celery`
+        assert plain.alive
+        assert delayed.counts(client) == {}
+    finally:
+        for worker in workers:
+            worker.kill()

@@ -55,6 +55,7 @@ def test_the_installed_celery_and_kombu_are_tested_lines_with_every_probe_passin
     assert kombu.is_tested_line, kombu
     assert support.celery_problems() == []
     assert support.kombu_redis_problems() == []
+    assert support.kombu_hub_problems() == []
     assert support.reliable_fetch_problem() is None
 
 
@@ -112,3 +113,25 @@ def test_an_untested_celery_stops_the_boot_unless_the_operator_accepts_it(
     with caplog.at_level(logging.WARNING, logger="celery_policy"):
         celery_policy.install(app, path)
     assert any("celery 6.0.0 is not a tested release line" in r.getMessage() for r in caplog.records)
+
+
+def test_a_kombu_hub_without_the_ready_queue_turns_the_rabbitmq_ack_step_off_at_boot_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from kombu.asynchronous import Hub
+
+    from celery_policy.runtime.eventloop import RunReadyBeforePoll
+
+    amqp = Celery("amqp-probe", broker="amqp://guest:guest@127.0.0.1:5672//", set_as_current=False)
+    celery_policy.install(amqp, policy_file(tmp_path, LATE_ACK))
+    assert RunReadyBeforePoll in amqp.steps["consumer"]  # on a tested kombu the step is there
+
+    monkeypatch.delattr(Hub, "_pop_ready")
+    assert support.kombu_hub_problems() == ["kombu.asynchronous.Hub._pop_ready"]
+    changed = Celery("amqp-probe-2", broker="amqp://guest:guest@127.0.0.1:5672//", set_as_current=False)
+    with caplog.at_level(logging.WARNING, logger="celery_policy.runtime"):
+        celery_policy.install(changed, policy_file(tmp_path, LATE_ACK))
+    assert RunReadyBeforePoll not in changed.steps["consumer"]
+    (warning,) = [r.getMessage() for r in caplog.records if "event-loop internals" in r.getMessage()]
+    assert "kombu.asynchronous.Hub._pop_ready" in warning
+    assert "tested: 5.3.7, 5.4.2, 5.5.4, 5.6.2, 5.7.0" in warning

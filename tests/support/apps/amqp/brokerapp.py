@@ -3,7 +3,8 @@
 ``CP_BROKER_URL`` is the broker (redis:// or amqp://), ``CELERY_POLICY_FILE`` the
 policy. Every execution appends one JSON entry to the Redis list
 ``cp:runs:<key>`` on ``CP_JOURNAL_URL``, so a test counts executions the same
-way whichever broker carried the message.
+way whichever broker carried the message. ``CP_SEND_ON_READY`` (JSON ``[task, args]``):
+the worker sends that task itself when it is ready, right before its event loop starts.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from __future__ import annotations
 import json
 import os
 import time
+from typing import Any
 
 import redis
 import structlog
-from celery import Celery, Task
+from celery import Celery, Task, signals
 
 import celery_policy
 
@@ -30,6 +32,21 @@ app.conf.update(
 celery_policy.install(app)
 
 _journal = redis.Redis.from_url(os.environ["CP_JOURNAL_URL"])
+
+if os.environ.get("CP_SEND_ON_READY"):  # JSON [task name, args]: sent by the worker itself as its loop starts
+
+    @signals.worker_ready.connect(weak=False)  # type: ignore[untyped-decorator]
+    def _send_on_ready(sender: Any = None, **_: object) -> None:
+        """Have the message waiting unread on the consumer's socket when the event loop starts.
+
+        worker_ready fires after ``consume()``, just before Celery's loop: its first step would set the QoS
+        (and read the delivery while waiting for the reply), so set it here first; then the delivery is the
+        first thing the loop's quick drain reads, on every run and whatever the machine's load.
+        """
+        sender.qos.update()
+        name, args = json.loads(os.environ["CP_SEND_ON_READY"])
+        app.send_task(name, args=args)
+        time.sleep(0.3)  # the broker delivers it meanwhile
 
 
 class Permanent(ValueError):
