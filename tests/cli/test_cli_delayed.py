@@ -5,7 +5,11 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +18,7 @@ from kombu.entity import Queue
 
 from celery_policy.cli import main
 from celery_policy.cli.delayed import delayed_counts
-from celery_policy.cli.exit import CONNECT, OK, USAGE
+from celery_policy.cli.exit import CONNECT, FAILED, OK, USAGE
 from celery_policy.transport import RELIABLE_TRANSPORT
 
 
@@ -58,3 +62,30 @@ def test_an_unreachable_or_non_redis_broker_is_a_clear_error(capsys: pytest.Capt
     assert main(["delayed", "list", "--url", "amqp://guest@127.0.0.1//"]) == USAGE
     assert "Redis broker" in capsys.readouterr().err
     assert delayed_counts("amqp://guest@127.0.0.1//") is None
+
+
+def test_explain_and_status_with_the_app_show_the_delayed_count_per_queue(clean_redis: Any, tmp_path: Path) -> None:
+    """The real CLI, the app's broker a real redis-server holding parked retries in its delayed sets."""
+    url = clean_redis.url
+    _park(url, "payments", "t-1", 600)
+    _park(url, "payments", "t-2", 30)
+    _park(url, "reports", "t-3", 3600)
+    (tmp_path / "parkapp.py").write_text(
+        f'from celery import Celery\n\napp = Celery("parkapp", broker="{url}")\n\n\n'
+        '@app.task(name="shop.charge")\ndef charge() -> None:\n    pass\n'
+    )
+    (tmp_path / "policy.yaml").write_text("version: 1\ntasks:\n  shop.charge: {retry: {max_retries: 2}}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY_POLICY")}
+
+    def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "celery_policy.cli", *argv]
+        return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+    explained = cli("explain", "shop.charge", "--file", "policy.yaml", "--app", "parkapp")
+    assert explained.returncode == OK, explained.stderr
+    assert "delayed messages in the broker: payments 2, reports 1\n" in explained.stdout
+    as_json = cli("explain", "shop.charge", "--file", "policy.yaml", "--app", "parkapp", "--format", "json")
+    assert json.loads(as_json.stdout)["delayed"] == {"payments": 2, "reports": 1}
+    status = cli("status", "--app", "parkapp", "--timeout", "0.3")
+    assert status.returncode == FAILED, status.stderr  # no worker replied
+    assert "delayed messages (waiting in the broker): payments 2, reports 1" in status.stdout
