@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -185,3 +188,32 @@ def test_without_files_or_config_the_default_path_is_checked(project: Path, caps
     code, _, err = run(capsys, "check")
     assert code == 2
     assert "policies/celery-policy.yaml" in err
+
+
+def test_pyproject_app_turns_on_the_app_cross_checks(tmp_path: Path) -> None:
+    """``app = "..."`` in ``[tool.celery-policy]`` is ``check --app``: the real CLI imports the app from the
+    project directory and reports a task name the app does not register (CP301); without the key it cannot."""
+    package = tmp_path / "claimsapp"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "celery.py").write_text(
+        'from celery import Celery\n\napp = Celery("claimsapp", broker="memory://")\n\n\n'
+        '@app.task(name="orders.charge")\ndef charge() -> None:\n    pass\n'
+    )
+    (tmp_path / "policy.yaml").write_text("version: 1\ntasks:\n  orders.chrage: {retry: {max_retries: 1}}\n")
+    table = '[tool.celery-policy]\nfiles = ["policy.yaml"]\n'
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY_POLICY")}
+
+    def check(pyproject: str) -> list[dict[str, Any]]:
+        (tmp_path / "pyproject.toml").write_text(pyproject)
+        done = subprocess.run(
+            [sys.executable, "-m", "celery_policy.cli", "check", "--format", "json"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode in (0, 1), done.stderr
+        return [f for f in json.loads(done.stdout)["findings"] if f["code"] == "CP301"]
+
+    (found,) = check(table + 'app = "claimsapp.celery"\n')
+    assert found["message"] == "unknown task 'orders.chrage'"
+    assert "did you mean 'orders.charge'?" in found["hint"]
+    assert check(table) == []

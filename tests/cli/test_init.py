@@ -250,6 +250,19 @@ def test_init_on_an_app_that_already_installs_a_policy_reads_the_apps_own_settin
     )
 
 
+def test_init_with_force_overwrites_an_existing_file(project: Path) -> None:
+    """`--force` replaces a file that is already there with the policy read from the app."""
+    generated(project)
+    target = project / "policies" / "policy.yaml"
+    fresh = target.read_text()
+    target.write_text("version: 1\n# a stale policy someone wrote by hand\n")
+    forced = run(
+        project, str(BIN / "celery-policy"), "init", "--app", "legacy.celery", "-o", "policies/policy.yaml", "--force"
+    )
+    assert forced.returncode == 0, forced.stderr
+    assert target.read_text() == fresh
+
+
 def test_init_refuses_to_overwrite_and_reports_an_app_that_does_not_import(project: Path) -> None:
     generated(project)
     again = run(project, str(BIN / "celery-policy"), "init", "--app", "legacy.celery", "-o", "policies/policy.yaml")

@@ -305,11 +305,9 @@ def test_a_pipelined_replay_deletes_nothing_when_the_broker_is_down(
     assert store.count() == 3
 
 
-def test_sigterm_stops_a_paced_replay_after_the_record_in_flight_and_loses_nothing(
-    store: RedisStreamStore, clean_redis: RedisServer
-) -> None:
-    """A real `dlq replay --rate 20/s` process: SIGTERM ends it; every record is either published (and
-    deleted) or still in the store, and the report says it was interrupted."""
+def _interrupt_a_paced_replay(store: RedisStreamStore, clean_redis: RedisServer, sig: signal.Signals) -> None:
+    """A real `dlq replay --rate 20/s` process gets ``sig`` after a few replays: every record is either
+    published (and deleted) or still in the store, and the report says it was interrupted."""
     records = [seed(store) for _ in range(200)]
     command = [sys.executable, "-m", "celery_policy.cli", "dlq", "replay", "--yes", "--rate", "20/s"]
     process = subprocess.Popen(  # our own CLI
@@ -318,7 +316,7 @@ def test_sigterm_stops_a_paced_replay_after_the_record_in_flight_and_loses_nothi
     )  # fmt: skip
     client = clean_redis.client()
     wait_for("a few replays", lambda: client.llen(IDLE) >= 10, timeout=30)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(sig)
     out, err = process.communicate(timeout=30)
 
     assert process.returncode == 0, err
@@ -330,6 +328,21 @@ def test_sigterm_stops_a_paced_replay_after_the_record_in_flight_and_loses_nothi
     assert len(published) == replayed
     assert published.isdisjoint(left)
     assert published | left == {r.id for r in records}
+
+
+def test_sigterm_stops_a_paced_replay_after_the_record_in_flight_and_loses_nothing(
+    store: RedisStreamStore, clean_redis: RedisServer
+) -> None:
+    """A real `dlq replay --rate 20/s` process: SIGTERM ends it; every record is either published (and
+    deleted) or still in the store, and the report says it was interrupted."""
+    _interrupt_a_paced_replay(store, clean_redis, signal.SIGTERM)
+
+
+def test_ctrl_c_stops_a_paced_replay_after_the_record_in_flight_and_loses_nothing(
+    store: RedisStreamStore, clean_redis: RedisServer
+) -> None:
+    """Ctrl-C (SIGINT) at a terminal ends the replay the same way, not with a KeyboardInterrupt mid-publish."""
+    _interrupt_a_paced_replay(store, clean_redis, signal.SIGINT)
 
 
 def test_a_record_written_before_the_canvas_fields_existed_still_replays_as_a_plain_task(

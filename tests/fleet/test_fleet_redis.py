@@ -77,6 +77,15 @@ def test_sentinel_url_names_sentinels_service_db_and_master_password() -> None:
     assert sentinels[0].connection_pool.connection_kwargs["password"] == "sp"
 
 
+def test_a_rediss_sentinel_url_talks_tls_to_the_master_and_a_redis_one_does_not() -> None:
+    """``rediss+sentinel://`` uses TLS (README, "Running a fleet"); nothing connects until a command is sent."""
+    plain = client_from_url("redis+sentinel://127.0.0.1:26379/cache")
+    tls = client_from_url("rediss+sentinel://127.0.0.1:26379/cache")
+
+    assert not issubclass(plain.connection_pool.connection_class, redis.SSLConnection)
+    assert issubclass(tls.connection_pool.connection_class, redis.SSLConnection)
+
+
 @pytest.mark.parametrize(
     ("url", "message"),
     [

@@ -133,6 +133,44 @@ def test_decisions_become_sentry_breadcrumbs(tmp_path: Path) -> None:
     assert crumbs[-1]["data"]["celery_policy.reason"] == "exhausted"
 
 
+def test_a_breaker_state_change_becomes_a_sentry_breadcrumb(tmp_path: Path) -> None:
+    """README (breakers): each change of state is a ``breaker_state_changed`` event and a Sentry breadcrumb."""
+    done = run_script(
+        tmp_path,
+        """
+        import json
+        import sentry_sdk
+        from sentry_sdk.transport import Transport
+        from celery_policy.flow.state import BreakerState
+        from celery_policy.runtime.flow import breaker_event
+
+        sent = []
+
+        class Recording(Transport):
+            def capture_envelope(self, envelope):
+                for item in envelope.items:
+                    if item.type == "event":
+                        sent.append(item.payload.json)
+
+        sentry_sdk.init(dsn="https://key@sentry.invalid/1", transport=Recording, default_integrations=False)
+        common = dict(since=1.0, calls=10, failures=6, verdict="wait", forced=False, rate_at_open=0.6)
+        breaker_event(BreakerState("payments", "open", open_remaining_s=5.0, changed_to="open", **common), "auto")
+        breaker_event(BreakerState("payments", "closed", open_remaining_s=0.0, changed_to="closed", **common), "auto")
+        sentry_sdk.capture_message("after the outage")
+        sentry_sdk.flush()
+        print(json.dumps(sent))
+        """,
+    )
+    assert done.returncode == 0, done.stderr
+    (event,) = json.loads(done.stdout.strip().splitlines()[-1])
+    crumbs = [c for c in event["breadcrumbs"]["values"] if c["category"] == "celery_policy"]
+    assert [(c["message"], c["level"]) for c in crumbs] == [
+        ("breaker payments: open", "warning"),
+        ("breaker payments: closed", "info"),
+    ]
+    assert crumbs[0]["data"]["celery_policy.breaker"] == "payments"
+
+
 def test_configure_logging_renders_json_or_key_value_on_stderr(tmp_path: Path) -> None:
     (tmp_path / "policy.yaml").write_text(POLICY)
     (tmp_path / "obsapp.py").write_text(APP.format(policy="policy.yaml"))

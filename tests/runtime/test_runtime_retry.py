@@ -235,6 +235,24 @@ def test_return_error_result_turns_a_failure_into_success_with_an_error_payload(
     assert env.client.AsyncResult(task_id).get(timeout=10) == meta["result"]
 
 
+def test_the_on_retry_on_failure_and_on_dead_letter_hooks_run_once_for_their_decisions(env: Env) -> None:
+    """One retry, then a dead letter: on_retry sees the retry, on_failure and on_dead_letter the dead letter."""
+    key = new_key()
+
+    task_id = env.send("rt.hooks.all", key, 100)
+
+    assert env.final(task_id)["status"] == "FAILURE"
+    hooks = env.journal.wait_hooks(task_id, 3)
+    assert [(h["hook"], h["action"], h["attempt"]) for h in hooks] == [
+        ("on_retry", "retry", 1),
+        ("on_failure", "dead_letter", 2),
+        ("on_dead_letter", "dead_letter", 2),
+    ]
+    assert {h["exc"] for h in hooks} == {"Transient"}
+    assert env.settle(task_id) == [2]
+    assert env.journal.hooks(task_id) == hooks  # nothing called twice
+
+
 def test_a_hook_that_raises_changes_neither_the_state_nor_the_retry_count(env: Env) -> None:
     hooked_key, plain_key = new_key(), new_key()
 

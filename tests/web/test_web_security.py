@@ -251,3 +251,18 @@ def test_metrics_serves_the_store_gauges_and_the_replays(
 
     text = wait_for("the store gauge of dl.transient", gauges, timeout=15, interval=0.5)
     assert replayed(text) == before + 1
+
+
+def test_a_tasks_policy_page_shows_each_effective_field_with_the_file_and_line_that_set_it(console: Console) -> None:
+    """The provenance the README promises on the policy pages: a task's own entry and the defaults, by line."""
+    page = httpx.get(console.base + "/policies/dl.crash", headers=READONLY)
+    assert page.status_code == 200
+
+    def source_of(field: str, value: str) -> str:
+        cells = rf'<code>{re.escape(field)}</code></td><td>{value}</td><td class="muted">([^<]*)</td>'
+        row = re.search(cells, page.text)
+        assert row, f"no row {field} = {value} on /policies/dl.crash"
+        return row.group(1)
+
+    assert re.search(r"deadletter\.yaml:24\b", source_of("ack.max_redeliveries", "2"))  # tasks.dl.crash
+    assert re.search(r"deadletter\.yaml:13\b", source_of("retry.max_retries", "2"))  # defaults

@@ -91,6 +91,7 @@ def _task(*names: str, **options: Any) -> Any:
     "rt.prec.other",
     "rt.hooked",
     "rt.unhooked",
+    "rt.hooks.all",
 )
 def transient(self: Task, key: str, fail_times: int) -> str:
     """Raises Transient on the first ``fail_times`` executions, then succeeds."""
@@ -233,3 +234,20 @@ def failing_hook(request: object, exc: object, decision: object) -> None:
 def recording_hook(request: object, exc: object, decision: Any) -> None:
     entry = {**decision.as_dict(), "exc": type(exc).__name__, "pid": os.getpid()}
     _journal.rpush("rt:hooks", json.dumps(entry))
+
+
+def _named_hook(hook: str, exc: object, decision: Any) -> None:
+    entry = {**decision.as_dict(), "hook": hook, "exc": type(exc).__name__, "pid": os.getpid()}
+    _journal.rpush("rt:hooks", json.dumps(entry))
+
+
+def on_retry_hook(request: object, exc: object, decision: Any) -> None:
+    _named_hook("on_retry", exc, decision)
+
+
+def on_failure_hook(request: object, exc: object, decision: Any) -> None:
+    _named_hook("on_failure", exc, decision)
+
+
+def on_dead_letter_hook(request: object, exc: object, decision: Any) -> None:
+    _named_hook("on_dead_letter", exc, decision)
