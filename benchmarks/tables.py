@@ -193,7 +193,7 @@ def _parked_cell(row: dict[str, Any], total: int) -> str:
         where = f"none held, {row['in_delayed_set']:,} of {total:,} in the delayed set"
     return (
         f"{_mb(row['warm_growth_mb'])} warm, {_mb(row['cold_growth_mb'])} cold, "
-        f"{row['slope_kb_per_parked']:.1f} KB per parked retry; {where}"
+        f"{row['slope_kb_per_parked']:.2f} KB per parked retry; {where}"
     )
 
 
@@ -222,9 +222,9 @@ def delayed_rows() -> list[str]:
         op, oc = old["parked_results"]["plain Celery"], old["parked_results"]["celery-policy"]
         oldest = (
             f"plain Celery {_mb(op['warm_growth_mb'])} warm ({_mb(op['cold_growth_mb'])} cold, "
-            f"{op['slope_kb_per_parked']:.1f} KB each, {op['held_unacked']:,} held); celery-policy "
+            f"{op['slope_kb_per_parked']:.2f} KB each, {op['held_unacked']:,} held); celery-policy "
             f"{_mb(oc['warm_growth_mb'])} warm ({_mb(oc['cold_growth_mb'])} cold, "
-            f"{oc['slope_kb_per_parked']:.1f} KB each, {oc['in_delayed_set']:,} in the delayed set) "
+            f"{oc['slope_kb_per_parked']:.2f} KB each, {oc['in_delayed_set']:,} in the delayed set) "
             f"(load {old['machine']['load_average_1m']})"
         )
     what = (
@@ -271,7 +271,7 @@ def delayed_table() -> str:
             [f"{name}: … of which the warm-up ({first['warmup']:,} failures retried at once, nothing held)",
              *(_mb(x["warmup_growth_mb"]) for x in r)],
             [f"{name}: per parked retry, {first['first']:,} → {first['parked']:,} parked",
-             *(f"{x['slope_kb_per_parked']:.1f} KB" for x in r)],
+             *(f"{x['slope_kb_per_parked']:.2f} KB" for x in r)],
             [f"{name}: held in `unacked` / in the delayed set",
              *(f"{x['held_unacked']:,} / {x['in_delayed_set']:,}" for x in r)],
             [f"{name}: RSS cold / warm / {first['first']:,} / {first['parked']:,} parked (load at each)",
