@@ -32,6 +32,16 @@ app.conf.task_ignore_result = True
 app.conf.broker_connection_retry_on_startup = True
 counter = redis.Redis.from_url(BROKER)
 
+if os.environ.get("BENCH_GC_EACH_TASK") == "1":
+    # bench_delayed.py's control run: collect the failure path's reference cycles after every task
+    import gc
+
+    from celery.signals import task_postrun
+
+    @task_postrun.connect(weak=False)
+    def _collect(**_: object) -> None:
+        gc.collect()
+
 
 @app.task(name="bench.work", bind=True, **options)
 def work(self, i: int, fail_once: bool) -> int:

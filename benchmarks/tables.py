@@ -168,6 +168,130 @@ def performance_summary() -> str:
     )
 
 
+_DELAYED_LINES = ("line-5.7", "line-5.3")  # newest, oldest: the columns of README.md's reliability table
+_RSS_ROW = "| worker RSS growth with 20,000 retries parked for 1 h"
+_THROUGHPUT_ROW = "| end-to-end throughput, delayed delivery on vs off"
+
+
+def _delayed(line: str) -> dict[str, Any] | None:
+    path = RESULTS / line / "delayed.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _mb(value: float) -> str:
+    return f"{value:+.1f} MB"
+
+
+def _parked_cell(row: dict[str, Any], total: int) -> str:
+    where = (
+        f"all {row['held_unacked']:,} held in `unacked`"
+        if row["held_unacked"]
+        else f"none held, {row['in_delayed_set']:,} in the delayed set"
+    )
+    if row["held_unacked"] and row["in_delayed_set"]:
+        where = f"{row['held_unacked']:,} held in `unacked`, {row['in_delayed_set']:,} in the delayed set"
+    if not row["held_unacked"] and row["in_delayed_set"] != total:
+        where = f"none held, {row['in_delayed_set']:,} of {total:,} in the delayed set"
+    return (
+        f"{_mb(row['warm_growth_mb'])} warm, {_mb(row['cold_growth_mb'])} cold, "
+        f"{row['slope_kb_per_parked']:.2f} KB per parked retry; {where}"
+    )
+
+
+def _ratio_cell(data: dict[str, Any]) -> str:
+    t = data["throughput"]
+    ratios, loads = t["round_ratios"], t["load_1m_per_round"]
+    spread = max(ratios) - min(ratios)
+    verdict = "≥ 0.98 ✔" if t["ratio"] >= 0.98 else "below 0.98"
+    if spread > 0.04:  # the rounds disagree by more than the 2 % the goal asks to resolve
+        verdict += f"; the rounds spread over {spread:.2f}, so this run cannot resolve 2 %"
+    return (
+        f"ratio of medians {t['ratio']:.2f}, median of the rounds' ratios {statistics.median(ratios):.2f} "
+        f"({t['tasks']:,} tasks × {t['rounds']} rounds alternating, per-round {min(ratios):.2f}–{max(ratios):.2f}, "
+        f"load {min(loads)}–{max(loads)}; goal ≥ 0.98: {verdict})"
+    )
+
+
+def delayed_rows() -> list[str]:
+    """README.md's two bench_delayed.py rows: newest line in the Celery columns, oldest in the last one."""
+    new, old = (_delayed(line) for line in _DELAYED_LINES)
+    if new is None:
+        raise SystemExit("benchmarks/results/line-5.7/delayed.json is missing: run benchmarks/bench_delayed.py")
+    total = new["parked"]
+    p, c = new["parked_results"]["plain Celery"], new["parked_results"]["celery-policy"]
+    oldest = "not run"
+    if old is not None:
+        op, oc = old["parked_results"]["plain Celery"], old["parked_results"]["celery-policy"]
+        oldest = (
+            f"plain Celery {_mb(op['warm_growth_mb'])} warm ({_mb(op['cold_growth_mb'])} cold, "
+            f"{op['slope_kb_per_parked']:.2f} KB each, {op['held_unacked']:,} held); celery-policy "
+            f"{_mb(oc['warm_growth_mb'])} warm ({_mb(oc['cold_growth_mb'])} cold, "
+            f"{oc['slope_kb_per_parked']:.2f} KB each, {oc['in_delayed_set']:,} in the delayed set) "
+            f"(load {old['machine']['load_average_1m']})"
+        )
+    what = (
+        f"{_RSS_ROW[2:]} (`benchmarks/bench_delayed.py`, solo; goal < 30 MB). Main-process VmRSS after "
+        f"{total:,} parked, less: warm = after {new['warmup']:,} failures retried at once, cold = before any failure; "
+        f"per parked retry = from {new['first']:,} to {total:,} parked (newest line, load {new['machine']['load_average_1m']})"
+    )
+    rss = f"| {what} | {_parked_cell(p, total)} | {_parked_cell(c, total)} | {oldest} |"
+    old_ratio = _ratio_cell(old) if old is not None and old.get("throughput") else "not run"
+    ratio = (
+        f"{_THROUGHPUT_ROW} (`bench_delayed.py`, 10 % transient, retried at once) | | {_ratio_cell(new)} "
+        f"| {old_ratio} |"
+    )
+    return [rss, ratio]
+
+
+def reliability_table() -> str:
+    """README.md's leases/delayed-delivery table: the tests' rows as written there, the bench_delayed.py rows made here."""
+    text = README.read_text()
+    match = re.search(r"<!-- tables\.py:reliability -->\n(.*?)\n<!-- /tables\.py:reliability -->", text, re.S)
+    if match is None:
+        raise SystemExit("README.md has no <!-- tables.py:reliability --> block")
+    rss, ratio = delayed_rows()
+    lines = [
+        rss if line.startswith(_RSS_ROW) else ratio if line.startswith(_THROUGHPUT_ROW) else line
+        for line in match.group(1).splitlines()
+    ]
+    return "\n".join(lines)
+
+
+def delayed_table() -> str:
+    """benchmarks/README.md: every figure of bench_delayed.py, one column per line."""
+    runs = [(line, data) for line in _DELAYED_LINES if (data := _delayed(line)) is not None]
+    headers = ["what", *(f"Python {d['machine']['python']}, Celery {d['machine']['celery']}, kombu "
+                         f"{d['machine']['kombu']}" for _, d in runs)]  # fmt: skip
+    first = runs[0][1]
+    rows: list[list[str]] = []
+    for name in ("plain Celery", "celery-policy"):
+        r = [d["parked_results"][name] for _, d in runs]
+        rows += [
+            [f"{name}: RSS growth, warm → {first['parked']:,} parked (goal < 30 MB)",
+             *(_mb(x["warm_growth_mb"]) for x in r)],
+            [f"{name}: RSS growth, cold → {first['parked']:,} parked", *(_mb(x["cold_growth_mb"]) for x in r)],
+            [f"{name}: … of which the warm-up ({first['warmup']:,} failures retried at once, nothing held)",
+             *(_mb(x["warmup_growth_mb"]) for x in r)],
+            [f"{name}: per parked retry, {first['first']:,} → {first['parked']:,} parked",
+             *(f"{x['slope_kb_per_parked']:.2f} KB" for x in r)],
+            [f"{name}: held in `unacked` / in the delayed set",
+             *(f"{x['held_unacked']:,} / {x['in_delayed_set']:,}" for x in r)],
+            [f"{name}: RSS cold / warm / {first['first']:,} / {first['parked']:,} parked (load at each)",
+             *(" / ".join(f"{x['steps'][k]['rss_mb']:.1f}" for k in ("cold", "warm", "first", "parked"))
+               + " MB (" + " / ".join(str(x["steps"][k]["load_1m"]) for k in ("cold", "warm", "first", "parked"))
+               + ")" for x in r)],
+        ]  # fmt: skip
+    rows.append(["control: celery-policy with `gc.collect()` after every task, the warm-up's growth",
+                 *(_mb(d["gc_control"]["warmup_growth_mb"]) for _, d in runs)])  # fmt: skip
+    for label, key in (("on", "on"), ("off", "off")):
+        rows.append([f"throughput with delayed delivery {label}, tasks/s, median (min–max)",
+                     *(_spread(d["throughput"][key]) if d.get("throughput") else "not run" for _, d in runs)])  # fmt: skip
+    rows.append(["… ratio on/off (goal ≥ 0.98)",
+                 *(_ratio_cell(d) if d.get("throughput") else "not run" for _, d in runs)])  # fmt: skip
+    machines = "\n".join(f"- `results/{line}/delayed.json`: {_machine(d)}" for line, d in runs)
+    return _table(headers, rows) + "\n\n" + machines
+
+
 # -- benchmarks/README.md -------------------------------------------------------------------------------
 
 
@@ -304,8 +428,9 @@ BLOCKS: dict[Path, dict[str, Callable[[], str]]] = {
         "chaos-fetch-window": chaos_fetch_window,
         "fetch": fetch_table,
         "performance": performance_summary,
+        "reliability": reliability_table,
     },
-    BENCH_README: {"results": results_table, "resolve": resolve_table},
+    BENCH_README: {"results": results_table, "resolve": resolve_table, "delayed": delayed_table},
 }
 
 

@@ -15,8 +15,11 @@ calls it after the log event). When the libraries are installed it adds
 - the Prometheus counters, when the policy switches them on
   (``observability.prometheus``, see :mod:`celery_policy.runtime.prometheus`).
 
-Neither library is imported unless it is installed (extras ``[otel]`` and
-``[sentry]``), and a failure inside either never changes the task's outcome.
+Neither library is imported by celery-policy: a sink reports only when the application
+imported the library itself (it has to, to set up a tracer provider or call
+``sentry_sdk.init``), so a worker that merely has them installed does not load
+sentry_sdk and its ~120 modules on its first failure. Extras ``[otel]`` and ``[sentry]``;
+a failure inside either never changes the task's outcome.
 """
 
 from __future__ import annotations
@@ -150,18 +153,23 @@ def _attributes(decision: Decision, exc: BaseException | None) -> dict[str, Any]
     return {key: value for key, value in values.items() if value is not None}  # OTel attributes cannot be None
 
 
-def _otel_span_event(decision: Decision, exc: BaseException | None) -> None:
-    from opentelemetry import trace
+def _imported(module: str) -> Any:
+    """The module if the application imported it, else None (then it cannot have been set up)."""
+    return sys.modules.get(module)
 
+
+def _otel_span_event(decision: Decision, exc: BaseException | None) -> None:
+    trace = _imported("opentelemetry.trace")
+    if trace is None:
+        return
     span = trace.get_current_span()
     if span.is_recording():
         span.add_event(SPAN_EVENT, attributes=_attributes(decision, exc))
 
 
 def _sentry_breadcrumb(decision: Decision, exc: BaseException | None) -> None:
-    import sentry_sdk
-
-    if not sentry_sdk.get_client().is_active():
+    sentry_sdk = _imported("sentry_sdk")
+    if sentry_sdk is None or not sentry_sdk.get_client().is_active():
         return
     countdown = f" in {decision.countdown:.3g}s" if decision.countdown is not None else ""
     sentry_sdk.add_breadcrumb(
@@ -192,17 +200,17 @@ def record_flow_event(attributes: dict[str, Any]) -> None:
 
 
 def _otel_flow_event(values: dict[str, Any]) -> None:
-    from opentelemetry import trace
-
+    trace = _imported("opentelemetry.trace")
+    if trace is None:
+        return
     span = trace.get_current_span()
     if span.is_recording():
         span.add_event(FLOW_SPAN_EVENT, attributes=values)
 
 
 def _sentry_flow_breadcrumb(values: dict[str, Any]) -> None:
-    import sentry_sdk
-
-    if not sentry_sdk.get_client().is_active():
+    sentry_sdk = _imported("sentry_sdk")
+    if sentry_sdk is None or not sentry_sdk.get_client().is_active():
         return
     state = values.get("celery_policy.state")
     sentry_sdk.add_breadcrumb(

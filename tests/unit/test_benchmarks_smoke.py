@@ -30,7 +30,7 @@ CASES = {
     "web": ["bench_web.py", "--records", "300"],
     "overhead-breaker": ["bench_overhead.py", "--breaker", "--calls", "500", "--rounds", "1"],
     "flow": ["bench_flow.py", "--only", "overhead", "--tasks", "30", "--rounds", "1"],
-    "delayed": ["bench_delayed.py", "--parked", "20", "--tasks", "40", "--rounds", "1"],
+    "delayed": ["bench_delayed.py", "--parked", "20", "--warmup", "20", "--tasks", "40", "--rounds", "1"],
 }
 
 
