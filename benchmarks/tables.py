@@ -100,6 +100,15 @@ def chaos_full() -> str:
     return caption + "\n\n" + _table(["fetch", *_CHAOS_COLUMNS], rows) + _chaos_problems(data)
 
 
+def chaos_full_oldest() -> str:
+    """The same full run on the oldest line (reliable fetch only): benchmarks/results/line-5.3/chaos-full.json."""
+    data = result("line-5.3/chaos-full")
+    rows = [[r["fetch"], *(str(r.get(c, "not recorded")) for c in _CHAOS_COLUMNS)] for r in data["reports"]]
+    caption = f"`{data['machine']['command']}` ({_machine(data)}), seed {data['reports'][0]['seed']}:"
+    body = caption + "\n\n" + _table(["fetch", *_CHAOS_COLUMNS], rows)
+    return body + (_chaos_problems(data) or "\n\nThe script reported no problem and no note for this run.")
+
+
 def _chaos_problems(data: dict[str, Any]) -> str:
     """What the script found wrong with each run (its exit status), as saved in the results file."""
     notes = [f"- {r['fetch']}: {problem}" for r in data["reports"] for problem in r["problems"]]
@@ -425,6 +434,7 @@ BLOCKS: dict[Path, dict[str, Callable[[], str]]] = {
     README: {
         "lines": lines_table,
         "chaos-full": chaos_full,
+        "chaos-full-oldest": chaos_full_oldest,
         "chaos-fetch-window": chaos_fetch_window,
         "fetch": fetch_table,
         "performance": performance_summary,
