@@ -95,6 +95,7 @@ class _Backstop:
         self.main_ident = 0
         self.wake_w = -1
         self.watchdog: threading.Thread | None = None
+        self.unavailable = False  # this process cannot arm (not a prefork pool process): checked once
 
     def arm(self, limit_s: float, task_id: str | None) -> None:
         """Start timing a run as generation ``self.generation + 1``; nothing where this process cannot.
@@ -102,8 +103,12 @@ class _Backstop:
         Not armed outside a prefork pool process, nor in a run nested in a timed one
         (an eager call). Cheap: no system call, no lock.
         """
-        if self.watchdog is None and not self._start():
-            return
+        if self.watchdog is None:
+            if self.unavailable:
+                return
+            if not self._start():
+                self.unavailable = True  # until a fork (forget): the pools that run tasks here never change
+                return
         if self.active:
             return
         if self.dropped:
@@ -181,6 +186,7 @@ class _Backstop:
                 os.close(self.wake_w)
         self.wake_w = -1
         self.watchdog = None
+        self.unavailable = False
         self.active = 0
         self.signalled = 0
         self.waiting_until = math.inf
