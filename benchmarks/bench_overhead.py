@@ -12,17 +12,20 @@ report gives medians and the ratio.
     .venv/bin/python benchmarks/bench_overhead.py --breaker   # a closed circuit breaker vs none
     .venv/bin/python benchmarks/bench_overhead.py --instructions   # every app, counted by callgrind, one run
 
-``--instructions`` is the load-independent measure: for each app (Celery with no
+``--instructions`` is the load-independent measure: each app (Celery with no
 failure options, plain Celery with the same options, and every policy variant,
-including a closed circuit breaker) a child process runs the tracer loop ``N``
-times and another ``2N`` times, each under ``valgrind --tool=callgrind``, and the
-difference of their instruction counts divided by ``N`` is the cost of one call
-(start-up, imports and app set-up cancel out). Every child runs with
-``PYTHONHASHSEED=0``; the whole set is measured twice to show it repeats.
+including a closed circuit breaker) runs in a child process under
+``valgrind --tool=callgrind`` with ``PYTHONHASHSEED=0``, which counts the
+instructions of ``--repeats`` loops of ``--calls`` tracer calls one by one (the
+child calls ``os.sched_yield()`` between loops; ``--dump-before=sched_yield``
+dumps and zeroes the counters there), so start-up, imports and set-up are not in
+them; the loops of one app should agree to well under 1 %. ``--method subtract``
+instead runs a child of N calls and one of 2N per app and repeat and takes
+(count(2N) - count(N)) / N (four times the children, the same figures).
 Callgrind counts the worker process only: the redis-server the idempotency and
 breaker apps talk to is another process, so for idempotency the count is the
 client side (redis-py, the socket calls) and the wall-clock time, dominated by
-the two round trips, is the other half of the story. The same run also times
+its four round trips, is the other half of the story. The same run also times
 every app by wall clock (rounds interleaved) and records the load average
 (results/overhead-instructions.json).
 
@@ -31,7 +34,7 @@ Variants of the policy (the plain app is the same in each):
   (results/overhead.json);
 - ``no-redelivery``: the same without ``ack.max_redeliveries`` (results/overhead-no-redelivery.json);
 - ``idempotency``: ``full`` plus an idempotency key per call, on a private redis-server the script
-  starts: two Redis round trips per run (results/overhead-idempotency.json).
+  starts: four Redis round trips per run (results/overhead-idempotency.json).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from celery import Celery
 from celery.app.trace import build_tracer, setup_worker_optimizations
@@ -280,11 +284,22 @@ def build_app(label: str, directory: str, store_url: str) -> tuple[Celery, objec
     return app, task
 
 
-def instructions_child(label: str, calls: int, directory: str, store_url: str) -> None:
-    """What runs under callgrind: set up one app, warm it up, then ``calls`` calls through the tracer."""
+def instructions_child(label: str, calls: int, directory: str, store_url: str, segments: int) -> None:
+    """What runs under callgrind: set up one app, warm it up, then the measured calls through the tracer.
+
+    ``segments`` 0: one loop of ``calls`` (the parent subtracts a child of N from one of 2N). Otherwise that
+    many loops of ``calls``, each between two calls of ``os.sched_yield``, where callgrind
+    (``--dump-before=sched_yield``) dumps and zeroes its counters: each loop's count is one part of the output.
+    """
     app, task = build_app(label, directory, store_url)
     time_tracer(app, task, WARMUP_CALLS)
-    time_tracer(app, task, calls, WARMUP_CALLS)
+    if not segments:
+        time_tracer(app, task, calls, WARMUP_CALLS)
+        return
+    for k in range(segments):
+        os.sched_yield()
+        time_tracer(app, task, calls, WARMUP_CALLS + k * calls)  # idempotency: new keys in every loop
+    os.sched_yield()
 
 
 def callgrind_total(out_file: Path) -> int:
@@ -296,9 +311,19 @@ def callgrind_total(out_file: Path) -> int:
     return int(match.group(1))
 
 
-def child_command(label: str, calls: int, directory: str, store_url: str) -> list[str]:
+def callgrind_parts(out_file: Path) -> list[int]:
+    """The count of every part of a run with dumps (``out_file.1``, ``.2``, ..., ``out_file`` at exit), in order."""
+    parts = {}
+    for path in out_file.parent.glob(out_file.name + "*"):  # the last part is out_file itself
+        match = re.search(r"^part:\s*(\d+)", path.read_text(), re.M)
+        if match is not None:
+            parts[int(match.group(1))] = callgrind_total(path)
+    return [parts[k] for k in sorted(parts)]
+
+
+def child_command(label: str, calls: int, directory: str, store_url: str, segments: int = 0) -> list[str]:
     return [sys.executable, __file__, "--instructions-child", label, "--calls", str(calls), "--directory", directory,
-            "--store-url", store_url]  # fmt: skip
+            "--store-url", store_url, "--segments", str(segments)]  # fmt: skip
 
 
 def child_env() -> dict[str, str]:
@@ -308,19 +333,76 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def count_instructions(label: str, calls: int, directory: str, store_url: str, out_file: Path) -> int:
-    """Instructions of one child process (start-up included) running ``calls`` tracer calls of app ``label``."""
+def run_callgrind(command: list[str], out_file: Path, *options: str) -> None:
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         sys.exit("valgrind is missing: apt-get install valgrind (--instructions counts with callgrind)")
     done = subprocess.run(
-        [valgrind, "--tool=callgrind", f"--callgrind-out-file={out_file}", *child_command(label, calls, directory, store_url)],
+        [valgrind, "--tool=callgrind", f"--callgrind-out-file={out_file}", *options, *command],
         env=child_env(), capture_output=True, text=True, check=False,
     )  # fmt: skip
     if done.returncode != 0:
-        msg = f"callgrind run of {label} x {calls} failed ({done.returncode}):\n{done.stderr[-3000:]}"
+        msg = f"callgrind run {' '.join(command[2:5])} failed ({done.returncode}):\n{done.stderr[-3000:]}"
         raise SystemExit(msg)
+
+
+def count_instructions(label: str, calls: int, directory: str, store_url: str, out_file: Path) -> int:
+    """Instructions of one child process (start-up included) running ``calls`` tracer calls of app ``label``."""
+    run_callgrind(child_command(label, calls, directory, store_url), out_file)
     return callgrind_total(out_file)
+
+
+def count_segments(label: str, calls: int, segments: int, directory: str, store_url: str, out_file: Path) -> list[int]:
+    """Instructions of each of ``segments`` loops of ``calls`` tracer calls, in one child process."""
+    run_callgrind(child_command(label, calls, directory, store_url, segments), out_file, "--dump-before=sched_yield")
+    parts = callgrind_parts(out_file)
+    if len(parts) != segments + 2:  # set-up, the loops, exit: another sched_yield would add parts
+        msg = f"callgrind run of {label}: {len(parts)} parts, expected {segments + 2} (set-up, loops, exit)"
+        raise SystemExit(msg)
+    return parts[1:-1]
+
+
+def count_all(
+    opts: argparse.Namespace, apps: list[str], tmp: str, store_url: str, keep: Path | None
+) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    """The callgrind counts of every app (totals as counted) and the instructions per call they give."""
+    n = opts.calls
+    # Every child that talks to Redis gets a database of its own (1, 2, ...): each starts empty, so
+    # every measured loop does the same work per call, and children can run in parallel.
+    segments = opts.method == "segments"
+    if segments:  # one child per app, its --repeats loops measured one by one
+        jobs = [(0, label, n) for label in apps]
+    else:  # a child of N calls and one of 2N per app and repeat
+        jobs = [(r, label, calls) for r in range(opts.repeats) for label in apps for calls in (n, 2 * n)]
+    uses_redis = [job for job in jobs if job[1] in ("idempotency", "breaker")]
+    if len(uses_redis) > 15:
+        sys.exit("--repeats: at most 15 children per Redis database set; use fewer repeats")
+
+    def run(job: tuple[int, str, int]) -> list[int]:
+        repeat, label, calls = job
+        url = store_url
+        if job in uses_redis:
+            url = store_url.rsplit("/", 1)[0] + f"/{uses_redis.index(job) + 1}"
+        if segments:
+            out = (keep or Path(tmp)) / f"callgrind.{label}.segments.out"
+            for old in out.parent.glob(out.name + "*"):
+                old.unlink()
+            return count_segments(label, calls, opts.repeats, tmp, url, out)
+        out = (keep or Path(tmp)) / f"callgrind.{label}.{calls}.{repeat + 1}.out"
+        return [count_instructions(label, calls, tmp, url, out)]
+
+    with ThreadPoolExecutor(max_workers=opts.jobs) as pool:
+        counted = dict(zip(jobs, pool.map(run, jobs), strict=True))
+    totals: dict[str, Any] = {}
+    per: dict[str, list[float]] = {}
+    for label in apps:
+        if segments:
+            totals[label] = counted[(0, label, n)]
+            per[label] = [t / n for t in totals[label]]
+        else:
+            totals[label] = [[counted[(r, label, n)][0], counted[(r, label, 2 * n)][0]] for r in range(opts.repeats)]
+            per[label] = [(b - a) / n for a, b in totals[label]]
+    return totals, per
 
 
 def instructions_main(opts: argparse.Namespace) -> None:
@@ -328,7 +410,7 @@ def instructions_main(opts: argparse.Namespace) -> None:
     from benchmarks.bench_e2e import start_redis
 
     apps = [a for a in APPS if a in opts.only.split(",")] if opts.only else list(APPS)
-    n = opts.calls
+    n, segments = opts.calls, opts.method == "segments"
     keep = Path(opts.callgrind_dir) if opts.callgrind_dir else None
     if keep is not None:
         keep.mkdir(parents=True, exist_ok=True)
@@ -337,7 +419,7 @@ def instructions_main(opts: argparse.Namespace) -> None:
         try:
             load_start = os.getloadavg()[0]
             # Wall clock first, in this process, rounds interleaved over every app (idempotency: a tenth of the
-            # calls, each pays two round trips); every idempotency key of the run is new (``first``).
+            # calls, each pays four round trips); every idempotency key of the run is new (``first``).
             built = {label: build_app(label, tmp, store_url) for label in apps}
             wall: dict[str, list[float]] = {label: [] for label in apps}
             for r in range(opts.rounds):
@@ -348,45 +430,29 @@ def instructions_main(opts: argparse.Namespace) -> None:
             # One unmeasured child per app first: it writes the bytecode caches the measured children then read.
             for label in apps:
                 subprocess.run(child_command(label, 1, tmp, store_url), env=child_env(), check=True)
-            # Every child that talks to Redis gets a database of its own (1, 2, ...): each starts empty, so
-            # the runs of N and 2N and the repeats do the same work per call, and children can run in parallel.
-            jobs = [(repeat, label, calls) for repeat in range(opts.repeats) for label in apps for calls in (n, 2 * n)]
-            uses_redis = [job for job in jobs if job[1] in ("idempotency", "breaker")]
-            if len(uses_redis) > 15:
-                sys.exit("--repeats: at most 15 children per Redis database set; use fewer repeats")
-
-            def run(job: tuple[int, str, int]) -> int:
-                repeat, label, calls = job
-                url = store_url
-                if job in uses_redis:
-                    url = store_url.rsplit("/", 1)[0] + f"/{uses_redis.index(job) + 1}"
-                out = (keep or Path(tmp)) / f"callgrind.{label}.{calls}.{repeat + 1}.out"
-                return count_instructions(label, calls, tmp, url, out)
-
-            with ThreadPoolExecutor(max_workers=opts.jobs) as pool:
-                counted = dict(zip(jobs, pool.map(run, jobs), strict=True))
-            totals: dict[str, list[list[int]]] = {
-                label: [[counted[(r, label, n)], counted[(r, label, 2 * n)]] for r in range(opts.repeats)]
-                for label in apps
-            }
+            totals, per = count_all(opts, apps, tmp, store_url, keep)
             load_end = os.getloadavg()[0]
         finally:
             server.terminate()
             server.wait(10)
-    per: dict[str, list[float]] = {label: [(b - a) / n for a, b in pairs] for label, pairs in totals.items()}
     med = {label: statistics.median(values) for label, values in per.items()}
     spread_pct = {
         label: (max(v) - min(v)) / statistics.median(v) * 100 if statistics.median(v) else 0.0
         for label, v in per.items()
     }
+    how = (
+        f"{opts.repeats} loops of {n} calls in one child"
+        if segments
+        else f"(2 x {n} - {n}) calls, {opts.repeats} times"
+    )
     print(
-        f"python {sys.version.split()[0]}, {os.cpu_count()} cores; callgrind, ({n} x 2 - {n}) calls per child,"
-        f" {opts.repeats} repeats; wall clock {opts.wall_calls} calls x {opts.rounds} rounds"
+        f"python {sys.version.split()[0]}, {os.cpu_count()} cores; callgrind, {how};"
+        f" wall clock {opts.wall_calls} calls x {opts.rounds} rounds"
         f" (load {load_start:.2f} at start, {load_wall:.2f} after the wall-clock rounds, {load_end:.2f} at the end)"
     )
     for label in apps:
-        for r, (a, b) in enumerate(totals[label]):
-            print(f"  repeat {r + 1}: {label:>13} {(b - a) / n:10,.1f} instructions/call ({a:,} and {b:,} in all)")
+        counts = ", ".join(f"{v:,.1f}" for v in per[label])
+        print(f"  {label:>13}: {counts} instructions/call ({totals[label]} in all)")
     print(f"{'app':>13} {'instructions/call':>18} {'repeats agree':>14} {'wall us/call (median)':>22}")
     for label in apps:
         print(f"{label:>13} {med[label]:18,.0f} {spread_pct[label]:13.3f}% {statistics.median(wall[label]):22.2f}")
@@ -402,12 +468,22 @@ def instructions_main(opts: argparse.Namespace) -> None:
             "repeats": opts.repeats,
             "apps": apps,
             "valgrind": version,
-            "method": (
-                f"per app: one child process with {WARMUP_CALLS} warm-up calls and then N calls through the tracer,"
-                f" another with 2N (N = {n}), each under valgrind --tool=callgrind with PYTHONHASHSEED=0;"
-                " instructions per call = (total(2N) - total(N)) / N. The worker process only: redis-server's own"
-                " work (idempotency, breaker) is not counted."
-            ),
+            "method": opts.method,
+            "method_text": (
+                (
+                    f"per app: one child process under valgrind --tool=callgrind --dump-before=sched_yield with"
+                    f" PYTHONHASHSEED=0: set-up, {WARMUP_CALLS} warm-up calls, then {opts.repeats} loops of N = {n}"
+                    " calls through the tracer, each between two os.sched_yield() calls, where callgrind dumps and"
+                    " zeroes its counters; instructions per call = the loop's count / N."
+                )
+                if segments
+                else (
+                    f"per app: one child process with {WARMUP_CALLS} warm-up calls and then N calls through the"
+                    f" tracer, another with 2N (N = {n}), each under valgrind --tool=callgrind with"
+                    " PYTHONHASHSEED=0; instructions per call = (total(2N) - total(N)) / N."
+                )
+            )
+            + " The worker process only: redis-server's own work (idempotency, breaker) is not counted.",
             "instructions_per_call": per,
             "instructions_per_call_median": med,
             "repeat_spread_pct": spread_pct,
@@ -431,7 +507,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--instructions", action="store_true", help="count instructions per call of every app with callgrind"
     )
-    parser.add_argument("--repeats", type=int, default=2, help="--instructions: measure every app this many times")
+    parser.add_argument("--repeats", type=int, default=3, help="--instructions: measure every app this many times")
     parser.add_argument("--wall-calls", type=int, default=20_000, help="--instructions: calls per wall-clock round")
     parser.add_argument("--jobs", type=int, default=1, help="--instructions: callgrind children run at once")
     parser.add_argument("--only", default="", help="--instructions: a comma-separated subset of " + ",".join(APPS))
@@ -439,6 +515,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--instructions-child", choices=APPS, help=argparse.SUPPRESS)
     parser.add_argument("--directory", help=argparse.SUPPRESS)
     parser.add_argument("--store-url", help=argparse.SUPPRESS)
+    parser.add_argument("--segments", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--method",
+        choices=("segments", "subtract"),
+        default="segments",
+        help="--instructions: loops counted one by one in one child per app (callgrind dumps), or a child"
+        " of N calls subtracted from one of 2N per app and repeat (4x the children)",
+    )
     opts = parser.parse_args()
     if opts.instructions:  # the counts need far fewer calls than the clock
         if opts.calls == parser.get_default("calls"):
@@ -451,7 +535,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     opts = parse_args()
     if opts.instructions_child:
-        instructions_child(opts.instructions_child, opts.calls, opts.directory, opts.store_url)
+        instructions_child(opts.instructions_child, opts.calls, opts.directory, opts.store_url, opts.segments)
         return
     if opts.instructions:
         instructions_main(opts)
