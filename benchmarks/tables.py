@@ -319,7 +319,7 @@ def instructions_table() -> str:
         med, plain = data["instructions_per_call_median"], data["instructions_per_call_median"]["plain"]
         rows = []
         for label, what in _INSTRUCTION_APPS.items():
-            counts = " / ".join(f"{v:,.1f}" for v in data["instructions_per_call"][label])
+            counts = " / ".join(f"{v:,.0f}" for v in data["instructions_per_call"][label])
             over = (
                 "" if label == "plain" else f"{med[label] - plain:+,.0f} ({(med[label] - plain) / plain * 100:+.1f} %)"
             )
