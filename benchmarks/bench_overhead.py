@@ -261,7 +261,11 @@ def breaker_main(calls: int, rounds: int) -> None:
 # Every app of --instructions, in the order they are run and reported. "breaker" is "full" plus a closed breaker.
 APPS = ("bare", "plain", "full", "no-redelivery", "idempotency", "breaker")
 NEVER_CONTACTED = '"redis://127.0.0.1:1/0"}  # never contacted on the success path'
-FLOW = "breakers:\n  payments: {on: [transient]}\ntasks:\n  bench.work: {breaker: payments}\n"
+# cache_for 1h: a closed breaker asks Redis once per cache_for (1 s by default) and process; under callgrind, 50x
+# slower, that would put a load-dependent number of those round trips into every loop.
+FLOW = (
+    "flow_store: {cache_for: 1h}\nbreakers:\n  payments: {on: [transient]}\ntasks:\n  bench.work: {breaker: payments}\n"
+)
 WARMUP_CALLS = 200  # run before the measured loop in every child: first-call caches and lazy imports
 
 
