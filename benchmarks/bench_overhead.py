@@ -292,7 +292,9 @@ def build_app(label: str, directory: str, store_url: str) -> tuple[Celery, objec
     return app, task
 
 
-def instructions_child(label: str, calls: int, directory: str, store_url: str, segments: int) -> None:
+def instructions_child(
+    label: str, calls: int, directory: str, store_url: str, segments: int, warmup: int = WARMUP_CALLS
+) -> None:
     """What runs under callgrind: set up one app, warm it up, then the measured calls through the tracer.
 
     ``segments`` 0: one loop of ``calls`` (the parent subtracts a child of N from one of 2N). Otherwise that
@@ -300,16 +302,16 @@ def instructions_child(label: str, calls: int, directory: str, store_url: str, s
     (``--dump-before=sched_yield``) dumps and zeroes its counters: each loop's count is one part of the output.
     """
     app, task = build_app(label, directory, store_url)
-    time_tracer(app, task, WARMUP_CALLS)
+    time_tracer(app, task, warmup)
     # The full collection that set-up's objects make due would otherwise land in the first loop (1 % more on
     # Python 3.10); the collections the calls themselves cause stay in the loops.
     gc.collect()
     if not segments:
-        time_tracer(app, task, calls, WARMUP_CALLS)
+        time_tracer(app, task, calls, warmup)
         return
     for k in range(segments):
         os.sched_yield()
-        time_tracer(app, task, calls, WARMUP_CALLS + k * calls)  # idempotency: new keys in every loop
+        time_tracer(app, task, calls, warmup + k * calls)  # idempotency: new keys in every loop
     os.sched_yield()
 
 
@@ -332,9 +334,11 @@ def callgrind_parts(out_file: Path) -> list[int]:
     return [parts[k] for k in sorted(parts)]
 
 
-def child_command(label: str, calls: int, directory: str, store_url: str, segments: int = 0) -> list[str]:
+def child_command(
+    label: str, calls: int, directory: str, store_url: str, segments: int = 0, warmup: int = WARMUP_CALLS
+) -> list[str]:
     return [sys.executable, __file__, "--instructions-child", label, "--calls", str(calls), "--directory", directory,
-            "--store-url", store_url, "--segments", str(segments)]  # fmt: skip
+            "--store-url", store_url, "--segments", str(segments), "--warmup", str(warmup)]  # fmt: skip
 
 
 def child_env() -> dict[str, str]:
@@ -357,15 +361,18 @@ def run_callgrind(command: list[str], out_file: Path, *options: str) -> None:
         raise SystemExit(msg)
 
 
-def count_instructions(label: str, calls: int, directory: str, store_url: str, out_file: Path) -> int:
+def count_instructions(label: str, calls: int, directory: str, store_url: str, out_file: Path, warmup: int) -> int:
     """Instructions of one child process (start-up included) running ``calls`` tracer calls of app ``label``."""
-    run_callgrind(child_command(label, calls, directory, store_url), out_file)
+    run_callgrind(child_command(label, calls, directory, store_url, 0, warmup), out_file)
     return callgrind_total(out_file)
 
 
-def count_segments(label: str, calls: int, segments: int, directory: str, store_url: str, out_file: Path) -> list[int]:
+def count_segments(
+    label: str, calls: int, segments: int, directory: str, store_url: str, out_file: Path, warmup: int
+) -> list[int]:
     """Instructions of each of ``segments`` loops of ``calls`` tracer calls, in one child process."""
-    run_callgrind(child_command(label, calls, directory, store_url, segments), out_file, "--dump-before=sched_yield")
+    command = child_command(label, calls, directory, store_url, segments, warmup)
+    run_callgrind(command, out_file, "--dump-before=sched_yield")
     parts = callgrind_parts(out_file)
     if len(parts) != segments + 2:  # set-up, the loops, exit: another sched_yield would add parts
         msg = f"callgrind run of {label}: {len(parts)} parts, expected {segments + 2} (set-up, loops, exit)"
@@ -398,9 +405,9 @@ def count_all(
             out = (keep or Path(tmp)) / f"callgrind.{label}.segments.out"
             for old in out.parent.glob(out.name + "*"):
                 old.unlink()
-            return count_segments(label, calls, opts.repeats, tmp, url, out)
+            return count_segments(label, calls, opts.repeats, tmp, url, out, opts.warmup)
         out = (keep or Path(tmp)) / f"callgrind.{label}.{calls}.{repeat + 1}.out"
-        return [count_instructions(label, calls, tmp, url, out)]
+        return [count_instructions(label, calls, tmp, url, out, opts.warmup)]
 
     with ThreadPoolExecutor(max_workers=opts.jobs) as pool:
         counted = dict(zip(jobs, pool.map(run, jobs), strict=True))
@@ -477,20 +484,21 @@ def instructions_main(opts: argparse.Namespace) -> None:
         {
             "calls": n,
             "repeats": opts.repeats,
+            "warmup_calls": opts.warmup,
             "apps": apps,
             "valgrind": version,
             "method": opts.method,
             "method_text": (
                 (
                     f"per app: one child process under valgrind --tool=callgrind --dump-before=sched_yield with"
-                    f" PYTHONHASHSEED=0: set-up, {WARMUP_CALLS} warm-up calls, gc.collect(), then {opts.repeats}"
+                    f" PYTHONHASHSEED=0: set-up, {opts.warmup} warm-up calls, gc.collect(), then {opts.repeats}"
                     f" loops of N = {n}"
                     " calls through the tracer, each between two os.sched_yield() calls, where callgrind dumps and"
                     " zeroes its counters; instructions per call = the loop's count / N."
                 )
                 if segments
                 else (
-                    f"per app: one child process with {WARMUP_CALLS} warm-up calls, gc.collect() and then N calls"
+                    f"per app: one child process with {opts.warmup} warm-up calls, gc.collect() and then N calls"
                     " through the"
                     f" tracer, another with 2N (N = {n}), each under valgrind --tool=callgrind with"
                     " PYTHONHASHSEED=0; instructions per call = (total(2N) - total(N)) / N."
@@ -530,6 +538,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--store-url", help=argparse.SUPPRESS)
     parser.add_argument("--segments", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument(
+        "--warmup", type=int, default=WARMUP_CALLS, help="--instructions: calls before the counted ones, per app"
+    )
+    parser.add_argument(
         "--method",
         choices=("segments", "subtract"),
         default="segments",
@@ -548,7 +559,9 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     opts = parse_args()
     if opts.instructions_child:
-        instructions_child(opts.instructions_child, opts.calls, opts.directory, opts.store_url, opts.segments)
+        instructions_child(
+            opts.instructions_child, opts.calls, opts.directory, opts.store_url, opts.segments, opts.warmup
+        )
         return
     if opts.instructions:
         instructions_main(opts)

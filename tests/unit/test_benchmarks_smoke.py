@@ -40,6 +40,8 @@ CASES = {
         "bare",
         "--calls",
         "20",
+        "--warmup",
+        "20",
         "--repeats",
         "1",
         "--wall-calls",
