@@ -138,28 +138,51 @@ def fetch_table() -> str:
     return caption + "\n\n" + _table(["pool", "plain kombu tasks/s", "reliable fetch tasks/s", "ratio"], rows)
 
 
+# The apps of ``bench_overhead.py --instructions``, as the figures name them (each policy against plain).
+_INSTRUCTION_APPS = {
+    "bare": "Celery with no failure options at all",
+    "plain": "plain Celery, retry/timeout/late-ack options by decorator",
+    "no-redelivery": "policy: the same options in YAML, dead letters, hooks",
+    "full": "… and `ack.max_redeliveries`",
+    "breaker": "… and `max_redeliveries` and a closed circuit breaker",
+    "idempotency": "… and `max_redeliveries` and an idempotency key",
+}
+
+
+def _added(data: dict[str, Any], label: str, over: str = "plain") -> float:
+    med = data["instructions_per_call_median"]
+    return float(med[label] - med[over])
+
+
+def _agree(data: dict[str, Any]) -> str:
+    """How far apart the repeated counts of an app are at most, in per cent of its count."""
+    return f"{max(data['repeat_spread_pct'].values()):.2g} %"
+
+
 def performance_summary() -> str:
-    full, bare = result("overhead"), result("overhead-no-redelivery")
-    idem, e2e, fetch = result("overhead-idempotency"), result("e2e")["results"], result("fetch")["results"]
+    ins, e2e, fetch = result("overhead-instructions"), result("e2e")["results"], result("fetch")["results"]
     boot, check, dlq = result("boot"), result("check"), result("dlq")
     success = sorted(e2e[k]["ratio"] for k in ("solo/success", "prefork/success"))
     transient = sorted(e2e[k]["ratio"] for k in ("solo/10% transient", "prefork/10% transient"))
     fetch_ratios = sorted(fetch[k]["ratio"] for k in ("solo", "prefork"))
-
-    def load(data: dict[str, Any]) -> str:
-        busy = data["machine"]["load_average_1m"]
-        return f" (a run at load {busy}, which a sub-µs difference cannot be read from)" if busy > 2 else ""
+    plain = ins["instructions_per_call_median"]["plain"]
+    wall = ins["wall_us_median"]
 
     def span(values: list[float]) -> str:
         low, high = f"{values[0]:.2f}", f"{values[-1]:.2f}"
         return low if low == high else f"{low}–{high}"
 
     return (
-        f"In short ({full['machine']['cores']} cores, Python {full['machine']['python']}, "
-        f"Celery {full['machine']['celery']}): per task through the worker's tracer, a retry/timeout policy "
-        f"adds {bare['added_us']:+.2f} µs{load(bare)}, the same with `max_redeliveries` {full['added_us']:+.2f} µs"
-        f"{load(full)}, and an idempotency key (two Redis round trips a run) {idem['added_us']:+.0f} µs"
-        f" (at load {idem['machine']['load_average_1m']}); "
+        f"In short ({ins['machine']['cores']} cores, Python {ins['machine']['python']}, "
+        f"Celery {ins['machine']['celery']}): per task through the worker's tracer, counted in instructions by "
+        f"callgrind (a count the machine's load does not change: the {ins['repeats']} counts of each app agree "
+        f"within {_agree(ins)}), a retry/timeout policy adds {_added(ins, 'no-redelivery'):+,.0f} instructions over "
+        f"plain Celery with the same options ({_added(ins, 'no-redelivery') / plain * 100:+.1f} % of plain's "
+        f"{plain:,.0f}), {_added(ins, 'full'):+,.0f} with `max_redeliveries`, {_added(ins, 'breaker'):+,.0f} "
+        f"with a closed circuit breaker as well, and {_added(ins, 'idempotency'):+,.0f} with an idempotency key "
+        "(the worker process's own work; the key's Redis round trips are waiting, which the wall clock shows); "
+        f"by wall clock in the same run (load {ins['load_average_1m_wall']}) plain {wall['plain']:.1f} µs, the "
+        f"policy {wall['full']:.1f} µs and with an idempotency key {wall['idempotency']:.0f} µs a task; "
         f"end-to-end throughput on a real worker at {span(success)} of plain Celery on the success path and "
         f"{span(transient)} with 10 % transient failures; reliable fetch at "
         f"{span(fetch_ratios)} of kombu's own fetch. Not yet at their goals: booting "
@@ -305,27 +328,39 @@ def delayed_table() -> str:
 
 
 def results_table() -> str:
-    full, nored, idem = result("overhead"), result("overhead-no-redelivery"), result("overhead-idempotency")
+    full, ins = result("overhead"), result("overhead-instructions")
     e2e, fetch, boot, check = result("e2e"), result("fetch"), result("boot"), result("check")
     dlq, dlq1, resolve = result("dlq"), result("dlq-batch1"), result("resolve")
+    med, wall = ins["instructions_per_call_median"], ins["wall_us_median"]
 
-    def overhead_row(data: dict[str, Any], what: str) -> list[str]:
-        return [
-            f"{what} (`bench_overhead.py --variant {data['variant']} --calls {data['calls']} --rounds {data['rounds']}`)",
-            f"{data['policy_us']:.2f} µs",
-            f"{data['plain_us']:.2f} µs",
-            f"{data['ratio']:.2f} ({data['added_us']:+.2f} µs)",
-        ]
+    def instructions_row(label: str, what: str, over: str = "plain") -> list[str]:
+        added = _added(ins, label, over)
+        return [what, f"{med[label]:,.0f} instructions", f"{med[over]:,.0f} instructions",
+                f"{added:+,.0f} instructions ({added / med[over] * 100:+.1f} %)"]  # fmt: skip
 
     rows = [
-        overhead_row(full, "success path through the worker's tracer, per call, with `max_redeliveries`"),
-        overhead_row(nored, "… a policy without `max_redeliveries`"),
-        overhead_row(idem, "… with an idempotency key (private redis-server)"),
+        instructions_row(
+            "no-redelivery",
+            "success path through the worker's tracer, instructions per call (callgrind; "
+            f"`bench_overhead.py --instructions --calls {ins['calls']}`, [details](#instructions-per-task)), "
+            "a retry/timeout policy",
+        ),
+        instructions_row("full", "… with `max_redeliveries`"),
+        instructions_row("breaker", "… with `max_redeliveries` and a closed circuit breaker"),
+        instructions_row("idempotency", "… with `max_redeliveries` and an idempotency key (worker process only)"),
+        instructions_row("full", "… the policy with `max_redeliveries` vs Celery with no failure options", "bare"),
         [
-            "… the full policy vs Celery with no failure options at all",
-            f"{full['policy_us']:.2f} µs",
-            f"{full['bare_us']:.2f} µs",
-            f"({full['policy_us'] - full['bare_us']:+.2f} µs)",
+            f"… wall clock in the same run, µs per call (median of {ins['wall_rounds']} rounds of "
+            f"{ins['wall_calls']:,} calls, load {ins['load_average_1m_wall']}), with `max_redeliveries`",
+            f"{wall['full']:.2f} µs",
+            f"{wall['plain']:.2f} µs",
+            f"{wall['plain'] / wall['full']:.2f} ({wall['full'] - wall['plain']:+.2f} µs)",
+        ],
+        [
+            f"… wall clock, with an idempotency key ({ins['wall_calls'] // 10:,} calls a round, private redis-server)",
+            f"{wall['idempotency']:.0f} µs",
+            f"{wall['plain']:.2f} µs",
+            f"{wall['plain'] / wall['idempotency']:.2f} ({wall['idempotency'] - wall['plain']:+.0f} µs)",
         ],
         [
             "exception → decision (classification)",
@@ -396,8 +431,8 @@ def results_table() -> str:
          f"{resolve['resolve_cold_naive_ms']:.0f} ms (testing every glob with `fnmatchcase`)",
          f"{resolve['speedup_cold']:.1f}× faster"],
     ]  # fmt: skip
-    files = ("overhead", "overhead-no-redelivery", "overhead-idempotency", "e2e", "fetch", "boot", "check", "dlq",
-             "dlq-batch1", "resolve")  # fmt: skip
+    files = ("overhead-instructions", "overhead", "e2e", "fetch", "boot", "check", "dlq", "dlq-batch1",
+             "resolve")  # fmt: skip
     machines = "\n".join(f"- `results/{name}.json`: {_machine(result(name))}" for name in files)
     table = _table(["what", "celery-policy", "plain Celery, same options", "ratio"], rows)
     return (
@@ -405,6 +440,39 @@ def results_table() -> str:
         + "\n\nWhere each row comes from (the machine, the commit and the load when the run ended):\n\n"
         + machines
     )
+
+
+def instructions_table() -> str:
+    """Every ``bench_overhead.py --instructions`` result: this line's (results/) and each line's (results/line-*/)."""
+    paths = [RESULTS / "overhead-instructions.json", *sorted(RESULTS.glob("line-*/overhead-instructions.json"))]
+    blocks = []
+    for path in paths:
+        if not path.exists():
+            continue
+        data = json.loads(path.read_text())
+        med, plain = data["instructions_per_call_median"], data["instructions_per_call_median"]["plain"]
+        rows = []
+        for label, what in _INSTRUCTION_APPS.items():
+            counts = " / ".join(f"{v:,.0f}" for v in data["instructions_per_call"][label])
+            over = (
+                "" if label == "plain" else f"{med[label] - plain:+,.0f} ({(med[label] - plain) / plain * 100:+.1f} %)"
+            )
+            wall = data["wall_us"][label]
+            rows.append(
+                [f"`{label}`: {what}", counts, over, f"{statistics.median(wall):.2f} ({min(wall):.2f}–{max(wall):.2f})"]
+            )
+        caption = (
+            f"`{data['machine']['command']}` (`{path.relative_to(RESULTS.parent)}`; {_machine(data)}; "
+            f"the wall-clock rounds ran at load {data['load_average_1m_wall']}; {data['valgrind']}):"
+        )
+        headers = [
+            "app",
+            f"instructions per call, each of the {data['repeats']} counts",
+            "over plain",
+            f"wall clock µs per call, median (min–max) of {data['wall_rounds']} rounds",
+        ]
+        blocks.append(caption + "\n\n" + _table(headers, rows))
+    return "\n\n".join(blocks)
 
 
 def resolve_table() -> str:
@@ -440,7 +508,12 @@ BLOCKS: dict[Path, dict[str, Callable[[], str]]] = {
         "performance": performance_summary,
         "reliability": reliability_table,
     },
-    BENCH_README: {"results": results_table, "resolve": resolve_table, "delayed": delayed_table},
+    BENCH_README: {
+        "results": results_table,
+        "instructions": instructions_table,
+        "resolve": resolve_table,
+        "delayed": delayed_table,
+    },
 }
 
 

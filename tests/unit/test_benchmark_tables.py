@@ -34,7 +34,8 @@ def test_each_generated_block_matches_its_results_file(path: Path, name: str) ->
 
 
 def test_every_results_file_records_machine_versions_and_how_it_was_made() -> None:
-    for path in sorted((ROOT / "benchmarks" / "results").glob("*.json")):
+    results = ROOT / "benchmarks" / "results"
+    for path in sorted([*results.glob("*.json"), *results.glob("line-*/overhead-instructions.json")]):
         machine = json.loads(path.read_text())["machine"]
         for key in ("date", "cores", "python", "celery", "kombu", "load_average_1m", "commit", "command"):
             assert key in machine, (path.name, key)
@@ -52,3 +53,39 @@ def test_a_changed_result_makes_its_block_stale(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setattr(tables, "RESULTS", results)
     readme = tables.README.read_text()
     assert tables.render(readme, {"fetch": tables.fetch_table}) != readme
+
+
+def _instruction_results() -> list[Path]:
+    results = ROOT / "benchmarks" / "results"
+    return [results / "overhead-instructions.json", *sorted(results.glob("line-*/overhead-instructions.json"))]
+
+
+@pytest.mark.parametrize("path", _instruction_results(), ids=lambda p: str(p.relative_to(ROOT / "benchmarks")))
+def test_instruction_counts_follow_from_what_callgrind_counted_and_repeat(path: Path) -> None:
+    """Each count is a loop's instructions / N (or (count of 2N calls - count of N) / N); they agree within 1 %."""
+    data = json.loads(path.read_text())
+    n = data["calls"]
+    assert set(data["apps"]) >= set(tables._INSTRUCTION_APPS)
+    for app in data["apps"]:
+        if data["method"] == "segments":
+            per_call = [total / n for total in data["totals"][app]]
+        else:
+            per_call = [(twice - once) / n for once, twice in data["totals"][app]]
+        assert per_call == data["instructions_per_call"][app]
+        assert len(per_call) == data["repeats"] >= 2, app
+        assert (max(per_call) - min(per_call)) / min(per_call) < 0.01, (app, per_call)
+
+
+def test_a_changed_instruction_count_makes_the_performance_sentence_stale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    for path in (ROOT / "benchmarks" / "results").glob("*.json"):
+        (results / path.name).write_text(path.read_text())
+    data = json.loads((results / "overhead-instructions.json").read_text())
+    data["instructions_per_call_median"]["full"] += 1000
+    (results / "overhead-instructions.json").write_text(json.dumps(data))
+    monkeypatch.setattr(tables, "RESULTS", results)
+    readme = tables.README.read_text()
+    assert tables.render(readme, {"performance": tables.performance_summary}) != readme
