@@ -279,7 +279,19 @@ def app_policy_text(label: str, store_url: str) -> str:
     return policy_text(label, store_url if label == "idempotency" else None)
 
 
+def as_pool_process() -> None:
+    """Install billiard's soft-limit handler, as a prefork pool process has it: the policy's soft-limit backstop
+    (runtime/soft_limit.py) then arms on every call as it does in a worker's pool process (in a process without
+    it, e.g. the solo pool, the backstop does nothing and costs one attribute read)."""
+    import signal
+
+    from billiard.pool import soft_timeout_sighandler
+
+    signal.signal(signal.SIGUSR1, soft_timeout_sighandler)
+
+
 def build_app(label: str, directory: str, store_url: str) -> tuple[Celery, object]:
+    as_pool_process()
     if label == "bare":
         app, task = make_bare()
     elif label == "plain":

@@ -244,6 +244,8 @@ def timed(task: Task, inner: Callable[..., Any]) -> Callable[..., Any]:
     state = _STATE
 
     def run(*args: Any, **kwargs: Any) -> Any:
+        if state.unavailable:  # solo, threads, a process that is not a pool child: nothing to arm, no request read
+            return inner(*args, **kwargs)
         request = task.request
         if request.called_directly or request.is_eager:
             return inner(*args, **kwargs)
