@@ -59,6 +59,23 @@ def _runs(server: RedisServer, key: str) -> list[dict[str, Any]]:
     return [json.loads(raw) for raw in server.client().lrange(f"lease:journal:{key}", 0, -1)]
 
 
+def _send_retries(server: RedisServer, count: int, countdown_s: float) -> None:
+    """``count`` tasks that fail once and retry after ``countdown_s`` (keys k0, k1, ...)."""
+    app = producer(server.url)
+    with app.producer_or_acquire() as publisher:
+        for i in range(count):
+            app.send_task("lease.retry", args=[f"k{i}", countdown_s], producer=publisher)
+
+
+def _kill_all_and_restart(workers: list[WorkerProcess], server: RedisServer) -> None:
+    """SIGKILL every worker, then the broker, and start it again 1 s later (its AOF keeps what it acknowledged)."""
+    for worker in workers:
+        worker.kill()
+    server.kill()
+    time.sleep(1.0)
+    server.start()
+
+
 def _delayed_publish(url: str, queue: str, body: Any, countdown_s: float, priority: int | None = None) -> None:
     eta = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() + countdown_s)) + "+00:00"
     options = {"delayed_delivery": True}
@@ -172,17 +189,10 @@ def test_retries_delayed_through_a_worker_sigkill_and_a_broker_restart_run_once_
     workers = _workers(tmp_path / "before", server, countdown_s)
     client = server.client()
     try:
-        app = producer(server.url)
-        with app.producer_or_acquire() as publisher:
-            for i in range(count):
-                app.send_task("lease.retry", args=[f"k{i}", countdown_s], producer=publisher)
+        _send_retries(server, count, countdown_s)
         wait_for("200 retries delayed", lambda: delayed.counts(client).get("celery") == count, 30)
         assert client.hlen("unacked") == 0  # every failed attempt acked with its retry
-        for worker in workers:
-            worker.kill()
-        server.kill()
-        time.sleep(1.0)
-        server.start()
+        _kill_all_and_restart(workers, server)
         client = server.client()
         assert delayed.counts(client) == {"celery": count}  # the AOF kept the set
         workers = _workers(tmp_path / "after", server, countdown_s, count=1)
@@ -235,17 +245,10 @@ def test_plain_celery_strands_the_same_countdown_retries_in_unacked_through_the_
     workers = plain_workers(tmp_path / "before", 2)
     client = server.client()
     try:
-        app = producer(server.url)
-        with app.producer_or_acquire() as publisher:
-            for i in range(count):
-                app.send_task("lease.retry", args=[f"k{i}", countdown_s], producer=publisher)
+        _send_retries(server, count, countdown_s)
         wait_for("200 retries held by the workers", lambda: client.hlen("unacked") == count, 30)
         sent_at = max(_runs(server, f"k{i}")[0]["t"] for i in range(count))
-        for worker in workers:
-            worker.kill()
-        server.kill()
-        time.sleep(1.0)
-        server.start()
+        _kill_all_and_restart(workers, server)
         client = server.client()
         workers = plain_workers(tmp_path / "after", 2)
         time.sleep(max(0.0, sent_at + countdown_s + after_s - time.time()))
