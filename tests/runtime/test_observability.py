@@ -52,9 +52,29 @@ celery_policy.install(app, {policy!r})
 """
 
 
-def run_script(tmp_path: Path, body: str) -> subprocess.CompletedProcess[str]:
+# The start of a script that records what Sentry would send (``sent``: the events' JSON), with no network.
+SENTRY_RECORDING = textwrap.dedent(
+    """
+    import json
+    import sentry_sdk
+    from sentry_sdk.transport import Transport
+
+    sent = []
+
+    class Recording(Transport):
+        def capture_envelope(self, envelope):
+            for item in envelope.items:
+                if item.type == "event":
+                    sent.append(item.payload.json)
+
+    sentry_sdk.init(dsn="https://key@sentry.invalid/1", transport=Recording, default_integrations=False)
+    """
+)
+
+
+def run_script(tmp_path: Path, body: str, prelude: str = "") -> subprocess.CompletedProcess[str]:
     script = tmp_path / "script.py"
-    script.write_text(textwrap.dedent(body))
+    script.write_text(prelude + textwrap.dedent(body))
     return subprocess.run(
         [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
     )
@@ -104,25 +124,13 @@ def test_decisions_become_sentry_breadcrumbs(tmp_path: Path) -> None:
     done = run_script(
         tmp_path,
         """
-        import json
-        import sentry_sdk
-        from sentry_sdk.transport import Transport
-
-        sent = []
-
-        class Recording(Transport):
-            def capture_envelope(self, envelope):
-                for item in envelope.items:
-                    if item.type == "event":
-                        sent.append(item.payload.json)
-
-        sentry_sdk.init(dsn="https://key@sentry.invalid/1", transport=Recording, default_integrations=False)
         from obsapp import app
         app.tasks["obs.boom"].apply(args=("slow",))
         sentry_sdk.capture_message("after the task")
         sentry_sdk.flush()
         print(json.dumps(sent))
         """,
+        prelude=SENTRY_RECORDING,
     )
     assert done.returncode == 0, done.stderr
     (event,) = json.loads(done.stdout.strip().splitlines()[-1])
@@ -138,21 +146,8 @@ def test_a_breaker_state_change_becomes_a_sentry_breadcrumb(tmp_path: Path) -> N
     done = run_script(
         tmp_path,
         """
-        import json
-        import sentry_sdk
-        from sentry_sdk.transport import Transport
         from celery_policy.flow.state import BreakerState
         from celery_policy.runtime.flow import breaker_event
-
-        sent = []
-
-        class Recording(Transport):
-            def capture_envelope(self, envelope):
-                for item in envelope.items:
-                    if item.type == "event":
-                        sent.append(item.payload.json)
-
-        sentry_sdk.init(dsn="https://key@sentry.invalid/1", transport=Recording, default_integrations=False)
         common = dict(since=1.0, calls=10, failures=6, verdict="wait", forced=False, rate_at_open=0.6)
         breaker_event(BreakerState("payments", "open", open_remaining_s=5.0, changed_to="open", **common), "auto")
         breaker_event(BreakerState("payments", "closed", open_remaining_s=0.0, changed_to="closed", **common), "auto")
@@ -160,6 +155,7 @@ def test_a_breaker_state_change_becomes_a_sentry_breadcrumb(tmp_path: Path) -> N
         sentry_sdk.flush()
         print(json.dumps(sent))
         """,
+        prelude=SENTRY_RECORDING,
     )
     assert done.returncode == 0, done.stderr
     (event,) = json.loads(done.stdout.strip().splitlines()[-1])
