@@ -80,6 +80,18 @@ def run_script(tmp_path: Path, body: str, prelude: str = "") -> subprocess.Compl
     )
 
 
+def sentry_crumbs(tmp_path: Path, body: str) -> list[dict[str, Any]]:
+    """Run ``body`` after SENTRY_RECORDING, send one event, and return its celery-policy breadcrumbs."""
+    done = run_script(
+        tmp_path,
+        textwrap.dedent(body) + 'sentry_sdk.capture_message("after")\nsentry_sdk.flush()\nprint(json.dumps(sent))\n',
+        prelude=SENTRY_RECORDING,
+    )
+    assert done.returncode == 0, done.stderr
+    (event,) = json.loads(done.stdout.strip().splitlines()[-1])
+    return [c for c in event["breadcrumbs"]["values"] if c["category"] == "celery_policy"]
+
+
 @pytest.fixture
 def app(tmp_path: Path) -> Celery:
     policy = tmp_path / "policy.yaml"
@@ -121,20 +133,13 @@ def test_no_span_no_event_and_the_task_outcome_is_unchanged(app: Celery) -> None
 def test_decisions_become_sentry_breadcrumbs(tmp_path: Path) -> None:
     (tmp_path / "policy.yaml").write_text(POLICY)
     (tmp_path / "obsapp.py").write_text(APP.format(policy="policy.yaml"))
-    done = run_script(
+    crumbs = sentry_crumbs(
         tmp_path,
         """
         from obsapp import app
         app.tasks["obs.boom"].apply(args=("slow",))
-        sentry_sdk.capture_message("after the task")
-        sentry_sdk.flush()
-        print(json.dumps(sent))
         """,
-        prelude=SENTRY_RECORDING,
     )
-    assert done.returncode == 0, done.stderr
-    (event,) = json.loads(done.stdout.strip().splitlines()[-1])
-    crumbs = [c for c in event["breadcrumbs"]["values"] if c["category"] == "celery_policy"]
     assert [c["data"]["celery_policy.decision"] for c in crumbs] == ["retry", "retry", "fail"]
     assert [c["level"] for c in crumbs] == ["warning", "warning", "error"]
     assert crumbs[0]["message"] == "obs.boom: retry in 0.01s after attempt 1 (builtins.TimeoutError)"
@@ -143,7 +148,7 @@ def test_decisions_become_sentry_breadcrumbs(tmp_path: Path) -> None:
 
 def test_a_breaker_state_change_becomes_a_sentry_breadcrumb(tmp_path: Path) -> None:
     """README (breakers): each change of state is a ``breaker_state_changed`` event and a Sentry breadcrumb."""
-    done = run_script(
+    crumbs = sentry_crumbs(
         tmp_path,
         """
         from celery_policy.flow.state import BreakerState
@@ -151,15 +156,8 @@ def test_a_breaker_state_change_becomes_a_sentry_breadcrumb(tmp_path: Path) -> N
         common = dict(since=1.0, calls=10, failures=6, verdict="wait", forced=False, rate_at_open=0.6)
         breaker_event(BreakerState("payments", "open", open_remaining_s=5.0, changed_to="open", **common), "auto")
         breaker_event(BreakerState("payments", "closed", open_remaining_s=0.0, changed_to="closed", **common), "auto")
-        sentry_sdk.capture_message("after the outage")
-        sentry_sdk.flush()
-        print(json.dumps(sent))
         """,
-        prelude=SENTRY_RECORDING,
     )
-    assert done.returncode == 0, done.stderr
-    (event,) = json.loads(done.stdout.strip().splitlines()[-1])
-    crumbs = [c for c in event["breadcrumbs"]["values"] if c["category"] == "celery_policy"]
     assert [(c["message"], c["level"]) for c in crumbs] == [
         ("breaker payments: open", "warning"),
         ("breaker payments: closed", "info"),
